@@ -1,0 +1,1 @@
+"""Run records and their storage: the lowest layer, shared by predictor/ and service/."""

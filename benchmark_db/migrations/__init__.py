@@ -1,0 +1,1 @@
+"""Alembic migrations; `benchmark_db.migrate.upgrade(engine)` applies them."""

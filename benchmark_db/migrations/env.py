@@ -1,0 +1,10 @@
+"""Alembic environment: always run programmatically on a connection we pass in."""
+
+from alembic import context
+
+from benchmark_db.schema import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

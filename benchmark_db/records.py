@@ -1,0 +1,223 @@
+"""The run record (spec, hyperparameters, outcome), defined once and used everywhere.
+
+Validation lives here so that every entry point (gRPC, importers, CLI) rejects the same inputs
+with the same field names. Bounds are plausibility limits, not physics: they catch unit
+mistakes (tokens given in billions, lr given in percent) before they reach the store.
+"""
+
+import math
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from benchmark_db.errors import FieldViolation, InvalidArgument
+
+DEFAULT_SEQ_LEN = 2048
+NO_QUANTIZATION_BITS = 16
+FLOPS_PER_PARAM_TOKEN = 6.0  # C = 6 * N_active * D
+# Two of params/tokens/compute given with the third too must agree to this relative tolerance.
+COMPUTE_TOLERANCE = 0.02
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Architecture(StrEnum):
+    DENSE = "dense"
+    MOE = "moe"
+
+
+class Optimizer(StrEnum):
+    ADAMW = "adamw"
+
+
+class RunStatus(StrEnum):
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrainingSpec(_Model):
+    """A fully resolved spec: all sizes known, defaults filled in."""
+
+    n_params: Finite = Field(ge=1e3, le=1e14)
+    n_active_params: Finite = Field(ge=1e3, le=1e14)
+    n_tokens: Finite = Field(ge=1e3, le=1e17)
+    seq_len: int = Field(default=DEFAULT_SEQ_LEN, ge=1, le=1 << 24)
+    architecture: Architecture = Architecture.DENSE
+    optimizer: Optimizer = Optimizer.ADAMW
+    weight_bits: int = Field(default=NO_QUANTIZATION_BITS, ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _active_within_total(self) -> "TrainingSpec":
+        if self.n_active_params > self.n_params * (1 + 1e-9):
+            raise ValueError("n_active_params: must not exceed n_params")
+        return self
+
+    @property
+    def compute_flops(self) -> float:
+        return FLOPS_PER_PARAM_TOKEN * self.n_active_params * self.n_tokens
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight_bits < NO_QUANTIZATION_BITS
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.n_tokens / self.n_active_params
+
+
+class Hyperparameters(_Model):
+    lr: Finite = Field(gt=0, le=10)
+    batch_size_tokens: Finite = Field(ge=1, le=1e12)
+    weight_decay: Finite = Field(ge=0, le=100)
+    qat_fraction: Finite = Field(default=0.0, ge=0, le=1)
+
+
+class Pins(_Model):
+    """Hyperparameters fixed by the caller; None means free."""
+
+    lr: Finite | None = Field(default=None, gt=0, le=10)
+    batch_size_tokens: Finite | None = Field(default=None, ge=1, le=1e12)
+    weight_decay: Finite | None = Field(default=None, ge=0, le=100)
+    qat_fraction: Finite | None = Field(default=None, ge=0, le=1)
+
+
+class RunOutcome(_Model):
+    status: RunStatus
+    final_loss: Finite | None = Field(default=None, gt=0, le=1e3)
+
+    @model_validator(mode="after")
+    def _completed_has_loss(self) -> "RunOutcome":
+        if self.status is RunStatus.COMPLETED and self.final_loss is None:
+            raise ValueError("final_loss: required when the run completed")
+        return self
+
+
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_BYTES = 256
+MAX_METADATA_VALUE_BYTES = 4096
+MAX_ID_LENGTH = 200
+
+
+class RunReport(_Model):
+    """A run as a client reports it (or an importer reads it)."""
+
+    run_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f]+$")
+    spec: TrainingSpec
+    hyperparameters: Hyperparameters
+    outcome: RunOutcome
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
+    recommendation_id: str = Field(default="", max_length=MAX_ID_LENGTH)
+    source: str = "report"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunReport":
+        if self.hyperparameters.batch_size_tokens > self.spec.n_tokens:
+            raise ValueError(
+                "hyperparameters.batch_size_tokens: larger than the run's n_tokens "
+                f"({self.hyperparameters.batch_size_tokens:g} > {self.spec.n_tokens:g})"
+            )
+        for key, value in self.metadata.items():
+            if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:
+                raise ValueError(f"metadata: key must be 1-{MAX_METADATA_KEY_BYTES} bytes")
+            if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
+                raise ValueError(f"metadata[{key!r}]: value over {MAX_METADATA_VALUE_BYTES} bytes")
+        return self
+
+
+class RunRecord(RunReport):
+    """A stored run."""
+
+    tenant: str
+    created_at: datetime
+
+
+def resolve_spec(
+    *,
+    n_params: float | None = None,
+    n_active_params: float | None = None,
+    n_tokens: float | None = None,
+    compute_flops: float | None = None,
+    seq_len: int | None = None,
+    architecture: str | None = None,
+    optimizer: str | None = None,
+    weight_bits: int | None = None,
+    field_prefix: str = "spec",
+) -> TrainingSpec:
+    """Builds a TrainingSpec from any two of params / tokens / compute (C = 6 N_active D)."""
+    where = f"{field_prefix}." if field_prefix else ""
+    for name, value in (("n_params", n_params), ("n_active_params", n_active_params),
+                        ("n_tokens", n_tokens), ("compute_flops", compute_flops)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InvalidArgument.single(where + name, f"must be a positive finite number, got {value}")
+    if compute_flops is not None:
+        active = n_active_params if n_active_params is not None else n_params
+        if active is not None and n_tokens is None:
+            n_tokens = compute_flops / (FLOPS_PER_PARAM_TOKEN * active)
+        elif active is None and n_tokens is not None:
+            n_params = compute_flops / (FLOPS_PER_PARAM_TOKEN * n_tokens)
+        elif active is not None and n_tokens is not None:
+            implied = FLOPS_PER_PARAM_TOKEN * active * n_tokens
+            if abs(implied / compute_flops - 1) > COMPUTE_TOLERANCE:
+                raise InvalidArgument.single(
+                    where + "compute_flops",
+                    f"{compute_flops:.3g} disagrees with 6 * n_active_params * n_tokens = {implied:.3g}",
+                )
+    if n_params is None and n_active_params is not None and architecture in (None, "", "dense"):
+        n_params = n_active_params
+    if n_params is None or n_tokens is None:
+        missing = "n_params" if n_params is None else "n_tokens"
+        raise InvalidArgument.single(
+            where + missing, "required: give two of n_params, n_tokens and compute_flops"
+        )
+    fields: dict[str, Any] = {
+        "n_params": n_params,
+        "n_active_params": n_active_params if n_active_params is not None else n_params,
+        "n_tokens": n_tokens,
+    }
+    for name, value in (("seq_len", seq_len), ("architecture", architecture),
+                        ("optimizer", optimizer), ("weight_bits", weight_bits)):
+        if value not in (None, ""):
+            fields[name] = value
+    try:
+        return validated(TrainingSpec, fields, field_prefix)
+    except InvalidArgument as exc:
+        if n_active_params is None:  # defaulted from n_params: report n_params alone
+            raise InvalidArgument([v for v in exc.violations
+                                   if not v.field.endswith("n_active_params")]) from None
+        raise
+
+
+def validated(model: type[BaseModel], data: dict[str, Any], field_prefix: str = ""):
+    """model(**data), with pydantic errors turned into InvalidArgument field violations."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidArgument(_violations(exc, field_prefix)) from None
+
+
+_NAMED_FIELD = re.compile(r"^([A-Za-z_][\w.]*(?:\[[^\]]*\])?): (.*)$", re.S)
+
+
+def _violations(exc: ValidationError, field_prefix: str) -> list[FieldViolation]:
+    violations = []
+    for err in exc.errors():
+        path = [str(p) for p in err["loc"]]
+        reason = err["msg"].removeprefix("Value error, ")
+        # Model validators name the field they reject, relative to their model: "field: reason".
+        named = _NAMED_FIELD.match(reason)
+        if err["type"] == "value_error" and named:
+            path.append(named.group(1))
+            reason = named.group(2)
+        elif err["type"] != "missing" and not isinstance(err.get("input"), dict):
+            reason = f"{reason} (got {err['input']!r})"
+        full = ".".join(p for p in [field_prefix, *path] if p)
+        violations.append(FieldViolation(full or "request", reason))
+    return violations

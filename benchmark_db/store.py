@@ -1,0 +1,153 @@
+"""Durable storage of runs, scoped by tenant."""
+
+import base64
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from benchmark_db import migrate
+from benchmark_db.engine import create_engine
+from benchmark_db.errors import InvalidArgument, NotFound
+from benchmark_db.records import RunRecord, RunReport
+from benchmark_db.schema import runs
+
+DEFAULT_TENANT = "default"
+MAX_PAGE_SIZE = 1000
+_SPEC_COLUMNS = ("n_params", "n_active_params", "n_tokens", "seq_len", "architecture",
+                 "optimizer", "weight_bits")
+_HPARAM_COLUMNS = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
+
+
+class RunStore:
+    """Runs in a SQL database. Every method takes the tenant: no call sees another's runs."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_engine(url)
+        migrate.upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def report(self, tenant: str, report: RunReport) -> tuple[RunRecord, bool]:
+        """Stores a run; returns (stored run, created). A known run_id returns the stored one."""
+        row = _to_row(tenant, report)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(runs.insert().values(row))
+        except IntegrityError:
+            existing = self._find(tenant, report.run_id)
+            if existing is None:  # not a duplicate run_id: some other constraint failed
+                raise
+            return existing, False
+        return _from_row(row), True
+
+    def add_many(self, tenant: str, reports: Iterable[RunReport]) -> int:
+        """Stores runs in one transaction, skipping run_ids already stored; returns how many
+        were added."""
+        reports = list(reports)
+        with self.engine.begin() as conn:
+            known = set()
+            ids = [r.run_id for r in reports]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                known.update(conn.scalars(sa.select(runs.c.run_id).where(
+                    runs.c.tenant == tenant, runs.c.run_id.in_(chunk))))
+            rows, seen = [], set()
+            for report in reports:
+                if report.run_id in known or report.run_id in seen:
+                    continue
+                seen.add(report.run_id)
+                rows.append(_to_row(tenant, report))
+            if rows:
+                conn.execute(runs.insert(), rows)
+        return len(rows)
+
+    def get(self, tenant: str, run_id: str) -> RunRecord:
+        found = self._find(tenant, run_id)
+        if found is None:
+            raise NotFound(f"no run with run_id {run_id!r}")
+        return found
+
+    def page(self, tenant: str, page_size: int = 100, page_token: str = "") -> tuple[list[RunRecord], str]:
+        """Newest first. Returns the runs and the token of the next page ('' on the last)."""
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument.single("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        page_size = page_size or 100
+        query = sa.select(runs).where(runs.c.tenant == tenant).order_by(runs.c.id.desc())
+        if page_token:
+            query = query.where(runs.c.id < _decode_token(page_token))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.limit(page_size + 1)).mappings().all()
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        token = _encode_token(rows[-1]["id"]) if more else ""
+        return [_from_row(r) for r in rows], token
+
+    def all_runs(self, tenant: str) -> list[RunRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.tenant == tenant)
+                                .order_by(runs.c.id)).mappings().all()
+        return [_from_row(r) for r in rows]
+
+    def count(self, tenant: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.scalar(sa.select(sa.func.count()).select_from(runs)
+                               .where(runs.c.tenant == tenant))
+
+    def _find(self, tenant: str, run_id: str) -> RunRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(
+                runs.c.tenant == tenant, runs.c.run_id == run_id)).mappings().first()
+        return _from_row(row) if row else None
+
+
+def _to_row(tenant: str, report: RunReport) -> dict:
+    spec, hp, outcome = report.spec, report.hyperparameters, report.outcome
+    return {
+        "tenant": tenant,
+        "run_id": report.run_id,
+        **{c: getattr(spec, c) for c in _SPEC_COLUMNS},
+        "architecture": spec.architecture.value,
+        "optimizer": spec.optimizer.value,
+        **{c: getattr(hp, c) for c in _HPARAM_COLUMNS},
+        "status": outcome.status.value,
+        "final_loss": outcome.final_loss,
+        "metadata": dict(report.metadata),
+        "recommendation_id": report.recommendation_id,
+        "source": report.source,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def _from_row(row) -> RunRecord:
+    created = row["created_at"]
+    if created.tzinfo is None:  # SQLite keeps no zone; we always write UTC
+        created = created.replace(tzinfo=UTC)
+    return RunRecord.model_validate({
+        "tenant": row["tenant"],
+        "run_id": row["run_id"],
+        "spec": {c: row[c] for c in _SPEC_COLUMNS},
+        "hyperparameters": {c: row[c] for c in _HPARAM_COLUMNS},
+        "outcome": {"status": row["status"], "final_loss": row["final_loss"]},
+        "metadata": row["metadata"],
+        "recommendation_id": row["recommendation_id"],
+        "source": row["source"],
+        "created_at": created,
+    })
+
+
+def _encode_token(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode()
+
+
+def _decode_token(token: str) -> int:
+    try:
+        kind, value = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if kind != "id":
+            raise ValueError
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument.single("page_token", "not a token this service returned") from None

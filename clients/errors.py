@@ -1,0 +1,73 @@
+"""gRPC status codes mapped back to exceptions, with the field violations of bad input."""
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class HparamrecError(Exception):
+    """An error the service returned (or a failure to reach it)."""
+
+    code = grpc.StatusCode.UNKNOWN
+    exit_code = 1  # what the CLI exits with
+
+    def __init__(self, message: str, field_violations: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field_violations = field_violations or []
+
+    def __str__(self) -> str:
+        if self.field_violations:
+            return "; ".join(f"{f}: {d}" for f, d in self.field_violations)
+        return self.message
+
+
+class InvalidArgumentError(HparamrecError):
+    code, exit_code = grpc.StatusCode.INVALID_ARGUMENT, 2
+
+
+class NotFoundError(HparamrecError):
+    code, exit_code = grpc.StatusCode.NOT_FOUND, 4
+
+
+class UnavailableError(HparamrecError):
+    code, exit_code = grpc.StatusCode.UNAVAILABLE, 3
+
+
+class DeadlineExceededError(HparamrecError):
+    code, exit_code = grpc.StatusCode.DEADLINE_EXCEEDED, 3
+
+
+class UnauthenticatedError(HparamrecError):
+    code, exit_code = grpc.StatusCode.UNAUTHENTICATED, 5
+
+
+class PermissionDeniedError(HparamrecError):
+    code, exit_code = grpc.StatusCode.PERMISSION_DENIED, 5
+
+
+class UnimplementedError(HparamrecError):
+    code, exit_code = grpc.StatusCode.UNIMPLEMENTED, 1
+
+
+class ResourceExhaustedError(HparamrecError):
+    code, exit_code = grpc.StatusCode.RESOURCE_EXHAUSTED, 2
+
+
+_BY_CODE = {cls.code: cls for cls in HparamrecError.__subclasses__()}
+
+
+def from_rpc_error(error: grpc.RpcError) -> HparamrecError:
+    cls = _BY_CODE.get(error.code(), HparamrecError)
+    violations = []
+    status = rpc_status.from_call(error)
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations += [(v.field, v.description) for v in bad_request.field_violations]
+    message = error.details() or error.code().name
+    if cls is UnavailableError:
+        message = f"cannot reach the service: {message}"
+    return cls(message, violations)

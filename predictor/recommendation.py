@@ -1,0 +1,56 @@
+"""What a recommender returns, independent of how it was produced."""
+
+import uuid
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from benchmark_db.records import TrainingSpec
+
+HYPERPARAMETERS = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
+
+
+class Interval(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    lo: float
+    hi: float
+
+    @classmethod
+    def point(cls, value: float) -> "Interval":
+        return cls(lo=value, hi=value)
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    field: str
+    name: str
+    version: str
+    detail: str = ""
+
+
+class Recommendation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    spec: TrainingSpec
+    lr: float
+    lr_interval: Interval
+    batch_size_tokens: float
+    batch_size_tokens_interval: Interval
+    weight_decay: float
+    weight_decay_interval: Interval
+    qat_fraction: float
+    qat_fraction_interval: Interval
+    predicted_loss: float
+    predicted_loss_interval: Interval
+    sources: tuple[Source, ...]
+    warnings: tuple[str, ...] = ()
+    model_versions: tuple[str, ...] = ()
+    recommendation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def batch_size_sequences(self) -> int:
+        return round(self.batch_size_tokens / self.spec.seq_len)
+
+
+def whole_sequences(batch_size_tokens: float, seq_len: int) -> float:
+    """A batch in tokens rounded to a whole number (at least one) of sequences."""
+    return float(max(1, round(batch_size_tokens / seq_len)) * seq_len)

@@ -1,0 +1,241 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODE_UNSPECIFIED: _ClassVar[Mode]
+    MODE_EXPLOIT: _ClassVar[Mode]
+    MODE_EXPLORE: _ClassVar[Mode]
+
+class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
+    RUN_STATUS_COMPLETED: _ClassVar[RunStatus]
+    RUN_STATUS_DIVERGED: _ClassVar[RunStatus]
+    RUN_STATUS_FAILED: _ClassVar[RunStatus]
+MODE_UNSPECIFIED: Mode
+MODE_EXPLOIT: Mode
+MODE_EXPLORE: Mode
+RUN_STATUS_UNSPECIFIED: RunStatus
+RUN_STATUS_COMPLETED: RunStatus
+RUN_STATUS_DIVERGED: RunStatus
+RUN_STATUS_FAILED: RunStatus
+
+class TrainingSpec(_message.Message):
+    __slots__ = ("n_params", "n_active_params", "n_tokens", "compute_flops", "seq_len", "architecture", "optimizer", "weight_bits")
+    N_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    N_ACTIVE_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    N_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BITS_FIELD_NUMBER: _ClassVar[int]
+    n_params: float
+    n_active_params: float
+    n_tokens: float
+    compute_flops: float
+    seq_len: int
+    architecture: str
+    optimizer: str
+    weight_bits: int
+    def __init__(self, n_params: _Optional[float] = ..., n_active_params: _Optional[float] = ..., n_tokens: _Optional[float] = ..., compute_flops: _Optional[float] = ..., seq_len: _Optional[int] = ..., architecture: _Optional[str] = ..., optimizer: _Optional[str] = ..., weight_bits: _Optional[int] = ...) -> None: ...
+
+class Pins(_message.Message):
+    __slots__ = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
+    LR_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    QAT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    lr: float
+    batch_size_tokens: float
+    weight_decay: float
+    qat_fraction: float
+    def __init__(self, lr: _Optional[float] = ..., batch_size_tokens: _Optional[float] = ..., weight_decay: _Optional[float] = ..., qat_fraction: _Optional[float] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("spec", "pins", "mode")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    spec: TrainingSpec
+    pins: Pins
+    mode: Mode
+    def __init__(self, spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., pins: _Optional[_Union[Pins, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
+
+class Interval(_message.Message):
+    __slots__ = ("lo", "hi")
+    LO_FIELD_NUMBER: _ClassVar[int]
+    HI_FIELD_NUMBER: _ClassVar[int]
+    lo: float
+    hi: float
+    def __init__(self, lo: _Optional[float] = ..., hi: _Optional[float] = ...) -> None: ...
+
+class Source(_message.Message):
+    __slots__ = ("field", "name", "version", "detail")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    name: str
+    version: str
+    detail: str
+    def __init__(self, field: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Recommendation(_message.Message):
+    __slots__ = ("lr", "lr_interval", "batch_size_tokens", "batch_size_tokens_interval", "batch_size_sequences", "weight_decay", "weight_decay_interval", "qat_fraction", "qat_fraction_interval", "predicted_loss", "predicted_loss_interval", "sources", "warnings", "recommendation_id", "spec", "model_versions")
+    LR_FIELD_NUMBER: _ClassVar[int]
+    LR_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_TOKENS_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    QAT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    QAT_FRACTION_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LOSS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LOSS_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    lr: float
+    lr_interval: Interval
+    batch_size_tokens: float
+    batch_size_tokens_interval: Interval
+    batch_size_sequences: int
+    weight_decay: float
+    weight_decay_interval: Interval
+    qat_fraction: float
+    qat_fraction_interval: Interval
+    predicted_loss: float
+    predicted_loss_interval: Interval
+    sources: _containers.RepeatedCompositeFieldContainer[Source]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    recommendation_id: str
+    spec: TrainingSpec
+    model_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lr: _Optional[float] = ..., lr_interval: _Optional[_Union[Interval, _Mapping]] = ..., batch_size_tokens: _Optional[float] = ..., batch_size_tokens_interval: _Optional[_Union[Interval, _Mapping]] = ..., batch_size_sequences: _Optional[int] = ..., weight_decay: _Optional[float] = ..., weight_decay_interval: _Optional[_Union[Interval, _Mapping]] = ..., qat_fraction: _Optional[float] = ..., qat_fraction_interval: _Optional[_Union[Interval, _Mapping]] = ..., predicted_loss: _Optional[float] = ..., predicted_loss_interval: _Optional[_Union[Interval, _Mapping]] = ..., sources: _Optional[_Iterable[_Union[Source, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., model_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("recommendation",)
+    RECOMMENDATION_FIELD_NUMBER: _ClassVar[int]
+    recommendation: Recommendation
+    def __init__(self, recommendation: _Optional[_Union[Recommendation, _Mapping]] = ...) -> None: ...
+
+class Hyperparameters(_message.Message):
+    __slots__ = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
+    LR_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    QAT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    lr: float
+    batch_size_tokens: float
+    weight_decay: float
+    qat_fraction: float
+    def __init__(self, lr: _Optional[float] = ..., batch_size_tokens: _Optional[float] = ..., weight_decay: _Optional[float] = ..., qat_fraction: _Optional[float] = ...) -> None: ...
+
+class RunOutcome(_message.Message):
+    __slots__ = ("status", "final_loss")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    status: RunStatus
+    final_loss: float
+    def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., final_loss: _Optional[float] = ...) -> None: ...
+
+class ReportRunRequest(_message.Message):
+    __slots__ = ("run_id", "spec", "hyperparameters", "outcome", "metadata", "recommendation_id")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    spec: TrainingSpec
+    hyperparameters: Hyperparameters
+    outcome: RunOutcome
+    metadata: _containers.ScalarMap[str, str]
+    recommendation_id: str
+    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., outcome: _Optional[_Union[RunOutcome, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+
+class Run(_message.Message):
+    __slots__ = ("run_id", "spec", "hyperparameters", "outcome", "metadata", "recommendation_id", "source", "created_at")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    spec: TrainingSpec
+    hyperparameters: Hyperparameters
+    outcome: RunOutcome
+    metadata: _containers.ScalarMap[str, str]
+    recommendation_id: str
+    source: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., outcome: _Optional[_Union[RunOutcome, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., recommendation_id: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReportRunResponse(_message.Message):
+    __slots__ = ("run", "created")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    created: bool
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs", "next_page_token")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[Run]
+    next_page_token: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...

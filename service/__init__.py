@@ -1,0 +1,1 @@
+"""The gRPC service: proto <-> domain converters, errors, health, server lifecycle."""

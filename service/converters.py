@@ -1,0 +1,116 @@
+"""Proto messages <-> domain models. Validation errors name proto field paths."""
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from benchmark_db.errors import InvalidArgument
+from benchmark_db.records import (Pins, RunRecord, RunReport, RunStatus, TrainingSpec,
+                                  resolve_spec, validated)
+from hparamrec.v1 import recommender_pb2 as pb
+from predictor.recommendation import Interval, Recommendation
+
+_STATUS_TO_DOMAIN = {
+    pb.RUN_STATUS_COMPLETED: RunStatus.COMPLETED,
+    pb.RUN_STATUS_DIVERGED: RunStatus.DIVERGED,
+    pb.RUN_STATUS_FAILED: RunStatus.FAILED,
+}
+_STATUS_TO_PROTO = {v: k for k, v in _STATUS_TO_DOMAIN.items()}
+
+
+def _optional(message, name: str):
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def spec_from_proto(spec: pb.TrainingSpec, field: str = "spec") -> TrainingSpec:
+    return resolve_spec(
+        n_params=_optional(spec, "n_params"),
+        n_active_params=_optional(spec, "n_active_params"),
+        n_tokens=_optional(spec, "n_tokens"),
+        compute_flops=_optional(spec, "compute_flops"),
+        seq_len=_optional(spec, "seq_len"),
+        architecture=spec.architecture or None,
+        optimizer=spec.optimizer or None,
+        weight_bits=_optional(spec, "weight_bits"),
+        field_prefix=field,
+    )
+
+
+def spec_to_proto(spec: TrainingSpec) -> pb.TrainingSpec:
+    return pb.TrainingSpec(
+        n_params=spec.n_params, n_active_params=spec.n_active_params, n_tokens=spec.n_tokens,
+        compute_flops=spec.compute_flops, seq_len=spec.seq_len,
+        architecture=spec.architecture.value, optimizer=spec.optimizer.value,
+        weight_bits=spec.weight_bits,
+    )
+
+
+def pins_from_proto(pins: pb.Pins) -> Pins:
+    fields = {name: _optional(pins, name)
+              for name in ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")}
+    return validated(Pins, fields, "pins")
+
+
+def report_from_proto(request: pb.ReportRunRequest) -> RunReport:
+    if not request.HasField("spec"):
+        raise InvalidArgument.single("spec", "required")
+    spec = spec_from_proto(request.spec)
+    if request.outcome.status not in _STATUS_TO_DOMAIN:
+        raise InvalidArgument.single(
+            "outcome.status", "required: RUN_STATUS_COMPLETED, RUN_STATUS_DIVERGED or RUN_STATUS_FAILED")
+    hp = request.hyperparameters
+    return validated(RunReport, {
+        "run_id": request.run_id,
+        "spec": spec,
+        "hyperparameters": {
+            "lr": hp.lr,
+            "batch_size_tokens": hp.batch_size_tokens,
+            "weight_decay": _optional(hp, "weight_decay"),
+            "qat_fraction": _optional(hp, "qat_fraction") or 0.0,
+        },
+        "outcome": {"status": _STATUS_TO_DOMAIN[request.outcome.status],
+                    "final_loss": _optional(request.outcome, "final_loss")},
+        "metadata": dict(request.metadata),
+        "recommendation_id": request.recommendation_id,
+    })
+
+
+def run_to_proto(run: RunRecord) -> pb.Run:
+    created = Timestamp()
+    created.FromDatetime(run.created_at)
+    hp = run.hyperparameters
+    outcome = pb.RunOutcome(status=_STATUS_TO_PROTO[run.outcome.status])
+    if run.outcome.final_loss is not None:
+        outcome.final_loss = run.outcome.final_loss
+    return pb.Run(
+        run_id=run.run_id,
+        spec=spec_to_proto(run.spec),
+        hyperparameters=pb.Hyperparameters(lr=hp.lr, batch_size_tokens=hp.batch_size_tokens,
+                                           weight_decay=hp.weight_decay, qat_fraction=hp.qat_fraction),
+        outcome=outcome,
+        metadata=run.metadata,
+        recommendation_id=run.recommendation_id,
+        source=run.source,
+        created_at=created,
+    )
+
+
+def _interval(interval: Interval) -> pb.Interval:
+    return pb.Interval(lo=interval.lo, hi=interval.hi)
+
+
+def recommendation_to_proto(rec: Recommendation) -> pb.Recommendation:
+    return pb.Recommendation(
+        lr=rec.lr, lr_interval=_interval(rec.lr_interval),
+        batch_size_tokens=rec.batch_size_tokens,
+        batch_size_tokens_interval=_interval(rec.batch_size_tokens_interval),
+        batch_size_sequences=rec.batch_size_sequences,
+        weight_decay=rec.weight_decay, weight_decay_interval=_interval(rec.weight_decay_interval),
+        qat_fraction=rec.qat_fraction, qat_fraction_interval=_interval(rec.qat_fraction_interval),
+        predicted_loss=rec.predicted_loss,
+        predicted_loss_interval=_interval(rec.predicted_loss_interval),
+        sources=[pb.Source(field=s.field, name=s.name, version=s.version, detail=s.detail)
+                 for s in rec.sources],
+        warnings=rec.warnings,
+        recommendation_id=rec.recommendation_id,
+        spec=spec_to_proto(rec.spec),
+        model_versions=rec.model_versions,
+    )

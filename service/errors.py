@@ -1,0 +1,62 @@
+"""Domain errors -> gRPC status: one table, applied in one place (ErrorInterceptor)."""
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from benchmark_db.errors import Conflict, DomainError, InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+
+class Unimplemented(DomainError):
+    """A mode or feature this version of the service does not offer."""
+
+
+STATUS_OF = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def to_status(exc: DomainError) -> grpc.Status:
+    code = next((c for t, c in STATUS_OF.items() if isinstance(exc, t)), grpc.StatusCode.INTERNAL)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(exc))
+    if isinstance(exc, InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.reason)
+            for v in exc.violations
+        ]))
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Turns domain errors raised by unary handlers into their status codes; anything else is
+    logged with its traceback and becomes INTERNAL without leaking internals to the caller."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method
+
+        def guarded(request, context):
+            try:
+                return inner(request, context)
+            except DomainError as exc:
+                context.abort_with_status(to_status(exc))
+            except Exception:
+                if context.code() is not None:  # already aborted on purpose
+                    raise
+                log.exception("internal error in %s", method)
+                context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+        return handler._replace(unary_unary=guarded)

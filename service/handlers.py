@@ -1,0 +1,41 @@
+"""RecommenderService: each handler converts the request, makes one domain call, converts back."""
+
+from benchmark_db.store import DEFAULT_TENANT, RunStore
+from hparamrec.v1 import recommender_pb2 as pb
+from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+from predictor.engine import RecommendationEngine
+from service import converters
+from service.errors import Unimplemented
+
+
+def tenant_of(context) -> str:
+    """The caller's tenant. Until API keys exist every caller is the default tenant."""
+    return DEFAULT_TENANT
+
+
+class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
+    def __init__(self, engine: RecommendationEngine, store: RunStore):
+        self.engine = engine
+        self.store = store
+
+    def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
+        if request.mode == pb.MODE_EXPLORE:
+            raise Unimplemented("mode EXPLORE is not available yet; use MODE_EXPLOIT")
+        spec = converters.spec_from_proto(request.spec)
+        pins = converters.pins_from_proto(request.pins)
+        rec = self.engine.recommend(tenant_of(context), spec, pins)
+        return pb.RecommendResponse(recommendation=converters.recommendation_to_proto(rec))
+
+    def ReportRun(self, request: pb.ReportRunRequest, context) -> pb.ReportRunResponse:
+        report = converters.report_from_proto(request)
+        run, created = self.engine.report(tenant_of(context), report)
+        return pb.ReportRunResponse(run=converters.run_to_proto(run), created=created)
+
+    def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
+        runs, token = self.store.page(tenant_of(context), request.page_size, request.page_token)
+        return pb.ListRunsResponse(runs=[converters.run_to_proto(r) for r in runs],
+                                   next_page_token=token)
+
+    def GetRun(self, request: pb.GetRunRequest, context) -> pb.GetRunResponse:
+        run = self.store.get(tenant_of(context), request.run_id)
+        return pb.GetRunResponse(run=converters.run_to_proto(run))

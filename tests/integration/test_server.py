@@ -1,0 +1,144 @@
+"""The real server on a free port, through the client library."""
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from clients.client import spec
+from clients.errors import InvalidArgumentError, NotFoundError, UnimplementedError
+from hparamrec.v1 import recommender_pb2 as pb
+from predictor import laws
+from benchmark_db.records import resolve_spec
+
+pytestmark = pytest.mark.integration
+
+
+def report_request(run_id="run-1", **hp) -> pb.ReportRunRequest:
+    hyper = {"lr": 1.2e-3, "batch_size_tokens": 1e6, "weight_decay": 0.1} | hp
+    return pb.ReportRunRequest(
+        run_id=run_id, spec=spec(n_params=1.3e9, n_tokens=1e11),
+        hyperparameters=pb.Hyperparameters(**hyper),
+        outcome=pb.RunOutcome(status=pb.RUN_STATUS_COMPLETED, final_loss=2.41),
+        metadata={"cluster": "a"})
+
+
+def test_recommend_zero_shot(client):
+    rec = client.recommend(spec(n_params=1e9, n_tokens=2e10))
+    s = resolve_spec(n_params=1e9, n_tokens=2e10)
+    assert rec.lr == pytest.approx(laws.STEPLAW_LR(s), rel=0.02)
+    assert rec.batch_size_tokens == pytest.approx(laws.STEPLAW_BATCH(s), rel=0.02)
+    assert rec.lr_interval.lo < rec.lr < rec.lr_interval.hi
+    assert rec.recommendation_id and rec.model_versions == ["prior@1"]
+    assert {s.field for s in rec.sources} >= {"lr", "batch_size_tokens", "weight_decay"}
+
+
+def test_recommend_with_pinned_batch(client):
+    rec = client.recommend(spec(n_params=1.3e9, n_tokens=1e11), pb.Pins(batch_size_tokens=1e6))
+    assert rec.batch_size_tokens == 1e6
+    assert rec.batch_size_tokens_interval.lo == rec.batch_size_tokens_interval.hi == 1e6
+
+
+def test_report_is_idempotent_and_listed(client):
+    first = client.report_run(report_request())
+    again = client.report_run(report_request())
+    assert first.created and not again.created
+    assert again.run == first.run
+    runs = client.list_runs().runs
+    assert [r.run_id for r in runs] == ["run-1"]
+    assert client.get_run("run-1").metadata == {"cluster": "a"}
+
+
+def test_list_runs_pages(client):
+    for i in range(5):
+        client.report_run(report_request(f"r{i}"))
+    assert [r.run_id for r in client.iter_runs(page_size=2)] == [f"r{i}" for i in reversed(range(5))]
+    assert len(list(client.iter_runs(limit=3, page_size=2))) == 3
+
+
+def test_get_missing_run(client):
+    with pytest.raises(NotFoundError):
+        client.get_run("nope")
+
+
+def test_explore_mode_is_not_offered_yet(client):
+    with pytest.raises(UnimplementedError):
+        client.recommend(spec(n_params=1e9, n_tokens=2e10), mode=pb.MODE_EXPLORE)
+
+
+@pytest.mark.parametrize("training_spec, field", [
+    (spec(n_params=-1.0, n_tokens=1e10), "spec.n_params"),
+    (spec(n_params=0.0, n_tokens=1e10), "spec.n_params"),
+    (spec(n_params=float("nan"), n_tokens=1e10), "spec.n_params"),
+    (spec(n_params=1e9, n_tokens=float("inf")), "spec.n_tokens"),
+    (spec(n_params=1e9), "spec.n_tokens"),
+    (spec(n_params=1e9, n_tokens=1e10, architecture="rnn"), "spec.architecture"),
+])
+def test_bad_spec_is_invalid_argument_with_field(client, training_spec, field):
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.recommend(training_spec)
+    assert [f for f, _ in exc.value.field_violations] == [field]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"batch_size_tokens": 1e12}, "hyperparameters.batch_size_tokens"),
+    ({"lr": float("nan")}, "hyperparameters.lr"),
+    ({"lr": -1e-3}, "hyperparameters.lr"),
+    ({"weight_decay": float("inf")}, "hyperparameters.weight_decay"),
+])
+def test_bad_report_changes_nothing(client, change, field):
+    client.report_run(report_request("keep"))
+    before = client.list_runs()
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.report_run(report_request("keep", **change))
+    assert field in [f for f, _ in exc.value.field_violations]
+    with pytest.raises(InvalidArgumentError):
+        client.report_run(report_request("new", **change))
+    assert client.list_runs() == before
+
+
+def test_bad_pins(client):
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.recommend(spec(n_params=1e9, n_tokens=1e10), pb.Pins(qat_fraction=0.5))
+    assert exc.value.field_violations[0][0] == "pins.qat_fraction"
+
+
+def test_raw_status_carries_bad_request_details(target):
+    from grpc_status import rpc_status
+    from google.rpc import error_details_pb2
+
+    from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Recommend(pb.RecommendRequest(spec=spec(n_params=-5.0, n_tokens=1e10)))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(exc.value)
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert bad_request.field_violations[0].field == "spec.n_params"
+    assert "positive" in bad_request.field_violations[0].description
+
+
+def test_health(client):
+    assert client.health() == "SERVING"
+    assert client.health("hparamrec.v1.RecommenderService") == "SERVING"
+
+
+def test_reflection_lists_the_services(target):
+    with grpc.insecure_channel(target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([
+            reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for s in next(responses).list_services_response.service}
+    assert {"hparamrec.v1.RecommenderService", "grpc.health.v1.Health"} <= names
+
+
+def test_stop_reports_not_serving(service, target):
+    from grpc_health.v1 import health_pb2_grpc
+
+    service.health.enter_graceful_shutdown()
+    with grpc.insecure_channel(target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING

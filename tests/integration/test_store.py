@@ -1,0 +1,110 @@
+"""One storage suite, run against SQLite and a real PostgreSQL."""
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from benchmark_db.errors import InvalidArgument, NotFound
+from benchmark_db.schema import metadata
+from benchmark_db.store import RunStore
+from tests.factories import make_report
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(database_url):
+    s = RunStore(database_url)
+    yield s
+    s.close()
+
+
+def test_migrations_create_exactly_the_declared_schema(store):
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_reopening_an_upgraded_database_is_a_no_op(store, database_url):
+    store.report("t", make_report("a"))
+    again = RunStore(database_url)
+    assert again.count("t") == 1
+    again.close()
+
+
+def test_report_round_trip(store):
+    report = make_report("a", metadata={"cluster": "x"}, recommendation_id="rec-1")
+    stored, created = store.report("t", report)
+    assert created
+    fetched = store.get("t", "a")
+    assert fetched == stored
+    assert fetched.model_dump(exclude={"tenant", "created_at"}) == report.model_dump()
+    assert fetched.created_at.tzinfo is not None
+
+
+def test_resent_run_id_returns_the_stored_run(store):
+    first, _ = store.report("t", make_report("a", loss=2.5))
+    again, created = store.report("t", make_report("a", loss=9.9))
+    assert not created and again == first and store.count("t") == 1
+
+
+def test_concurrent_reports_of_one_run_id_store_it_once(store):
+    results = []
+
+    def send():
+        results.append(store.report("t", make_report("same"))[1])
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True]
+    assert store.count("t") == 1
+
+
+def test_tenants_never_see_each_other(store):
+    store.report("alice", make_report("a"))
+    store.report("bob", make_report("a", loss=3.0))
+    assert store.get("alice", "a").outcome.final_loss == 2.5
+    assert store.get("bob", "a").outcome.final_loss == 3.0
+    assert [r.run_id for r in store.all_runs("carol")] == []
+    with pytest.raises(NotFound):
+        store.get("carol", "a")
+
+
+def test_paging_newest_first(store):
+    for i in range(7):
+        store.report("t", make_report(f"r{i}"))
+    seen, token = [], ""
+    while True:
+        page, token = store.page("t", page_size=3, page_token=token)
+        seen += [r.run_id for r in page]
+        if not token:
+            break
+    assert seen == [f"r{i}" for i in reversed(range(7))]
+
+
+@pytest.mark.parametrize("token", ["garbage", "aWQ6eA=="])
+def test_bad_page_token(store, token):
+    with pytest.raises(InvalidArgument) as exc:
+        store.page("t", page_token=token)
+    assert exc.value.violations[0].field == "page_token"
+
+
+def test_add_many_is_idempotent(store):
+    reports = [make_report(f"r{i}") for i in range(5)]
+    assert store.add_many("t", reports) == 5
+    assert store.add_many("t", reports + [make_report("r5"), make_report("r5")]) == 1
+    assert store.count("t") == 6
+
+
+def test_failed_insert_leaves_store_unchanged(store):
+    store.report("t", make_report("a"))
+    with pytest.raises(sa.exc.StatementError):
+        with store.engine.begin() as conn:  # a constraint violation mid-transaction
+            conn.execute(sa.text("UPDATE runs SET status = NULL"))
+    assert store.get("t", "a").outcome.status == "completed"

@@ -1,0 +1,74 @@
+import pytest
+
+from benchmark_db.errors import InvalidArgument
+from benchmark_db.records import RunReport, resolve_spec, validated
+from tests.factories import make_report
+
+
+def fields_of(exc_info) -> list[str]:
+    return [v.field for v in exc_info.value.violations]
+
+
+def test_any_two_sizes_determine_the_third():
+    by_tokens = resolve_spec(n_params=1e9, n_tokens=2e10)
+    assert by_tokens.compute_flops == pytest.approx(1.2e20)
+    assert resolve_spec(n_params=1e9, compute_flops=1.2e20).n_tokens == pytest.approx(2e10)
+    assert resolve_spec(n_tokens=2e10, compute_flops=1.2e20).n_params == pytest.approx(1e9)
+    assert resolve_spec(n_params=1e9, n_tokens=2e10, compute_flops=1.2e20) == by_tokens
+
+
+def test_moe_compute_uses_active_params():
+    s = resolve_spec(n_params=8e9, n_active_params=1e9, compute_flops=1.2e20, architecture="moe")
+    assert s.n_tokens == pytest.approx(2e10)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"n_params": -1.0, "n_tokens": 1e10}, "spec.n_params"),
+    ({"n_params": 0.0, "n_tokens": 1e10}, "spec.n_params"),
+    ({"n_params": float("nan"), "n_tokens": 1e10}, "spec.n_params"),
+    ({"n_params": 1e9, "n_tokens": float("inf")}, "spec.n_tokens"),
+    ({"n_params": 1e9}, "spec.n_tokens"),
+    ({"n_params": 1e9, "n_tokens": 1e10, "compute_flops": 1e25}, "spec.compute_flops"),
+    ({"n_params": 1e9, "n_tokens": 1e10, "architecture": "rnn"}, "spec.architecture"),
+    ({"n_params": 1e9, "n_tokens": 1e10, "optimizer": "sgd"}, "spec.optimizer"),
+    ({"n_params": 1e9, "n_tokens": 1e10, "seq_len": 0}, "spec.seq_len"),
+    ({"n_params": 1e9, "n_tokens": 1e10, "weight_bits": 0}, "spec.weight_bits"),
+    ({"n_params": 1e30, "n_tokens": 1e10}, "spec.n_params"),
+    ({"n_params": 1e9, "n_active_params": 2e9, "n_tokens": 1e10, "architecture": "moe"},
+     "spec.n_active_params"),
+])
+def test_bad_specs_name_the_field(kwargs, field):
+    with pytest.raises(InvalidArgument) as exc:
+        resolve_spec(**kwargs)
+    assert fields_of(exc) == [field]
+
+
+def test_report_rejects_batch_larger_than_tokens():
+    with pytest.raises(InvalidArgument) as exc:
+        make_report(n_tokens=1e6, batch=2e6)
+    assert fields_of(exc) == ["hyperparameters.batch_size_tokens"]
+
+
+def test_completed_run_needs_a_loss_but_diverged_does_not():
+    good = make_report(status="diverged")
+    assert good.outcome.final_loss is None
+    data = good.model_dump()
+    data["outcome"] = {"status": "completed"}
+    with pytest.raises(InvalidArgument) as exc:
+        validated(RunReport, data)
+    assert fields_of(exc) == ["outcome.final_loss"]
+
+
+@pytest.mark.parametrize("metadata", [{"": "x"}, {"k" * 300: "x"}, {"k": "v" * 5000},
+                                      {f"k{i}": "v" for i in range(65)}])
+def test_metadata_limits(metadata):
+    with pytest.raises(InvalidArgument) as exc:
+        make_report(metadata=metadata)
+    assert fields_of(exc)[0].startswith("metadata")
+
+
+@pytest.mark.parametrize("run_id", ["", "x" * 201, "tab\there"])
+def test_run_id_must_be_a_printable_bounded_string(run_id):
+    with pytest.raises(InvalidArgument) as exc:
+        make_report(run_id=run_id)
+    assert fields_of(exc) == ["run_id"]
