@@ -213,6 +213,58 @@ def runs_show(run_id, server, as_json) -> None:
         render.run_detail(run)
 
 
+IMPORT_FORMATS = ("steplaw", "csv", "jsonl")  # benchmark_db.importers.FORMATS, without its imports
+
+
+@app.command("import")
+@click.option("--db", envvar="HPARAMREC_DATABASE_URL", default="sqlite:///var/hparamrec.db",
+              show_default=True, help="SQLAlchemy URL of the store (or HPARAMREC_DATABASE_URL).")
+@click.option("--format", "file_format", type=click.Choice(IMPORT_FORMATS), required=True,
+              help="steplaw: a Step Law sweep CSV; csv, jsonl: the generic format of "
+                   "docs/import-format.md.")
+@click.option("--tenant", default="default", show_default=True, help="Tenant the runs belong to.")
+@json_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def import_runs(db, file_format, tenant, as_json, file) -> None:
+    """Import runs from FILE straight into the database (an admin command: no server needed).
+    A bad row stops the import before anything is stored; importing a file again adds nothing."""
+    # Server-side packages load only here, so the client commands start fast.
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    from benchmark_db.errors import InvalidArgument
+    from benchmark_db.importers import import_file
+    from benchmark_db.store import RunStore
+
+    try:
+        store = RunStore(db)
+    except (ArgumentError, ValueError) as exc:
+        raise CliError(f"--db: {exc}") from None
+    except OperationalError as exc:  # unreachable, like a server that cannot be reached
+        reason = str(exc.orig).strip().splitlines()[0]
+        raise CliError(f"cannot open the database: {reason}", 3) from None
+    counter = _stderr_row_counter()
+    try:
+        result = import_file(store, tenant, file, file_format, progress=counter)
+    except InvalidArgument as exc:
+        raise CliError(f"{file}: {exc}") from None
+    finally:
+        store.close()
+        if counter:
+            click.echo("\r\033[K", err=True, nl=False)  # erase the counter
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        click.echo(f"read {result.read} runs ({result.diverged} diverged): {result.added} added, "
+                   f"{result.already_stored} already stored")
+
+
+def _stderr_row_counter():
+    """A running count of rows read, for large files, when someone watches stderr."""
+    if not sys.stderr.isatty():
+        return None
+    return lambda rows: click.echo(f"\rread {rows} rows", err=True, nl=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: turns every error into one line on stderr and an exit code."""
     try:

@@ -1,0 +1,55 @@
+"""Runs from files into the store: Step Law sweeps and the generic CSV/JSONL format.
+
+Every row is validated by the same rules as ReportRun before anything is written: a bad row
+raises InvalidArgument naming its row and column, and nothing from that file is stored.
+Importing a file again adds nothing: each run's id is stable (given, built from the file's run
+name, or a hash of its content) and the store skips ids it already holds.
+"""
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmark_db.errors import InvalidArgument
+from benchmark_db.importers import generic, steplaw_csv
+from benchmark_db.importers.rows import Progress
+from benchmark_db.records import RunReport, RunStatus
+from benchmark_db.store import RunStore
+
+_READERS = {
+    "steplaw": steplaw_csv.read,
+    "csv": generic.read_csv_runs,
+    "jsonl": generic.read_jsonl_runs,
+}
+FORMATS = tuple(_READERS)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    read: int
+    added: int
+    already_stored: int  # includes a run that appears twice in the file
+    diverged: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def read_runs(path: str | Path, format: str, progress: Progress | None = None) -> list[RunReport]:
+    """Every run of the file, validated. progress, if given, is called with the number of rows
+    read so far every rows.PROGRESS_EVERY rows."""
+    reader = _READERS.get(format)
+    if reader is None:
+        raise InvalidArgument.single("format",
+                                     f"must be one of {', '.join(FORMATS)} (got {format!r})")
+    return reader(Path(path), progress)
+
+
+def import_file(store: RunStore, tenant: str, path: str | Path, format: str,
+                progress: Progress | None = None) -> ImportResult:
+    """Reads and validates the whole file, then stores its runs in one transaction."""
+    reports = read_runs(path, format, progress)
+    added = store.add_many(tenant, reports)
+    return ImportResult(
+        read=len(reports), added=added, already_stored=len(reports) - added,
+        diverged=sum(r.outcome.status is RunStatus.DIVERGED for r in reports),
+    )

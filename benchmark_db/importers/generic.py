@@ -1,0 +1,135 @@
+"""The generic import format (docs/import-format.md): one run per CSV row or JSONL line, with
+columns named like the proto fields, so any team can export its runs to it."""
+
+import difflib
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from benchmark_db.errors import FieldViolation, InvalidArgument
+from benchmark_db.importers.rows import (HEADER_ROW, Progress, at_row, boolean, content_id,
+                                         counted, integer, number, read_csv, text_file)
+from benchmark_db.records import RunReport, RunStatus, resolve_spec, validated
+
+_SPEC_NUMBERS = ("n_params", "n_active_params", "n_tokens", "compute_flops")
+_SPEC_INTEGERS = ("seq_len", "weight_bits")
+_SPEC_NAMES = ("architecture", "optimizer")
+_HYPERPARAMETERS = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
+COLUMNS = frozenset({"run_id", *_SPEC_NUMBERS, *_SPEC_INTEGERS, *_SPEC_NAMES, *_HYPERPARAMETERS,
+                     "final_loss", "status", "diverged", "metadata", "recommendation_id"})
+CSV_METADATA_PREFIX = "metadata."
+_CSV_COLUMNS = (COLUMNS - {"metadata"}) | {CSV_METADATA_PREFIX + "KEY"}
+# Validation needs some run_id; a row without one gets the hash of its validated content.
+_PLACEHOLDER_ID = "pending"
+
+
+def read_csv_runs(path: Path, progress: Progress | None = None) -> list[RunReport]:
+    header, rows = read_csv(path)
+    unknown = [c for c in header if not _is_csv_column(c)]
+    if unknown:
+        raise _unknown_columns(HEADER_ROW, unknown, _CSV_COLUMNS)
+    return _reports(((n, _csv_fields(cells)) for n, cells in rows), "import:csv", progress)
+
+
+def read_jsonl_runs(path: Path, progress: Progress | None = None) -> list[RunReport]:
+    with text_file(path) as f:
+        return _reports(_jsonl_fields(f), "import:jsonl", progress)
+
+
+def _unknown_columns(row_number: int, names: list[str], known: Iterable[str]) -> InvalidArgument:
+    """Names each unknown column, with the likely intended one: typos must not drop data."""
+    violations = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "see docs/import-format.md"
+        violations.append(FieldViolation(f"row {row_number}: {name}", f"unknown column ({hint})"))
+    return InvalidArgument(violations)
+
+
+def _is_csv_column(name: str) -> bool:
+    if name.startswith(CSV_METADATA_PREFIX):
+        return len(name) > len(CSV_METADATA_PREFIX)
+    return name in _CSV_COLUMNS
+
+
+def _csv_fields(cells: dict[str, str]) -> dict:
+    """Empty cells are absent values; metadata.KEY columns make the metadata map."""
+    fields = {name: value.strip() for name, value in cells.items()
+              if not name.startswith(CSV_METADATA_PREFIX) and value.strip()}
+    fields["metadata"] = {name.removeprefix(CSV_METADATA_PREFIX): value
+                          for name, value in cells.items()
+                          if name.startswith(CSV_METADATA_PREFIX) and value}
+    return fields
+
+
+def _jsonl_fields(lines: Iterable[str]) -> Iterator[tuple[int, dict]]:
+    for line_number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument.single(
+                f"row {line_number}", f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        if not isinstance(obj, dict):
+            raise InvalidArgument.single(f"row {line_number}", "expected a JSON object")
+        unknown = [key for key in obj if key not in COLUMNS]
+        if unknown:
+            raise _unknown_columns(line_number, unknown, COLUMNS)
+        yield line_number, {key: value for key, value in obj.items() if value is not None}
+
+
+def _reports(rows: Iterable[tuple[int, dict]], source: str,
+             progress: Progress | None) -> list[RunReport]:
+    reports, first_seen = [], {}
+    for row_number, fields in counted(rows, progress):
+        with at_row(row_number):
+            report = _report(fields, source)
+        earlier = first_seen.setdefault(report.run_id, (row_number, report))
+        if earlier[1] != report:  # the same row twice is harmless; one id for two runs is not
+            raise InvalidArgument.single(
+                f"row {row_number}: run_id",
+                f"{report.run_id!r} is also the id of row {earlier[0]}, which has other values")
+        reports.append(report)
+    return reports
+
+
+def _report(fields: dict, source: str) -> RunReport:
+    spec = resolve_spec(
+        **{name: number(fields.get(name), name) for name in _SPEC_NUMBERS},
+        **{name: integer(fields.get(name), name) for name in _SPEC_INTEGERS},
+        **{name: fields.get(name) for name in _SPEC_NAMES},
+        field_prefix="",
+    )
+    hyperparameters = {name: number(fields[name], name)
+                       for name in _HYPERPARAMETERS if name in fields}
+    loss = number(fields.get("final_loss"), "final_loss")
+    status = _status(fields.get("status"), boolean(fields.get("diverged"), "diverged"), loss)
+    if loss is not None and not math.isfinite(loss) and status != RunStatus.COMPLETED:
+        loss = None  # the record keeps finite losses only; the status says what happened
+    report = validated(RunReport, {
+        "run_id": fields.get("run_id", _PLACEHOLDER_ID),
+        "spec": spec,
+        "hyperparameters": hyperparameters,
+        "outcome": {"status": status, "final_loss": loss},
+        "metadata": fields.get("metadata", {}),
+        "recommendation_id": fields.get("recommendation_id", ""),
+        "source": source,
+    })
+    if "run_id" not in fields:
+        report = report.model_copy(update={"run_id": content_id(report)})
+    return report
+
+
+def _status(status, diverged: bool | None, loss: float | None):
+    """The given status, else diverged when flagged or when the loss is NaN/inf, else completed
+    (the record then requires a finite loss)."""
+    if status is None:
+        flagged = diverged or (diverged is None and loss is not None and not math.isfinite(loss))
+        return RunStatus.DIVERGED if flagged else RunStatus.COMPLETED
+    if isinstance(status, str):
+        status = status.strip().lower()
+    if diverged is not None and diverged != (status == RunStatus.DIVERGED):
+        raise InvalidArgument.single("diverged", f"contradicts status {status!r}")
+    return status  # validated by the record: completed, diverged or failed

@@ -1,0 +1,153 @@
+"""What the importers share: reading numbered rows, parsing cells, errors naming row and column,
+and run ids derived from a run's content.
+
+Rows are numbered like the lines of the file (and the rows of a spreadsheet): in a CSV the
+header is row 1 and the first run is row 2; in JSONL the run on line 5 is row 5.
+"""
+
+import csv
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from benchmark_db.errors import FieldViolation, InvalidArgument
+from benchmark_db.records import RunReport
+
+# Called with the number of rows read so far, every PROGRESS_EVERY rows.
+Progress = Callable[[int], None]
+PROGRESS_EVERY = 1000
+HEADER_ROW = 1
+
+# Validation names fields by their place in the record ("hyperparameters.lr"); a file has flat
+# columns ("lr").
+_RECORD_PARTS = ("spec.", "hyperparameters.", "outcome.")
+
+
+@contextmanager
+def text_file(path: Path):
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            yield f
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument.single(
+            "file", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and (row number, {column: cell}) of each non-blank row."""
+    with text_file(path) as f:
+        reader = csv.reader(f)
+        try:
+            header = [name.strip() for name in next(reader, [])]
+            if not any(header):
+                raise InvalidArgument.single(f"row {HEADER_ROW}",
+                                             "expected a header of column names")
+            _check_unique_columns(header)
+            rows, start = [], reader.line_num + 1
+            for cells in reader:
+                if any(cell.strip() for cell in cells):
+                    if len(cells) != len(header):
+                        raise InvalidArgument.single(
+                            f"row {start}", f"has {len(cells)} cells, the header has {len(header)}")
+                    rows.append((start, dict(zip(header, cells))))
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise InvalidArgument.single(f"row {reader.line_num}",
+                                         f"not valid CSV: {exc}") from None
+    return header, rows
+
+
+def _check_unique_columns(header: list[str]) -> None:
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise InvalidArgument.single(f"row {HEADER_ROW}: {name}", "column appears twice")
+        seen.add(name)
+
+
+def counted(rows: Iterable, progress: Progress | None) -> Iterator:
+    """Yields the rows, telling progress how many have been read every PROGRESS_EVERY rows."""
+    for count, row in enumerate(rows, 1):
+        yield row
+        if progress is not None and count % PROGRESS_EVERY == 0:
+            progress(count)
+
+
+@contextmanager
+def at_row(number: int, columns: Mapping[str, str] | None = None):
+    """Re-raises InvalidArgument with each field as 'row N: column'. columns maps record field
+    names to the file's column names where they differ."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        raise InvalidArgument([
+            FieldViolation(f"row {number}: {_column(v.field, columns or {})}", v.reason)
+            for v in exc.violations
+        ]) from None
+
+
+def _column(field: str, columns: Mapping[str, str]) -> str:
+    for part in _RECORD_PARTS:
+        if field.startswith(part):
+            field = field[len(part):]
+            break
+    return columns.get(field, field)
+
+
+def number(value, column: str) -> float | None:
+    """A float from a CSV cell or JSON value; None when empty. NaN and inf pass (a diverged
+    loss); range checks are the record's."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise InvalidArgument.single(column, f"not a number (got {value!r})")
+
+
+def required_number(value, column: str) -> float:
+    found = number(value, column)
+    if found is None:
+        raise InvalidArgument.single(column, "required")
+    return found
+
+
+def integer(value, column: str) -> int | None:
+    """An int; accepts 2048.0, as spreadsheets and pandas write whole numbers."""
+    found = number(value, column)
+    if found is None:
+        return None
+    if not (math.isfinite(found) and found.is_integer()):
+        raise InvalidArgument.single(column, f"not a whole number (got {value!r})")
+    return int(found)
+
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def boolean(value, column: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    if not text:
+        return None
+    raise InvalidArgument.single(column, f"expected true or false (got {value!r})")
+
+
+def content_id(report: RunReport, prefix: str = "") -> str:
+    """A run id that depends only on what the run is (spec, hyperparameters, outcome, metadata),
+    so importing the same run again, from any file or format, finds it already stored."""
+    content = report.model_dump(mode="json", exclude={"run_id", "source"})
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return f"{prefix}sha256:{digest[:32]}"
