@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from benchmark_db import migrate
 from benchmark_db.engine import create_engine
 from benchmark_db.errors import InvalidArgument, NotFound
+from benchmark_db.keys import KeyStore
 from benchmark_db.records import RunRecord, RunReport
 from benchmark_db.schema import runs
 
@@ -27,6 +28,7 @@ class RunStore:
         self.url = url
         self.engine = create_engine(url)
         migrate.upgrade(self.engine)
+        self.keys = KeyStore(self.engine)  # API keys live in the same database
 
     def close(self) -> None:
         self.engine.dispose()
@@ -91,6 +93,11 @@ class RunStore:
             rows = conn.execute(sa.select(runs).where(runs.c.tenant == tenant)
                                 .order_by(runs.c.id)).mappings().all()
         return [_from_row(r) for r in rows]
+
+    def tenants(self) -> list[str]:
+        """Tenants that have stored runs."""
+        with self.engine.connect() as conn:
+            return list(conn.scalars(sa.select(runs.c.tenant).distinct()))
 
     def count(self, tenant: str) -> int:
         with self.engine.connect() as conn:

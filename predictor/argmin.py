@@ -1,0 +1,128 @@
+"""Recommendations from any fitted LossModel: the argmin of its predicted loss over the free
+hyperparameters, searched on a log grid around the prior's (conditional) optimum.
+
+Weight decay, when free, follows the prior's timescale rule at each candidate (lr, batch):
+no stored sweep varies it enough to learn more, and the rule re-centres the AdamW timescale.
+The QAT fraction, when free, is the prior's. Intervals are the 10th-90th percentiles of the
+argmin across the model's bootstrap members when it has them, else the band over which the
+predicted loss stays within NEAR_OPTIMAL_EXCESS of its minimum.
+"""
+
+import math
+
+import numpy as np
+
+from benchmark_db.records import Pins, TrainingSpec
+from predictor import laws
+from predictor.loss_model import LossModel
+from predictor.prior import NEAR_OPTIMAL_EXCESS, PriorRecommender, check_pins
+from predictor.recommendation import Interval, Recommendation, Source, whole_sequences
+from predictor.table import RunTable
+
+SEARCH_HALF_WIDTH = math.log(30.0)  # the grid spans the prior optimum /30 to x30
+COARSE_POINTS = 41
+FINE_POINTS = 21
+
+
+class ModelRecommender:
+    def __init__(self, model: LossModel, runs: RunTable):
+        self.model = model
+        self.n_runs = len(runs)
+        self._prior = PriorRecommender()
+        self._sizes = {c: (getattr(runs, c).min(), getattr(runs, c).max()) if len(runs) else None
+                       for c in ("n_active_params", "n_tokens")}
+
+    def recommend(self, spec: TrainingSpec, pins: Pins) -> Recommendation:
+        check_pins(spec, pins)
+        base = self._prior.recommend(spec, pins)
+        lr_axis = _axis(base.lr, pins.lr)
+        batch_axis = _axis(base.batch_size_tokens, pins.batch_size_tokens)
+        lr, batch = self._best(spec, pins, base, self.model, lr_axis, batch_axis)
+        # Refine on a finer grid one coarse step around the coarse optimum.
+        step = 2 * SEARCH_HALF_WIDTH / (COARSE_POINTS - 1)
+        fine_lr = _axis(lr, pins.lr, step, FINE_POINTS)
+        fine_batch = _axis(batch, pins.batch_size_tokens, step, FINE_POINTS)
+        lr, batch = self._best(spec, pins, base, self.model, fine_lr, fine_batch)
+        if pins.batch_size_tokens is None:
+            batch = whole_sequences(batch, spec.seq_len)
+        wd = self._weight_decay(spec, pins, base, lr, batch)
+        prediction = self.model.predict(RunTable.queries(spec, lr, batch, wd, base.qat_fraction))
+
+        lr_interval, batch_interval = self._intervals(spec, pins, base, lr, batch, fine_lr, fine_batch)
+        wd_interval = base.weight_decay_interval if pins.weight_decay is not None else Interval(
+            lo=wd * base.weight_decay_interval.lo / base.weight_decay,
+            hi=wd * base.weight_decay_interval.hi / base.weight_decay)
+        return base.model_copy(update={
+            "lr": lr, "lr_interval": lr_interval,
+            "batch_size_tokens": batch, "batch_size_tokens_interval": batch_interval,
+            "weight_decay": wd, "weight_decay_interval": wd_interval,
+            "predicted_loss": float(prediction.mean[0]),
+            "predicted_loss_interval": Interval(lo=float(prediction.lo[0]), hi=float(prediction.hi[0])),
+            "sources": tuple(self._sources(base, pins)),
+            "warnings": base.warnings + tuple(self._range_warnings(spec)),
+            "model_versions": (self.model.version_,) + base.model_versions,
+        })
+
+    def _queries(self, spec, pins, base, lr_axis, batch_axis) -> tuple[RunTable, np.ndarray, np.ndarray]:
+        lr, batch = (a.ravel() for a in np.meshgrid(lr_axis, batch_axis, indexing="ij"))
+        wd = self._weight_decay(spec, pins, base, lr, batch)
+        return RunTable.queries(spec, lr, batch, wd, base.qat_fraction), lr, batch
+
+    def _best(self, spec, pins, base, model, lr_axis, batch_axis) -> tuple[float, float]:
+        queries, lr, batch = self._queries(spec, pins, base, lr_axis, batch_axis)
+        i = int(np.argmin(model.predict(queries).mean))
+        return float(lr[i]), float(batch[i])
+
+    @staticmethod
+    def _weight_decay(spec, pins, base, lr, batch):
+        if pins.weight_decay is not None:
+            return np.full(np.shape(lr), pins.weight_decay) if np.ndim(lr) else pins.weight_decay
+        return batch / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
+
+    def _intervals(self, spec, pins, base, lr, batch, lr_axis, batch_axis) -> tuple[Interval, Interval]:
+        members = getattr(self.model, "members_", None)
+        if members:
+            optima = np.array([self._best(spec, pins, base, m, lr_axis, batch_axis) for m in members])
+            lo, hi = np.percentile(optima, [10, 90], axis=0)
+            lo, hi = np.minimum(lo, [lr, batch]), np.maximum(hi, [lr, batch])
+        else:
+            queries, lrs, batches = self._queries(spec, pins, base, lr_axis, batch_axis)
+            mean = self.model.predict(queries).mean
+            near = mean <= mean.min() * (1 + NEAR_OPTIMAL_EXCESS)
+            lo = [lrs[near].min(), batches[near].min()]
+            hi = [lrs[near].max(), batches[near].max()]
+        lr_iv = Interval.point(lr) if pins.lr is not None else Interval(lo=lo[0], hi=hi[0])
+        batch_iv = (Interval.point(batch) if pins.batch_size_tokens is not None
+                    else Interval(lo=lo[1], hi=hi[1]))
+        return lr_iv, batch_iv
+
+    def _sources(self, base: Recommendation, pins: Pins) -> list[Source]:
+        learned = Source(field="", name=self.model.name, version=self.model.version_,
+                         detail=f"argmin of the {self.model.name} model fitted on {self.n_runs} runs")
+        out = []
+        for field in ("lr", "batch_size_tokens", "predicted_loss"):
+            if getattr(pins, field, None) is not None:
+                out += [s for s in base.sources if s.field == field]
+            else:
+                out.append(learned.model_copy(update={"field": field}))
+        out += [s for s in base.sources if s.field in ("weight_decay", "qat_fraction")]
+        return out
+
+    def _range_warnings(self, spec: TrainingSpec) -> list[str]:
+        out = []
+        for column, value in (("n_active_params", spec.n_active_params), ("n_tokens", spec.n_tokens)):
+            bounds = self._sizes[column]
+            if bounds and not bounds[0] <= value <= bounds[1]:
+                out.append(f"{self.model.name}: {column} = {value:.3g} is outside the stored runs "
+                           f"({bounds[0]:.3g} to {bounds[1]:.3g}); the learned correction is an "
+                           "extrapolation")
+        return out
+
+
+def _axis(centre: float, pinned: float | None, step: float | None = None,
+          points: int = COARSE_POINTS) -> np.ndarray:
+    """A log-spaced axis around centre, or just the pinned value."""
+    if pinned is not None:
+        return np.array([pinned])
+    half = SEARCH_HALF_WIDTH if step is None else step
+    return centre * np.exp(np.linspace(-half, half, points))

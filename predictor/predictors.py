@@ -1,0 +1,45 @@
+"""Fitted predictors by name: what `--predictor prior|surface|lightgbm|auto` selects."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from benchmark_db.records import Pins, TrainingSpec
+from predictor.argmin import ModelRecommender
+from predictor.loss_model import LossModel, LossPrediction
+from predictor.prior_model import PriorLossModel
+from predictor.recommendation import Recommendation
+from predictor.table import RunTable
+
+
+@dataclass(frozen=True)
+class FittedPredictor:
+    """A loss model fitted on runs, and the recommender built on it."""
+
+    model: LossModel
+    recommender: ModelRecommender
+
+    @property
+    def version(self) -> str:
+        return self.model.version_
+
+    def recommend(self, spec: TrainingSpec, pins: Pins) -> Recommendation:
+        return self.recommender.recommend(spec, pins)
+
+    def predict(self, queries: RunTable) -> LossPrediction:
+        return self.model.predict(queries)
+
+
+def _prior() -> LossModel:
+    return PriorLossModel()
+
+
+MODEL_FACTORIES: dict[str, Callable[[], LossModel]] = {
+    "prior": _prior,
+}
+
+
+def fit_predictor(kind: str, runs: RunTable) -> FittedPredictor:
+    if kind not in MODEL_FACTORIES:
+        raise ValueError(f"unknown predictor {kind!r}; choose from {', '.join(MODEL_FACTORIES)}")
+    model = MODEL_FACTORIES[kind]().fit(runs)
+    return FittedPredictor(model=model, recommender=ModelRecommender(model, runs))

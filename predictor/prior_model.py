@@ -1,0 +1,50 @@
+"""The published-law prior as a LossModel: Epoch base loss times (1 + bowl excess)."""
+
+import math
+
+import numpy as np
+
+from benchmark_db.records import TrainingSpec
+from predictor.bowl import Bowl
+from predictor.loss_model import LossPrediction
+from predictor.prior import PRIOR_VERSION, QAT_CURVATURE, Z80, LawOptimum
+from predictor import laws
+from predictor.table import RunTable
+
+
+class PriorLossModel:
+    """Needs no data: fit() is a no-op, so it is what the service uses on an empty store."""
+
+    name = "prior"
+
+    def fit(self, runs: RunTable) -> "PriorLossModel":
+        return self
+
+    @property
+    def version_(self) -> str:
+        return PRIOR_VERSION
+
+    def predict(self, queries: RunTable) -> LossPrediction:
+        mean = np.empty(len(queries))
+        for key, rows in _rows_by_spec(queries).items():
+            spec = TrainingSpec(n_params=key[0], n_active_params=key[1], n_tokens=key[2],
+                                seq_len=int(key[3]), weight_bits=int(key[4]))
+            optimum = LawOptimum(spec)
+            z = np.stack([
+                np.log(queries.lr[rows] / optimum.values["lr"]),
+                np.log(queries.batch_size_tokens[rows] / optimum.values["batch_size_tokens"]),
+                np.log(np.maximum(queries.weight_decay[rows], 1e-12) / optimum.values["weight_decay"]),
+            ], axis=1)
+            h = Bowl.steplaw(spec.n_tokens).hessian
+            excess = np.einsum("ij,jk,ik->i", z, h, z)
+            excess += QAT_CURVATURE * (queries.qat_fraction[rows] - optimum.qat_fraction) ** 2
+            mean[rows] = optimum.base_loss * (1 + excess)
+        half = Z80 * laws.EPOCH_LOSS.sd["relative"]
+        return LossPrediction(mean=mean, lo=mean * math.exp(-half), hi=mean * math.exp(half))
+
+
+def _rows_by_spec(table: RunTable) -> dict[tuple, np.ndarray]:
+    keys = np.stack([table.n_params, table.n_active_params, table.n_tokens, table.seq_len,
+                     table.weight_bits], axis=1)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return {tuple(k): np.flatnonzero(inverse.ravel() == i) for i, k in enumerate(unique)}

@@ -1,0 +1,86 @@
+"""The current fitted predictor of each tenant. Refits run on one background thread, coalesce
+bursts of reports (debounce), and replace the predictor with one reference assignment, so a
+recommendation sees either the old model or the new one, never a half-fitted one."""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from benchmark_db.store import RunStore
+from predictor.predictors import MODEL_FACTORIES, FittedPredictor, fit_predictor
+from predictor.table import RunTable
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    def __init__(self, store: RunStore, kind: str = "auto", debounce_seconds: float = 2.0,
+                 on_refit: Callable[[str, str, float], None] | None = None):
+        if kind not in MODEL_FACTORIES:  # fail at start-up, not at the first refit
+            raise ValueError(f"unknown predictor {kind!r}; choose from {', '.join(MODEL_FACTORIES)}")
+        self.store = store
+        self.kind = kind
+        self.debounce_seconds = debounce_seconds
+        self.on_refit = on_refit  # (tenant, model version, seconds), e.g. for metrics
+        self._current: dict[str, FittedPredictor] = {}
+        self._dirty: set[str] = set()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._worker = threading.Thread(target=self._run, name="hparamrec-refit", daemon=True)
+        self._worker.start()
+
+    def get(self, tenant: str) -> FittedPredictor | None:
+        return self._current.get(tenant)
+
+    def refit(self, tenant: str) -> FittedPredictor | None:
+        """Fits on the tenant's stored runs now; None (and the prior serves) when it has none."""
+        runs = RunTable.from_runs(self.store.all_runs(tenant))
+        if not len(runs):
+            self._current.pop(tenant, None)
+            return None
+        started = time.perf_counter()
+        predictor = fit_predictor(self.kind, runs)
+        self._current[tenant] = predictor  # the atomic swap
+        seconds = time.perf_counter() - started
+        log.info("refit %s for tenant %s on %d runs in %.2f s", predictor.version, tenant,
+                 len(runs), seconds)
+        if self.on_refit:
+            self.on_refit(tenant, predictor.version, seconds)
+        return predictor
+
+    def schedule_refit(self, tenant: str) -> None:
+        with self._wake:
+            self._dirty.add(tenant)
+            self._idle.clear()
+            self._wake.notify()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Blocks until no refit is pending or running (for tests and orderly shutdown)."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._worker.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._dirty and not self._closed:
+                    self._idle.set()
+                    self._wake.wait()
+                if self._closed:
+                    self._idle.set()
+                    return
+            time.sleep(self.debounce_seconds)  # let a burst of reports land first
+            with self._wake:
+                tenants, self._dirty = self._dirty, set()
+            for tenant in tenants:
+                try:
+                    self.refit(tenant)
+                except Exception:  # keep serving the previous model; the next report retries
+                    log.exception("refit failed for tenant %s", tenant)

@@ -1,0 +1,63 @@
+import threading
+
+import pytest
+
+from benchmark_db.records import Pins, resolve_spec
+from benchmark_db.store import RunStore
+from predictor.engine import RecommendationEngine
+from predictor.registry import ModelRegistry
+from tests.factories import make_report
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = RunStore(f"sqlite:///{tmp_path / 'r.db'}")
+    yield s
+    s.close()
+
+
+def test_unknown_predictor_fails_at_start(store):
+    with pytest.raises(ValueError, match="unknown predictor"):
+        ModelRegistry(store, kind="oracle")
+
+
+def test_prior_serves_until_runs_exist_then_a_refit_swaps_in(store):
+    registry = ModelRegistry(store, kind="prior", debounce_seconds=0.05)
+    engine = RecommendationEngine(store, registry)
+    spec = resolve_spec(n_params=1e9, n_tokens=2e10)
+    assert engine.recommend("t", spec, Pins()).model_versions == ("prior@1",)
+    engine.report("t", make_report("a"))
+    assert registry.wait_idle(timeout=30)
+    assert registry.get("t") is not None and registry.get("other") is None
+    registry.close()
+
+
+def test_a_burst_of_reports_coalesces_into_few_refits(store, monkeypatch):
+    registry = ModelRegistry(store, kind="prior", debounce_seconds=0.3)
+    fits = []
+    original = registry.refit
+    monkeypatch.setattr(registry, "refit", lambda tenant: fits.append(tenant) or original(tenant))
+    engine = RecommendationEngine(store, registry)
+    threads = [threading.Thread(target=engine.report, args=("t", make_report(f"r{i}")))
+               for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert registry.wait_idle(timeout=30)
+    assert 1 <= len(fits) <= 3
+    registry.close()
+
+
+def test_a_resent_run_does_not_refit(store):
+    registry = ModelRegistry(store, kind="prior", debounce_seconds=0.05)
+    engine = RecommendationEngine(store, registry)
+    engine.report("t", make_report("a"))
+    assert registry.wait_idle(timeout=30)
+    before = registry.get("t")
+    engine.report("t", make_report("a"))
+    assert registry.wait_idle(timeout=30)
+    assert registry.get("t") is before
+    registry.close()
