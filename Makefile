@@ -29,7 +29,7 @@ stubs: $(STAMP)
 	$(BIN)/python scripts/generate_stubs.py
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/backtest.py
+	$(BIN)/python -m benchmarks.backtest
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

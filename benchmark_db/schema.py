@@ -31,3 +31,17 @@ runs = sa.Table(
     sa.UniqueConstraint("tenant", "run_id", name="uq_runs_tenant_run_id"),
     sa.Index("ix_runs_tenant_sizes", "tenant", "n_params", "n_active_params", "n_tokens"),
 )
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # Public part of the key, shown in listings and used to find the row.
+    sa.Column("key_id", sa.String(32), nullable=False, unique=True),
+    # SHA-256 of the whole key: keys are 256-bit random, so a slow hash adds nothing.
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)

@@ -1,5 +1,6 @@
 """A thin synchronous client: proto messages in and out, errors as exceptions, retries."""
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,14 +21,31 @@ def spec(**fields) -> pb.TrainingSpec:
     return pb.TrainingSpec(**{k: v for k, v in fields.items() if v is not None})
 
 
-class Client:
-    """Every call is idempotent (ReportRun through its run_id), so UNAVAILABLE is retried."""
+def _channel(target: str, tls: bool, tls_ca: str | None) -> grpc.Channel:
+    if not (tls or tls_ca):
+        return grpc.insecure_channel(target)
+    roots = None
+    if tls_ca:
+        with open(tls_ca, "rb") as f:
+            roots = f.read()
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float = 10.0, retries: int = 3):
+
+class Client:
+    """Every call is idempotent (ReportRun through its run_id), so UNAVAILABLE is retried.
+
+    api_key defaults to $HPARAMREC_API_KEY; tls_ca (a PEM file) or tls=True (system roots)
+    switch to TLS."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, api_key: str | None = None,
+                 timeout: float = 10.0, retries: int = 3, tls: bool = False,
+                 tls_ca: str | None = None):
         self.target = target
         self.timeout = timeout
         self.retries = retries
-        self._channel = grpc.insecure_channel(target)
+        api_key = api_key or os.environ.get("HPARAMREC_API_KEY")
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._channel = _channel(target, tls, tls_ca)
         self._stub = pb_grpc.RecommenderServiceStub(self._channel)
 
     def __enter__(self) -> "Client":
@@ -75,7 +93,7 @@ class Client:
     def _call(self, method, request):
         for attempt in range(self.retries + 1):
             try:
-                return method(request, timeout=self.timeout)
+                return method(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as error:
                 if error.code() not in _RETRYABLE or attempt == self.retries:
                     raise from_rpc_error(error) from None

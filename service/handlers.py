@@ -1,16 +1,17 @@
 """RecommenderService: each handler converts the request, makes one domain call, converts back."""
 
-from benchmark_db.store import DEFAULT_TENANT, RunStore
+from benchmark_db.store import RunStore
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 from predictor.engine import RecommendationEngine
 from service import converters
+from service.auth import current_tenant
 from service.errors import Unimplemented
 
 
 def tenant_of(context) -> str:
-    """The caller's tenant. Until API keys exist every caller is the default tenant."""
-    return DEFAULT_TENANT
+    """The caller's tenant, set by AuthInterceptor from the call's API key."""
+    return current_tenant()
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):

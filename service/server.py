@@ -13,7 +13,10 @@ from benchmark_db.store import RunStore
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 from predictor.engine import RecommendationEngine
+from predictor.registry import ModelRegistry
+from service.auth import AuthInterceptor, is_loopback
 from service.errors import ErrorInterceptor
+from service.observability import Metrics, ObservabilityInterceptor
 from service.handlers import RecommenderServicer
 from service.settings import Settings
 
@@ -27,13 +30,19 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = RunStore(settings.database_url)
-        self.engine = RecommendationEngine(self.store)
+        self.metrics = Metrics()
+        self.registry = ModelRegistry(self.store, settings.predictor,
+                                      settings.refit_debounce_seconds, on_refit=self.metrics.refitted)
+        self.engine = RecommendationEngine(self.store, self.registry)
         self.health = health.HealthServicer()
+        check_auth_configuration(settings, self.store)
         limit = settings.max_message_bytes
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="hparamrec-rpc"),
-            interceptors=[ErrorInterceptor()],
+            interceptors=[ObservabilityInterceptor(self.metrics),
+                          AuthInterceptor(None if settings.auth_disabled else self.store.keys),
+                          ErrorInterceptor()],
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", 4 * limit)],
         )
@@ -43,12 +52,21 @@ class Service:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        self.port = self.server.add_insecure_port(f"{host}:{settings.port}")
+        address = f"{host}:{settings.port}"
+        if settings.tls_cert_file:
+            self.port = self.server.add_secure_port(address, _tls_credentials(settings))
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
     def start(self) -> None:
         self.server.start()
+        self.metrics_port = None
+        if self.settings.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+        for tenant in self.store.tenants():  # learn from what is already stored, in the background
+            self.registry.schedule_refit(tenant)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -56,7 +74,38 @@ class Service:
         """Stops taking calls, lets in-flight ones finish within `grace` seconds, closes the store."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.settings.grace_seconds if grace is None else grace).wait()
+        self.registry.close()
         self.store.close()
+
+
+class ConfigurationError(Exception):
+    """Settings that would make the server unsafe or unusable: it refuses to start."""
+
+
+def check_auth_configuration(settings: Settings, store: RunStore) -> None:
+    """Authentication is off only when asked; with no keys it is never off by accident."""
+    if settings.auth_disabled:
+        if not is_loopback(settings.host):
+            log.warning("authentication is DISABLED on %s: every caller is one tenant", settings.host)
+        return
+    if settings.tls_key_file and not settings.tls_cert_file:
+        raise ConfigurationError("tls_key_file is set without tls_cert_file")
+    if store.keys.any_active():
+        return
+    if not is_loopback(settings.host):
+        raise ConfigurationError(
+            f"refusing to listen on {settings.host} with no API keys: create one with "
+            "`hparamrec keys create --db URL --tenant NAME`, or switch authentication off "
+            "explicitly with --no-auth (HPARAMREC_AUTH_DISABLED=1)")
+    log.warning("no API keys exist: every call will be refused as UNAUTHENTICATED until one is "
+                "created (`hparamrec keys create`) or the server runs with --no-auth")
+
+
+def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
+    if not settings.tls_key_file:
+        raise ConfigurationError("tls_cert_file is set without tls_key_file")
+    with open(settings.tls_key_file, "rb") as key, open(settings.tls_cert_file, "rb") as cert:
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
 
 
 def build_server(settings: Settings) -> tuple[grpc.Server, int]:
@@ -69,8 +118,9 @@ def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then drains in-flight calls."""
     service = Service(settings)
     service.start()
-    log.info("hparamrec listening on %s:%d, database %s", settings.host, service.port,
-             _redacted(settings.database_url))
+    log.info("hparamrec listening on %s:%d (metrics on %s), database %s, auth %s",
+             settings.host, service.port, service.metrics_port or "no port",
+             _redacted(settings.database_url), "off" if settings.auth_disabled else "on")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,5 +1,7 @@
 """One settings object, built at start-up from HPARAMREC_* variables and flags, passed down."""
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,3 +17,16 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
     # How long SIGTERM waits for in-flight calls before cancelling them.
     grace_seconds: float = Field(default=10.0, ge=0)
+    # Which learned model serves recommendations once a tenant has runs (see predictor/predictors.py).
+    predictor: str = "prior"
+    # A burst of reports within this many seconds leads to one refit.
+    refit_debounce_seconds: float = Field(default=2.0, ge=0)
+    # Authentication off: every caller is the default tenant. For local development only;
+    # `make run` sets it (on 127.0.0.1). Never implied: see service/server.py.
+    auth_disabled: bool = False
+    # PEM files of the server certificate and key: set both to serve TLS.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Prometheus metrics on their own port (0 picks a free one; None switches them off).
+    metrics_port: int | None = Field(default=9464, ge=0, le=65535)
+    log_format: Literal["json", "text"] = "json"

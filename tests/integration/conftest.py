@@ -7,8 +7,9 @@ from service.settings import Settings
 
 @pytest.fixture
 def service(tmp_path):
-    """A real server on a free port with its own SQLite file."""
-    svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'svc.db'}", port=0))
+    """A real server on a free port with its own SQLite file, authentication off."""
+    svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'svc.db'}", port=0,
+                           auth_disabled=True, metrics_port=0))
     svc.start()
     yield svc
     svc.stop(grace=1)

@@ -142,3 +142,44 @@ def test_stop_reports_not_serving(service, target):
     with grpc.insecure_channel(target) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
     assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_metrics_count_requests_by_method_and_code(service, client):
+    import urllib.request
+
+    client.recommend(spec(n_params=1e9, n_tokens=2e10))
+    with pytest.raises(InvalidArgumentError):
+        client.recommend(spec(n_params=-1.0, n_tokens=1e10))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics").read().decode()
+    assert 'hparamrec_requests_total{code="OK",method="Recommend"} 1.0' in text
+    assert 'hparamrec_requests_total{code="INVALID_ARGUMENT",method="Recommend"} 1.0' in text
+    assert 'hparamrec_request_seconds_count{method="Recommend"} 2.0' in text
+
+
+def test_request_id_is_echoed(target):
+    from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        _, call = stub.ListRuns.with_call(pb.ListRunsRequest(), metadata=(("x-request-id", "abc123"),))
+        assert ("x-request-id", "abc123") in call.initial_metadata()
+        _, call = stub.ListRuns.with_call(pb.ListRunsRequest())
+        assert len(dict(call.initial_metadata())["x-request-id"]) == 16
+
+
+def test_json_logs_carry_the_request_id(capsys):
+    import json
+    import logging
+
+    from service.observability import _request_id, configure_logging
+
+    configure_logging("json")
+    token = _request_id.set("req-42")
+    try:
+        logging.getLogger("hparamrec.test").warning("hello %s", "world")
+    finally:
+        _request_id.reset(token)
+        logging.getLogger().handlers.clear()
+    entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert entry["msg"] == "hello world" and entry["request_id"] == "req-42"
+    assert entry["level"] == "warning"

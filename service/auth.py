@@ -1,0 +1,75 @@
+"""API-key authentication. The key arrives as call metadata (`authorization: Bearer KEY` or
+`x-api-key: KEY`); its tenant is set in a context variable for the duration of the call, and
+every domain call is scoped by it. Health and reflection stay open for probes and tools."""
+
+import contextvars
+import ipaddress
+import socket
+
+import grpc
+
+from benchmark_db.keys import KeyStore
+from benchmark_db.store import DEFAULT_TENANT
+
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant")
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def current_tenant() -> str:
+    return _tenant.get()
+
+
+def api_key_from(metadata) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and value.lower().startswith("bearer "):
+            return value[7:].strip()
+        if key == "x-api-key":
+            return value.strip()
+    return None
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """With `keys` None (authentication switched off) every caller is the default tenant."""
+
+    def __init__(self, keys: KeyStore | None):
+        self.keys = keys
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if (handler is None or handler.unary_unary is None
+                or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES)):
+            return handler
+        inner = handler.unary_unary
+
+        def authenticated(request, context):
+            tenant = self._tenant(context)
+            token = _tenant.set(tenant)
+            try:
+                return inner(request, context)
+            finally:
+                _tenant.reset(token)
+
+        return handler._replace(unary_unary=authenticated)
+
+    def _tenant(self, context) -> str:
+        if self.keys is None:
+            return DEFAULT_TENANT
+        key = api_key_from(context.invocation_metadata())
+        tenant = self.keys.tenant_for(key) if key else None
+        if tenant is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "missing API key" if not key else "invalid or revoked API key")
+        return tenant
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback
+                       for info in socket.getaddrinfo(host, None))
+        except OSError:
+            return False

@@ -1,0 +1,115 @@
+"""Prometheus metrics (on their own port) and structured logs that carry a request id."""
+
+import contextvars
+import json
+import logging
+import time
+import uuid
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class Metrics:
+    """One registry per service, so several services in one process (tests) stay apart."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("hparamrec_requests_total", "RPCs by method and status code",
+                                ("method", "code"), registry=self.registry)
+        self.latency = Histogram("hparamrec_request_seconds", "RPC latency by method", ("method",),
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.refit_seconds = Histogram("hparamrec_refit_seconds", "Duration of model refits",
+                                       buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
+                                       registry=self.registry)
+        self.model_info = Gauge("hparamrec_model_info", "Active model version of each tenant (1)",
+                                ("tenant", "version"), registry=self.registry)
+        self._versions: dict[str, str] = {}
+
+    def serve(self, host: str, port: int) -> int:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_port
+
+    def refitted(self, tenant: str, version: str, seconds: float) -> None:
+        self.refit_seconds.observe(seconds)
+        old = self._versions.get(tenant)
+        if old is not None and old != version:
+            self.model_info.remove(tenant, old)
+        self._versions[tenant] = version
+        self.model_info.labels(tenant, version).set(1)
+
+
+class ObservabilityInterceptor(grpc.ServerInterceptor):
+    """Outermost interceptor: gives each call a request id (the caller's `x-request-id` or a
+    new one, echoed in the initial metadata: the trailing metadata of a failed call carries
+    its status details), counts it, times it, and logs failures."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.log = logging.getLogger("hparamrec.rpc")
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+
+        def observed(request, context):
+            request_id = (dict(context.invocation_metadata()).get("x-request-id")
+                          or uuid.uuid4().hex[:16])[:64]
+            token = _request_id.set(request_id)
+            context.send_initial_metadata((("x-request-id", request_id),))
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return inner(request, context)
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                self.metrics.requests.labels(method, code.name).inc()
+                self.metrics.latency.labels(method).observe(elapsed)
+                level = logging.DEBUG if code is grpc.StatusCode.OK else logging.WARNING
+                self.log.log(level, "%s %s in %.1f ms", method, code.name, 1000 * elapsed)
+                _request_id.reset(token)
+
+        return handler._replace(unary_unary=observed)
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = _request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    if log_format == "json":
+        formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

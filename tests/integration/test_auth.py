@@ -1,0 +1,156 @@
+"""API keys and tenants through a real server."""
+
+import datetime
+import ipaddress
+
+import grpc
+import pytest
+
+from benchmark_db.store import RunStore
+from clients.client import Client, spec
+from clients.errors import NotFoundError, UnauthenticatedError
+from hparamrec.v1 import recommender_pb2 as pb
+from service.server import ConfigurationError, Service
+from service.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def report(run_id: str, loss: float = 2.5) -> pb.ReportRunRequest:
+    return pb.ReportRunRequest(
+        run_id=run_id, spec=spec(n_params=1e9, n_tokens=2e10),
+        hyperparameters=pb.Hyperparameters(lr=1e-3, batch_size_tokens=1e6, weight_decay=0.1),
+        outcome=pb.RunOutcome(status=pb.RUN_STATUS_COMPLETED, final_loss=loss))
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'auth.db'}"
+
+
+@pytest.fixture
+def keys(db_url):
+    store = RunStore(db_url)
+    alice, _ = store.keys.create("alice", "laptop")
+    bob, _ = store.keys.create("bob")
+    yield {"alice": alice, "bob": bob, "store": store}
+    store.close()
+
+
+@pytest.fixture
+def secured(db_url, keys):
+    svc = Service(Settings(database_url=db_url, metrics_port=None, port=0))
+    svc.start()
+    yield f"127.0.0.1:{svc.port}"
+    svc.stop(grace=1)
+
+
+def test_missing_or_wrong_key_is_unauthenticated(secured, keys):
+    with Client(secured, retries=0) as anonymous:
+        with pytest.raises(UnauthenticatedError, match="missing"):
+            anonymous.recommend(spec(n_params=1e9, n_tokens=2e10))
+    forged = keys["alice"][:-4] + "AAAA"
+    for bad in (forged, "hpr_nope_nope", "garbage"):
+        with Client(secured, api_key=bad, retries=0) as client:
+            with pytest.raises(UnauthenticatedError):
+                client.list_runs()
+
+
+def test_health_and_reflection_stay_open(secured):
+    with Client(secured, retries=0) as anonymous:
+        assert anonymous.health() == "SERVING"
+
+
+def test_tenants_are_isolated(secured, keys):
+    with Client(secured, api_key=keys["alice"], retries=0) as alice, \
+            Client(secured, api_key=keys["bob"], retries=0) as bob:
+        alice.report_run(report("shared-name", 2.5))
+        assert [r.run_id for r in bob.list_runs().runs] == []
+        with pytest.raises(NotFoundError):
+            bob.get_run("shared-name")
+        # The same run_id is a different run in another tenant.
+        assert bob.report_run(report("shared-name", 3.0)).created
+        assert alice.get_run("shared-name").outcome.final_loss == 2.5
+        assert bob.get_run("shared-name").outcome.final_loss == 3.0
+
+
+def test_revoked_key_stops_working_at_once(secured, keys):
+    with Client(secured, api_key=keys["alice"], retries=0) as alice:
+        alice.list_runs()
+        key_id = keys["alice"].split("_")[1]
+        info = keys["store"].keys.revoke(key_id)
+        assert info.revoked_at is not None
+        with pytest.raises(UnauthenticatedError, match="revoked"):
+            alice.list_runs()
+
+
+def test_key_metadata_header_forms(secured, keys):
+    from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(secured) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        stub.ListRuns(pb.ListRunsRequest(), metadata=(("x-api-key", keys["bob"]),))
+        stub.ListRuns(pb.ListRunsRequest(), metadata=(("authorization", f"Bearer {keys['bob']}"),))
+
+
+def test_keys_are_stored_hashed(keys):
+    import sqlalchemy as sa
+
+    with keys["store"].engine.connect() as conn:
+        dumped = " ".join(str(v) for row in conn.execute(sa.text("SELECT * FROM api_keys")) for v in row)
+    assert keys["alice"] not in dumped and keys["alice"].split("_", 2)[2] not in dumped
+
+
+def test_refuses_non_loopback_without_keys(db_url):
+    with pytest.raises(ConfigurationError, match="--no-auth"):
+        Service(Settings(database_url=db_url, metrics_port=None, host="0.0.0.0", port=0))
+
+
+def test_explicit_no_auth_serves_the_default_tenant(db_url):
+    svc = Service(Settings(database_url=db_url, metrics_port=None, host="0.0.0.0", port=0, auth_disabled=True))
+    svc.start()
+    try:
+        with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
+            client.report_run(report("a"))
+        assert RunStore(db_url).count("default") == 1
+    finally:
+        svc.stop(grace=1)
+
+
+def test_tls_with_a_server_certificate(tmp_path, db_url, keys):
+    cert, key = _self_signed(tmp_path)
+    svc = Service(Settings(database_url=db_url, metrics_port=None, port=0, tls_cert_file=str(cert),
+                           tls_key_file=str(key)))
+    svc.start()
+    try:
+        with Client(f"localhost:{svc.port}", api_key=keys["alice"], tls_ca=str(cert),
+                    retries=0) as client:
+            assert client.list_runs().runs == []
+    finally:
+        svc.stop(grace=1)
+
+
+def _self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(private.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .sign(private, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return cert_path, key_path
