@@ -28,7 +28,3 @@ class InvalidArgument(DomainError):
 
 class NotFound(DomainError):
     pass
-
-
-class Conflict(DomainError):
-    """The request contradicts what is stored (e.g. a run_id reused for another run)."""

@@ -3,18 +3,17 @@
 
 import hashlib
 import hmac
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from benchmark_db.errors import InvalidArgument, NotFound
+from benchmark_db.errors import NotFound
+from benchmark_db.records import check_tenant
 from benchmark_db.schema import api_keys
 
 KEY_PREFIX = "hpr"
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -36,8 +35,7 @@ class KeyStore:
 
     def create(self, tenant: str, label: str = "") -> tuple[str, ApiKeyInfo]:
         """Returns the key (shown once, never stored) and its public record."""
-        if not TENANT_PATTERN.match(tenant):
-            raise InvalidArgument.single("tenant", "1-100 letters, digits, '.', '_' or '-'")
+        check_tenant(tenant)
         key_id = secrets.token_hex(6)
         key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         row = {"key_id": key_id, "key_hash": _hash(key), "tenant": tenant, "label": label[:200],

@@ -89,14 +89,22 @@ class Pins(_Model):
     qat_fraction: Finite | None = Field(default=None, ge=0, le=1)
 
 
+# A completed run's loss in nats per token is far below this; a diverged one may be anything.
+MAX_COMPLETED_LOSS = 1e3
+
+
 class RunOutcome(_Model):
     status: RunStatus
-    final_loss: Finite | None = Field(default=None, gt=0, le=1e3)
+    final_loss: Finite | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _completed_has_loss(self) -> "RunOutcome":
-        if self.status is RunStatus.COMPLETED and self.final_loss is None:
-            raise ValueError("final_loss: required when the run completed")
+    def _completed_has_plausible_loss(self) -> "RunOutcome":
+        if self.status is RunStatus.COMPLETED:
+            if self.final_loss is None:
+                raise ValueError("final_loss: required when the run completed")
+            if self.final_loss > MAX_COMPLETED_LOSS:
+                raise ValueError(f"final_loss: {self.final_loss:g} nats is not a completed run's "
+                                 "loss; report it as diverged")
         return self
 
 
@@ -104,6 +112,14 @@ MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY_BYTES = 256
 MAX_METADATA_VALUE_BYTES = 4096
 MAX_ID_LENGTH = 200
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_tenant(tenant: str) -> str:
+    if not TENANT_PATTERN.match(tenant):
+        raise InvalidArgument.single("tenant", "1-100 letters, digits, '.', '_' or '-', "
+                                               "starting with a letter or digit")
+    return tenant
 
 
 class RunReport(_Model):

@@ -11,7 +11,7 @@ from benchmark_db import migrate
 from benchmark_db.engine import create_engine
 from benchmark_db.errors import InvalidArgument, NotFound
 from benchmark_db.keys import KeyStore
-from benchmark_db.records import RunRecord, RunReport
+from benchmark_db.records import RunRecord, RunReport, check_tenant
 from benchmark_db.schema import runs
 
 DEFAULT_TENANT = "default"
@@ -35,7 +35,7 @@ class RunStore:
 
     def report(self, tenant: str, report: RunReport) -> tuple[RunRecord, bool]:
         """Stores a run; returns (stored run, created). A known run_id returns the stored one."""
-        row = _to_row(tenant, report)
+        row = _to_row(check_tenant(tenant), report)
         try:
             with self.engine.begin() as conn:
                 conn.execute(runs.insert().values(row))
@@ -49,6 +49,7 @@ class RunStore:
     def add_many(self, tenant: str, reports: Iterable[RunReport]) -> int:
         """Stores runs in one transaction, skipping run_ids already stored; returns how many
         were added."""
+        check_tenant(tenant)
         reports = list(reports)
         with self.engine.begin() as conn:
             known = set()

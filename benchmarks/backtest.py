@@ -16,7 +16,8 @@ import numpy as np
 
 from benchmark_db.importers import read_runs
 from benchmark_db.records import Pins, TrainingSpec
-from benchmarks import report, scoring
+from benchmarks import report
+from predictor import scoring
 from predictor import laws
 from predictor.backtest import backtest, held_out_spec
 from predictor.predictors import MODEL_FACTORIES, fit_predictor

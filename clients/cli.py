@@ -5,6 +5,7 @@ unreachable, 4 not found, 5 not authorised, 1 anything else. With --json a comma
 JSON object whose keys are the proto field names.
 """
 
+import functools
 import json
 import sys
 
@@ -40,9 +41,40 @@ class Quantity(click.ParamType):
 QUANTITY = Quantity()
 
 
-def server_option(f):
-    return click.option("--server", envvar="HPARAMREC_SERVER", default=DEFAULT_TARGET,
-                        show_default=True, help="Service address HOST:PORT.")(f)
+def client_options(f):
+    """--server, --api-key and --tls-ca, handed to the command as a `client()` factory."""
+
+    @click.option("--server", envvar="HPARAMREC_SERVER", default=DEFAULT_TARGET,
+                  show_default=True, help="Service address HOST:PORT.")
+    @click.option("--api-key", envvar="HPARAMREC_API_KEY", help="API key (or HPARAMREC_API_KEY).")
+    @click.option("--tls-ca", envvar="HPARAMREC_TLS_CA", type=click.Path(dir_okay=False),
+                  help="PEM file of the CA that signed the server certificate: connect with TLS.")
+    @functools.wraps(f)
+    def wrapper(*args, server, api_key, tls_ca, **kwargs):
+        return f(*args, client=lambda: Client(server, api_key=api_key, tls_ca=tls_ca), **kwargs)
+
+    return wrapper
+
+
+def db_option(f):
+    return click.option("--db", envvar="HPARAMREC_DATABASE_URL", default="sqlite:///var/hparamrec.db",
+                        show_default=True, help="SQLAlchemy URL of the database "
+                        "(or HPARAMREC_DATABASE_URL).")(f)
+
+
+def _open_store(db: str):
+    """The store behind --db, with unusable URLs and unreachable databases as one-line errors."""
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    from benchmark_db.store import RunStore
+
+    try:
+        return RunStore(db)
+    except (ArgumentError, ValueError) as exc:
+        raise CliError(f"--db: {exc}") from None
+    except OperationalError as exc:  # unreachable, like a server that cannot be reached
+        reason = str(exc.orig).strip().splitlines()[0]
+        raise CliError(f"cannot open the database: {reason}", 3) from None
 
 
 def json_option(f):
@@ -92,18 +124,36 @@ def app() -> None:
                            "sqlite:///var/hparamrec.db).")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 50051; 0 picks a free one).")
-def serve(db, host, port) -> None:
-    """Run the service until SIGTERM/SIGINT."""
-    import logging
-
+@click.option("--no-auth", is_flag=True, default=None,
+              help="Switch authentication off (local development): every caller is one tenant.")
+@click.option("--metrics-port", type=int, help="Prometheus metrics port (default 9464).")
+@click.option("--tls-cert", help="PEM server certificate: serve TLS (with --tls-key).")
+@click.option("--tls-key", help="PEM private key of --tls-cert.")
+@click.option("--predictor", help="Learned model once runs exist (default auto).")
+@click.option("--log-format", type=click.Choice(["json", "text"]), help="Log lines (default json).")
+def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, log_format) -> None:
+    """Run the service until SIGTERM/SIGINT (flags override HPARAMREC_* variables)."""
     # Server-side packages load only here, so the client commands start fast.
+    from pydantic import ValidationError
+
+    from service.observability import configure_logging
+    from service.server import ConfigurationError
     from service.server import serve as run_server
     from service.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    overrides = {k: v for k, v in (("database_url", db), ("host", host), ("port", port))
-                 if v is not None}
-    run_server(Settings(**overrides))
+    flags = {"database_url": db, "host": host, "port": port, "auth_disabled": no_auth,
+             "metrics_port": metrics_port, "tls_cert_file": tls_cert, "tls_key_file": tls_key,
+             "predictor": predictor, "log_format": log_format}
+    try:
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    configure_logging(settings.log_format)
+    try:
+        run_server(settings)
+    except (ConfigurationError, ValueError, OSError) as exc:
+        raise CliError(str(exc), 2) from None
 
 
 @app.command()
@@ -112,15 +162,15 @@ def serve(db, host, port) -> None:
 @click.option("--batch-size-tokens", type=QUANTITY, help="Pin the batch size in tokens, e.g. 1M.")
 @click.option("--weight-decay", type=float, help="Pin the weight decay.")
 @click.option("--qat-fraction", type=float, help="Pin the QAT fraction.")
-@server_option
+@client_options
 @json_option
-def recommend(lr, batch_size_tokens, weight_decay, qat_fraction, server, as_json, **kw) -> None:
+def recommend(lr, batch_size_tokens, weight_decay, qat_fraction, client, as_json, **kw) -> None:
     """Recommend lr, batch size, weight decay and QAT fraction for a spec. The hyperparameters
     given are pinned; the rest are their conditional optimum."""
     pins = pb.Pins(lr=lr, batch_size_tokens=batch_size_tokens, weight_decay=weight_decay,
                    qat_fraction=qat_fraction)
-    with Client(server) as client:
-        rec = client.recommend(_spec(kw), pins)
+    with client() as c:
+        rec = c.recommend(_spec(kw), pins)
     if as_json:
         _print_json(rec)
     else:
@@ -142,10 +192,10 @@ def recommend(lr, batch_size_tokens, weight_decay, qat_fraction, server, as_json
                                            "(default: a new random id).")
 @click.option("--recommendation-id", default="", help="The recommendation this run followed.")
 @click.option("--meta", multiple=True, help="KEY=VALUE label, repeatable.")
-@server_option
+@client_options
 @json_option
 def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, failed, run_id,
-           recommendation_id, meta, server, as_json, **kw) -> None:
+           recommendation_id, meta, client, as_json, **kw) -> None:
     """Report a finished, diverged or failed run."""
     if diverged + failed + (loss is not None) != 1:
         raise CliError("give exactly one of --loss, --diverged and --failed")
@@ -166,8 +216,8 @@ def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, fa
         metadata=metadata,
         recommendation_id=recommendation_id,
     )
-    with Client(server) as client:
-        response = client.report_run(request)
+    with client() as c:
+        response = c.report_run(request)
     if as_json:
         _print_json(response)
     else:
@@ -183,12 +233,12 @@ def runs() -> None:
 @runs.command("list")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="At most this many runs, newest first.")
-@server_option
+@client_options
 @json_option
-def runs_list(limit, server, as_json) -> None:
+def runs_list(limit, client, as_json) -> None:
     """Stored runs, newest first."""
-    with Client(server) as client:
-        found = list(client.iter_runs(limit=limit))
+    with client() as c:
+        found = list(c.iter_runs(limit=limit))
     if as_json:
         _print_json({"runs": [to_dict(r) for r in found]})
     else:
@@ -199,12 +249,12 @@ def runs_list(limit, server, as_json) -> None:
 
 @runs.command("show")
 @click.argument("run_id")
-@server_option
+@client_options
 @json_option
-def runs_show(run_id, server, as_json) -> None:
+def runs_show(run_id, client, as_json) -> None:
     """One stored run."""
-    with Client(server) as client:
-        run = client.get_run(run_id)
+    with client() as c:
+        run = c.get_run(run_id)
     if as_json:
         _print_json(run)
     else:
@@ -217,8 +267,7 @@ IMPORT_FORMATS = ("steplaw", "csv", "jsonl")  # benchmark_db.importers.FORMATS, 
 
 
 @app.command("import")
-@click.option("--db", envvar="HPARAMREC_DATABASE_URL", default="sqlite:///var/hparamrec.db",
-              show_default=True, help="SQLAlchemy URL of the store (or HPARAMREC_DATABASE_URL).")
+@db_option
 @click.option("--format", "file_format", type=click.Choice(IMPORT_FORMATS), required=True,
               help="steplaw: a Step Law sweep CSV; csv, jsonl: the generic format of "
                    "docs/import-format.md.")
@@ -228,20 +277,10 @@ IMPORT_FORMATS = ("steplaw", "csv", "jsonl")  # benchmark_db.importers.FORMATS, 
 def import_runs(db, file_format, tenant, as_json, file) -> None:
     """Import runs from FILE straight into the database (an admin command: no server needed).
     A bad row stops the import before anything is stored; importing a file again adds nothing."""
-    # Server-side packages load only here, so the client commands start fast.
-    from sqlalchemy.exc import ArgumentError, OperationalError
-
     from benchmark_db.errors import InvalidArgument
     from benchmark_db.importers import import_file
-    from benchmark_db.store import RunStore
 
-    try:
-        store = RunStore(db)
-    except (ArgumentError, ValueError) as exc:
-        raise CliError(f"--db: {exc}") from None
-    except OperationalError as exc:  # unreachable, like a server that cannot be reached
-        reason = str(exc.orig).strip().splitlines()[0]
-        raise CliError(f"cannot open the database: {reason}", 3) from None
+    store = _open_store(db)
     counter = _stderr_row_counter()
     try:
         result = import_file(store, tenant, file, file_format, progress=counter)
@@ -256,6 +295,116 @@ def import_runs(db, file_format, tenant, as_json, file) -> None:
     else:
         click.echo(f"read {result.read} runs ({result.diverged} diverged): {result.added} added, "
                    f"{result.already_stored} already stored")
+
+
+@app.group()
+def keys() -> None:
+    """API keys (admin commands on the database: no server needed)."""
+
+
+@keys.command("create")
+@db_option
+@click.option("--tenant", required=True, help="Tenant the key acts for.")
+@click.option("--label", default="", help="What the key is for, e.g. the cluster's name.")
+@json_option
+def keys_create(db, tenant, label, as_json) -> None:
+    """Create a key. It is printed once and only its hash is stored."""
+    from benchmark_db.errors import InvalidArgument
+
+    store = _open_store(db)
+    try:
+        key, info = store.keys.create(tenant, label)
+    except InvalidArgument as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    if as_json:
+        _print_json({"key": key, "key_id": info.key_id, "tenant": info.tenant, "label": info.label})
+    else:
+        click.echo(key)
+        click.echo(f"key id {info.key_id} for tenant {info.tenant}: store the key now, it is "
+                   "not shown again", err=True)
+
+
+@keys.command("list")
+@db_option
+@json_option
+def keys_list(db, as_json) -> None:
+    """Key ids, tenants and states (never the keys)."""
+    store = _open_store(db)
+    try:
+        found = store.keys.list()
+    finally:
+        store.close()
+    rows = [{"key_id": k.key_id, "tenant": k.tenant, "label": k.label,
+             "created_at": k.created_at.isoformat(),
+             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in found]
+    if as_json:
+        _print_json({"keys": rows})
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at'][:19]}" if row["revoked_at"] else "active"
+        click.echo(f"{row['key_id']}  {row['tenant']:<20} {state:<28} {row['label']}")
+    if not rows:
+        click.echo("no API keys")
+
+
+@keys.command("revoke")
+@db_option
+@click.argument("key_id")
+def keys_revoke(db, key_id) -> None:
+    """Revoke a key by its id: every replica refuses it from the next call on."""
+    from benchmark_db.errors import NotFound
+
+    store = _open_store(db)
+    try:
+        info = store.keys.revoke(key_id)
+    except NotFound as exc:
+        raise CliError(str(exc), 4) from None
+    finally:
+        store.close()
+    click.echo(f"revoked {info.key_id} (tenant {info.tenant})")
+
+
+@app.command()
+@click.option("--runs", "runs_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Sweep results to backtest on.")
+@click.option("--format", "file_format", type=click.Choice(IMPORT_FORMATS), required=True,
+              help="Format of --runs (and of --context files).")
+@click.option("--context", "context_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="More runs used for fitting in every fold, never scored (repeatable).")
+@click.option("--predictor", default="auto", show_default=True,
+              help="prior, surface, lightgbm or auto.")
+@json_option
+def backtest(runs_file, file_format, context_files, predictor, as_json) -> None:
+    """Leave-one-group-out backtest: each (n_params, n_active_params, n_tokens) group is
+    predicted by a model fitted on all other groups (plus --context) and never on itself."""
+    from benchmark_db.errors import InvalidArgument
+    from benchmark_db.importers import read_runs
+    from predictor.backtest import backtest as run_backtest
+    from predictor.predictors import MODEL_FACTORIES
+    from predictor.table import RunTable
+
+    if predictor not in MODEL_FACTORIES:
+        raise CliError(f"--predictor: choose from {', '.join(MODEL_FACTORIES)}")
+    try:
+        table = RunTable.from_runs(read_runs(runs_file, file_format))
+        context = RunTable.concat([RunTable.from_runs(read_runs(f, file_format))
+                                   for f in context_files]) if context_files else None
+    except InvalidArgument as exc:
+        raise CliError(str(exc)) from None
+    if len(table) == 0:
+        raise CliError(f"{runs_file}: no runs to backtest")
+    progress = None
+    if sys.stderr.isatty():
+        progress = lambda done, total: click.echo(f"\rfold {done}/{total}", err=True, nl=False)  # noqa: E731
+    result = run_backtest(table, predictor, context, progress)
+    if as_json:
+        _print_json(result)
+    else:
+        from clients import render
+
+        render.backtest_table(table, result)
 
 
 def _stderr_row_counter():

@@ -73,3 +73,31 @@ def run_detail(run: pb.Run) -> None:
     runs_table([run])
     for key, value in sorted(run.metadata.items()):
         console.print(f"  {key} = {value}")
+
+
+def backtest_table(table, result: dict) -> None:
+    """One row per held-out group, with the regret of the recommendation on its own sweep."""
+    import numpy as np
+
+    from predictor import scoring
+
+    ids = table.group_ids()
+    out = Table(title=f"leave-one-group-out backtest, predictor {result['predictor']}",
+                title_justify="left")
+    for column in ("params", "tokens", "lr", "batch", "regret", "rank corr.", "80% cover"):
+        out.add_column(column)
+    regrets = []
+    for g, group in zip(np.unique(ids), result["groups"]):
+        held = table.subset(ids == g)
+        rec = group["recommendation"]
+        pts = group["points"]
+        mean = np.array([p["loss_pred"] for p in pts])
+        lo, hi = np.array([p["loss_lo"] for p in pts]), np.array([p["loss_hi"] for p in pts])
+        regret = scoring.regret(held, rec["lr"], rec["batch_size_tokens"])
+        regrets.append(regret)
+        out.add_row(format_quantity(group["n_params"]), format_quantity(group["n_tokens"]),
+                    f"{rec['lr']:.3g}", format_quantity(rec["batch_size_tokens"]),
+                    f"{100 * regret:.3f}%", f"{scoring.rank_correlation(held, mean):.3f}",
+                    f"{scoring.coverage(held, lo, hi):.0%}")
+    console.print(out)
+    console.print(f"mean regret {100 * np.mean(regrets):.3f}%, median {100 * np.median(regrets):.3f}%")

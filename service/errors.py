@@ -7,7 +7,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from benchmark_db.errors import Conflict, DomainError, InvalidArgument, NotFound
+from benchmark_db.errors import DomainError, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,6 @@ class Unimplemented(DomainError):
 STATUS_OF = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
-    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 

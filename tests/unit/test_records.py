@@ -72,3 +72,19 @@ def test_run_id_must_be_a_printable_bounded_string(run_id):
     with pytest.raises(InvalidArgument) as exc:
         make_report(run_id=run_id)
     assert fields_of(exc) == ["run_id"]
+
+
+def test_diverged_run_may_carry_a_huge_loss_but_completed_may_not():
+    assert make_report(status="diverged").outcome.status == "diverged"
+    from benchmark_db.records import RunOutcome
+    assert RunOutcome(status="diverged", final_loss=1e6).final_loss == 1e6
+    with pytest.raises(InvalidArgument) as exc:
+        validated(RunOutcome, {"status": "completed", "final_loss": 5e3}, "outcome")
+    assert fields_of(exc) == ["outcome.final_loss"]
+
+
+@pytest.mark.parametrize("tenant", ["", "-x", "a" * 101, "a b", "ten/ant"])
+def test_bad_tenants_are_rejected(tenant):
+    from benchmark_db.records import check_tenant
+    with pytest.raises(InvalidArgument):
+        check_tenant(tenant)

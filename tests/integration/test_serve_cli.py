@@ -1,0 +1,99 @@
+"""`hparamrec serve` as a real process, and the key-management commands."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clients.client import Client, spec
+from clients.errors import UnauthenticatedError
+
+pytestmark = pytest.mark.integration
+HPARAMREC = str(Path(sys.executable).parent / "hparamrec")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(target: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with Client(target, retries=0, timeout=1) as c:
+                if c.health() == "SERVING":
+                    return
+        except Exception:
+            time.sleep(0.2)
+    raise TimeoutError(f"no server on {target}")
+
+
+def start(db: str, *flags: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([HPARAMREC, "serve", "--db", db, "--port", str(port),
+                                "--metrics-port", "0", *flags],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    target = f"127.0.0.1:{port}"
+    wait_serving(target)
+    return process, target
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([HPARAMREC, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_serve_no_auth_answers_and_drains_on_sigterm(tmp_path):
+    process, target = start(f"sqlite:///{tmp_path / 's.db'}", "--no-auth")
+    try:
+        out = cli("recommend", "--params", "1B", "--tokens", "20B", "--json", "--server", target)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["lr"] > 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "draining" in stderr
+
+
+def test_keys_lifecycle_through_the_cli(tmp_path):
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    created = cli("keys", "create", "--db", db, "--tenant", "team-a", "--label", "ci", "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
+    key_id = json.loads(created.stdout)["key_id"]
+    process, target = start(db)
+    try:
+        ok = cli("runs", "list", "--json", "--server", target, "--api-key", key)
+        assert ok.returncode == 0 and json.loads(ok.stdout) == {"runs": []}
+        denied = cli("runs", "list", "--server", target)
+        assert denied.returncode == 5 and "missing API key" in denied.stderr
+        listed = json.loads(cli("keys", "list", "--db", db, "--json").stdout)["keys"]
+        assert [(k["key_id"], k["tenant"], k["revoked_at"]) for k in listed] == [(key_id, "team-a", None)]
+        assert key not in json.dumps(listed)
+        assert cli("keys", "revoke", "--db", db, key_id).returncode == 0
+        with Client(target, api_key=key, retries=0) as client:
+            with pytest.raises(UnauthenticatedError):
+                client.recommend(spec(n_params=1e9, n_tokens=2e10))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def test_keys_revoke_unknown_id_exits_4(tmp_path):
+    out = cli("keys", "revoke", "--db", f"sqlite:///{tmp_path / 'k.db'}", "nope")
+    assert out.returncode == 4 and out.stderr.startswith("error: ")
+
+
+def test_serve_refuses_a_public_address_without_keys(tmp_path):
+    out = subprocess.run([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 'p.db'}",
+                          "--host", "0.0.0.0", "--port", "0", "--metrics-port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "refusing to listen" in out.stderr.strip().splitlines()[-1]
