@@ -22,10 +22,25 @@ def store(database_url):
     s.close()
 
 
+def ours(name, type_, parent_names) -> bool:
+    """Our tables only: the version table and Optuna's tables share the database."""
+    return type_ != "table" or name in metadata.tables
+
+
 def test_migrations_create_exactly_the_declared_schema(store):
     with store.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"include_name": ours}),
+                                metadata)
     assert diff == []
+
+
+def test_optuna_storage_can_share_the_database(store, database_url):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(storage=optuna.storages.RDBStorage(database_url), study_name="s")
+    RunStore(database_url).close()  # our migrations still find their own version table
+    assert optuna.load_study(study_name="s", storage=database_url).trials == []
 
 
 def test_reopening_an_upgraded_database_is_a_no_op(store, database_url):
