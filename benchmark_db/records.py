@@ -131,6 +131,7 @@ class RunReport(_Model):
     outcome: RunOutcome
     metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
     recommendation_id: str = Field(default="", max_length=MAX_ID_LENGTH)
+    trial_id: str = Field(default="", max_length=MAX_ID_LENGTH)
     source: str = "report"
 
     @model_validator(mode="after")

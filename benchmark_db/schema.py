@@ -28,6 +28,7 @@ runs = sa.Table(
     sa.Column("recommendation_id", sa.String(200), nullable=False),
     sa.Column("source", sa.String(64), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("trial_id", sa.String(200), nullable=False, server_default=""),
     sa.UniqueConstraint("tenant", "run_id", name="uq_runs_tenant_run_id"),
     sa.Index("ix_runs_tenant_sizes", "tenant", "n_params", "n_active_params", "n_tokens"),
 )

@@ -105,6 +105,12 @@ class RunStore:
             return conn.scalar(sa.select(sa.func.count()).select_from(runs)
                                .where(runs.c.tenant == tenant))
 
+    def run_counts(self) -> dict[str, int]:
+        """Stored runs per tenant, in one query (replicas poll it to notice each other's runs)."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(runs.c.tenant, sa.func.count())
+                                     .group_by(runs.c.tenant)).all())
+
     def _find(self, tenant: str, run_id: str) -> RunRecord | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(runs).where(
@@ -125,6 +131,7 @@ def _to_row(tenant: str, report: RunReport) -> dict:
         "final_loss": outcome.final_loss,
         "metadata": dict(report.metadata),
         "recommendation_id": report.recommendation_id,
+        "trial_id": report.trial_id,
         "source": report.source,
         "created_at": datetime.now(UTC),
     }
@@ -142,6 +149,7 @@ def _from_row(row) -> RunRecord:
         "outcome": {"status": row["status"], "final_loss": row["final_loss"]},
         "metadata": row["metadata"],
         "recommendation_id": row["recommendation_id"],
+        "trial_id": row["trial_id"],
         "source": row["source"],
         "created_at": created,
     })

@@ -1,10 +1,16 @@
 """The domain operations the service exposes: one call per RPC."""
 
+import numpy as np
+
 from benchmark_db.records import Pins, RunRecord, RunReport, TrainingSpec
 from benchmark_db.store import RunStore
+from predictor import laws
+from predictor.loss_model import LossPrediction
 from predictor.prior import PriorRecommender
+from predictor.prior_model import PriorLossModel
 from predictor.recommendation import Recommendation
 from predictor.registry import ModelRegistry
+from predictor.table import RunTable
 
 
 class RecommendationEngine:
@@ -21,6 +27,20 @@ class RecommendationEngine:
         if predictor is None:
             return self.prior.recommend(spec, pins)
         return predictor.recommend(spec, pins)
+
+    def predict_loss(self, tenant: str, spec: TrainingSpec, lr: np.ndarray, batch_size_tokens: np.ndarray,
+                     weight_decay: np.ndarray, qat_fraction: np.ndarray
+                     ) -> tuple[RunTable, LossPrediction, tuple[str, ...]]:
+        """Loss at each point; NaN weight decay follows the timescale rule at the point's lr and
+        batch, NaN QAT fraction is the law's. Returns the completed points too."""
+        predictor = self.registry.get(tenant)
+        model = predictor.model if predictor is not None else PriorLossModel()
+        timescale_wd = batch_size_tokens / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
+        queries = RunTable.queries(
+            spec, lr, batch_size_tokens,
+            np.where(np.isnan(weight_decay), timescale_wd, weight_decay),
+            np.where(np.isnan(qat_fraction), laws.DREMOV_QAT(spec), qat_fraction))
+        return queries, model.predict(queries), (model.version_,)
 
     def report(self, tenant: str, report: RunReport) -> tuple[RunRecord, bool]:
         run, created = self.store.report(tenant, report)

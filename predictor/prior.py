@@ -52,7 +52,13 @@ class PriorRecommender:
             values[name] = value
             intervals[name] = Interval(lo=value * math.exp(-half), hi=value * math.exp(half))
         if "batch_size_tokens" not in pinned:
-            values["batch_size_tokens"] = whole_sequences(values["batch_size_tokens"], spec.seq_len)
+            rounded = whole_sequences(values["batch_size_tokens"], spec.seq_len)
+            if "weight_decay" not in pinned:  # keep the AdamW timescale of the rounded batch
+                scale = rounded / values["batch_size_tokens"]
+                values["weight_decay"] *= scale
+                intervals["weight_decay"] = Interval(lo=intervals["weight_decay"].lo * scale,
+                                                     hi=intervals["weight_decay"].hi * scale)
+            values["batch_size_tokens"] = rounded
 
         qat, qat_interval = self._qat(spec, pins, optimum)
         excess = bowl.excess(z) + QAT_CURVATURE * (qat - optimum.qat_fraction) ** 2

@@ -44,6 +44,7 @@ class Recommendation(BaseModel):
     sources: tuple[Source, ...]
     warnings: tuple[str, ...] = ()
     model_versions: tuple[str, ...] = ()
+    trial_id: str = ""  # set in explore mode: the trial to report the run against
     recommendation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
 
     @property

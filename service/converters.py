@@ -1,8 +1,9 @@
 """Proto messages <-> domain models. Validation errors name proto field paths."""
 
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from benchmark_db.errors import InvalidArgument
+from benchmark_db.errors import FieldViolation, InvalidArgument
 from benchmark_db.records import (Pins, RunRecord, RunReport, RunStatus, TrainingSpec,
                                   resolve_spec, validated)
 from hparamrec.v1 import recommender_pb2 as pb
@@ -70,6 +71,7 @@ def report_from_proto(request: pb.ReportRunRequest) -> RunReport:
                     "final_loss": _optional(request.outcome, "final_loss")},
         "metadata": dict(request.metadata),
         "recommendation_id": request.recommendation_id,
+        "trial_id": request.trial_id,
     })
 
 
@@ -88,6 +90,7 @@ def run_to_proto(run: RunRecord) -> pb.Run:
         outcome=outcome,
         metadata=run.metadata,
         recommendation_id=run.recommendation_id,
+        trial_id=run.trial_id,
         source=run.source,
         created_at=created,
     )
@@ -113,4 +116,53 @@ def recommendation_to_proto(rec: Recommendation) -> pb.Recommendation:
         recommendation_id=rec.recommendation_id,
         spec=spec_to_proto(rec.spec),
         model_versions=rec.model_versions,
+        trial_id=rec.trial_id,
+    )
+
+
+MAX_PREDICT_POINTS = 10_000
+
+
+def points_from_proto(request: pb.PredictLossRequest, spec: TrainingSpec) -> dict[str, np.ndarray]:
+    """The points' hyperparameters as arrays (NaN where optional and unset), checked in bulk."""
+    points = request.points
+    if not 1 <= len(points) <= MAX_PREDICT_POINTS:
+        raise InvalidArgument.single("points", f"give 1 to {MAX_PREDICT_POINTS} points, got {len(points)}")
+    arrays = {
+        "lr": np.array([p.lr for p in points]),
+        "batch_size_tokens": np.array([p.batch_size_tokens for p in points]),
+        "weight_decay": np.array([p.weight_decay if p.HasField("weight_decay") else np.nan for p in points]),
+        "qat_fraction": np.array([p.qat_fraction if p.HasField("qat_fraction") else np.nan for p in points]),
+    }
+    with np.errstate(invalid="ignore"):
+        checks = (
+            ("lr", ~((arrays["lr"] > 0) & (arrays["lr"] <= 10)), "must be in (0, 10]"),
+            ("batch_size_tokens", ~((arrays["batch_size_tokens"] >= 1)
+                                    & (arrays["batch_size_tokens"] <= spec.n_tokens)),
+             "must be at least 1 and at most spec.n_tokens"),
+            ("weight_decay", ~(np.isnan(arrays["weight_decay"])
+                               | ((arrays["weight_decay"] >= 0) & (arrays["weight_decay"] <= 100))),
+             "must be in [0, 100]"),
+            ("qat_fraction", ~(np.isnan(arrays["qat_fraction"])
+                               | ((arrays["qat_fraction"] >= 0) & (arrays["qat_fraction"] <= 1)
+                                  & (spec.quantized | (arrays["qat_fraction"] == 0)))),
+             "must be in [0, 1], and 0 when spec.weight_bits is 16"),
+        )
+    violations = [FieldViolation(f"points[{i}].{name}", f"{reason} (got {arrays[name][i]!r})")
+                  for name, bad, reason in checks for i in np.flatnonzero(bad)[:5]]
+    if violations:
+        raise InvalidArgument(violations)
+    return arrays
+
+
+def predictions_to_proto(queries, prediction, versions) -> pb.PredictLossResponse:
+    return pb.PredictLossResponse(
+        predictions=[pb.LossPrediction(
+            hyperparameters=pb.Hyperparameters(
+                lr=queries.lr[i], batch_size_tokens=queries.batch_size_tokens[i],
+                weight_decay=queries.weight_decay[i], qat_fraction=queries.qat_fraction[i]),
+            loss=prediction.mean[i],
+            loss_interval=pb.Interval(lo=prediction.lo[i], hi=prediction.hi[i]),
+        ) for i in range(len(queries))],
+        model_versions=versions,
     )

@@ -37,6 +37,12 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         return pb.ListRunsResponse(runs=[converters.run_to_proto(r) for r in runs],
                                    next_page_token=token)
 
+    def PredictLoss(self, request: pb.PredictLossRequest, context) -> pb.PredictLossResponse:
+        spec = converters.spec_from_proto(request.spec)
+        points = converters.points_from_proto(request, spec)
+        queries, prediction, versions = self.engine.predict_loss(tenant_of(context), spec, **points)
+        return converters.predictions_to_proto(queries, prediction, versions)
+
     def GetRun(self, request: pb.GetRunRequest, context) -> pb.GetRunResponse:
         run = self.store.get(tenant_of(context), request.run_id)
         return pb.GetRunResponse(run=converters.run_to_proto(run))

@@ -183,3 +183,26 @@ def test_json_logs_carry_the_request_id(capsys):
     entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert entry["msg"] == "hello world" and entry["request_id"] == "req-42"
     assert entry["level"] == "warning"
+
+
+def test_predict_loss_over_points(client, target):
+    from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+
+    rec = client.recommend(spec(n_params=1e9, n_tokens=2e10))
+    points = [pb.Hyperparameters(lr=rec.lr * f, batch_size_tokens=rec.batch_size_tokens)
+              for f in (0.25, 1.0, 4.0)]
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        response = stub.PredictLoss(pb.PredictLossRequest(spec=spec(n_params=1e9, n_tokens=2e10),
+                                                          points=points))
+        losses = [p.loss for p in response.predictions]
+        assert losses[1] == pytest.approx(rec.predicted_loss, rel=1e-6)
+        assert losses[1] < min(losses[0], losses[2])
+        assert all(p.loss_interval.lo < p.loss < p.loss_interval.hi for p in response.predictions)
+        # An unset weight decay follows the timescale rule, as the recommendation's does.
+        assert response.predictions[1].hyperparameters.weight_decay == pytest.approx(rec.weight_decay)
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.PredictLoss(pb.PredictLossRequest(spec=spec(n_params=1e9, n_tokens=2e10),
+                                                   points=[pb.Hyperparameters(lr=-1, batch_size_tokens=1e6)]))
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "points[0].lr" in exc.value.details()

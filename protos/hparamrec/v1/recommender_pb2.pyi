@@ -93,7 +93,7 @@ class Source(_message.Message):
     def __init__(self, field: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Recommendation(_message.Message):
-    __slots__ = ("lr", "lr_interval", "batch_size_tokens", "batch_size_tokens_interval", "batch_size_sequences", "weight_decay", "weight_decay_interval", "qat_fraction", "qat_fraction_interval", "predicted_loss", "predicted_loss_interval", "sources", "warnings", "recommendation_id", "spec", "model_versions")
+    __slots__ = ("lr", "lr_interval", "batch_size_tokens", "batch_size_tokens_interval", "batch_size_sequences", "weight_decay", "weight_decay_interval", "qat_fraction", "qat_fraction_interval", "predicted_loss", "predicted_loss_interval", "sources", "warnings", "recommendation_id", "spec", "model_versions", "trial_id")
     LR_FIELD_NUMBER: _ClassVar[int]
     LR_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class Recommendation(_message.Message):
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
     lr: float
     lr_interval: Interval
     batch_size_tokens: float
@@ -126,7 +127,8 @@ class Recommendation(_message.Message):
     recommendation_id: str
     spec: TrainingSpec
     model_versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, lr: _Optional[float] = ..., lr_interval: _Optional[_Union[Interval, _Mapping]] = ..., batch_size_tokens: _Optional[float] = ..., batch_size_tokens_interval: _Optional[_Union[Interval, _Mapping]] = ..., batch_size_sequences: _Optional[int] = ..., weight_decay: _Optional[float] = ..., weight_decay_interval: _Optional[_Union[Interval, _Mapping]] = ..., qat_fraction: _Optional[float] = ..., qat_fraction_interval: _Optional[_Union[Interval, _Mapping]] = ..., predicted_loss: _Optional[float] = ..., predicted_loss_interval: _Optional[_Union[Interval, _Mapping]] = ..., sources: _Optional[_Iterable[_Union[Source, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., model_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    trial_id: str
+    def __init__(self, lr: _Optional[float] = ..., lr_interval: _Optional[_Union[Interval, _Mapping]] = ..., batch_size_tokens: _Optional[float] = ..., batch_size_tokens_interval: _Optional[_Union[Interval, _Mapping]] = ..., batch_size_sequences: _Optional[int] = ..., weight_decay: _Optional[float] = ..., weight_decay_interval: _Optional[_Union[Interval, _Mapping]] = ..., qat_fraction: _Optional[float] = ..., qat_fraction_interval: _Optional[_Union[Interval, _Mapping]] = ..., predicted_loss: _Optional[float] = ..., predicted_loss_interval: _Optional[_Union[Interval, _Mapping]] = ..., sources: _Optional[_Iterable[_Union[Source, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., model_versions: _Optional[_Iterable[str]] = ..., trial_id: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("recommendation",)
@@ -155,7 +157,7 @@ class RunOutcome(_message.Message):
     def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., final_loss: _Optional[float] = ...) -> None: ...
 
 class ReportRunRequest(_message.Message):
-    __slots__ = ("run_id", "spec", "hyperparameters", "outcome", "metadata", "recommendation_id")
+    __slots__ = ("run_id", "spec", "hyperparameters", "outcome", "metadata", "recommendation_id", "trial_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,16 +171,18 @@ class ReportRunRequest(_message.Message):
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     spec: TrainingSpec
     hyperparameters: Hyperparameters
     outcome: RunOutcome
     metadata: _containers.ScalarMap[str, str]
     recommendation_id: str
-    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., outcome: _Optional[_Union[RunOutcome, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+    trial_id: str
+    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., outcome: _Optional[_Union[RunOutcome, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., recommendation_id: _Optional[str] = ..., trial_id: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "spec", "hyperparameters", "outcome", "metadata", "recommendation_id", "source", "created_at")
+    __slots__ = ("run_id", "spec", "hyperparameters", "outcome", "metadata", "recommendation_id", "source", "created_at", "trial_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +198,7 @@ class Run(_message.Message):
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     spec: TrainingSpec
     hyperparameters: Hyperparameters
@@ -202,7 +207,8 @@ class Run(_message.Message):
     recommendation_id: str
     source: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., outcome: _Optional[_Union[RunOutcome, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., recommendation_id: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    trial_id: str
+    def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., outcome: _Optional[_Union[RunOutcome, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., recommendation_id: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_id: _Optional[str] = ...) -> None: ...
 
 class ReportRunResponse(_message.Message):
     __slots__ = ("run", "created")
@@ -239,3 +245,29 @@ class GetRunResponse(_message.Message):
     RUN_FIELD_NUMBER: _ClassVar[int]
     run: Run
     def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class PredictLossRequest(_message.Message):
+    __slots__ = ("spec", "points")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    spec: TrainingSpec
+    points: _containers.RepeatedCompositeFieldContainer[Hyperparameters]
+    def __init__(self, spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Hyperparameters, _Mapping]]] = ...) -> None: ...
+
+class LossPrediction(_message.Message):
+    __slots__ = ("hyperparameters", "loss", "loss_interval")
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    hyperparameters: Hyperparameters
+    loss: float
+    loss_interval: Interval
+    def __init__(self, hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., loss: _Optional[float] = ..., loss_interval: _Optional[_Union[Interval, _Mapping]] = ...) -> None: ...
+
+class PredictLossResponse(_message.Message):
+    __slots__ = ("predictions", "model_versions")
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    predictions: _containers.RepeatedCompositeFieldContainer[LossPrediction]
+    model_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, predictions: _Optional[_Iterable[_Union[LossPrediction, _Mapping]]] = ..., model_versions: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class RecommenderServiceStub:
                 request_serializer=hparamrec_dot_v1_dot_recommender__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=hparamrec_dot_v1_dot_recommender__pb2.GetRunResponse.FromString,
                 _registered_method=True)
+        self.PredictLoss = channel.unary_unary(
+                '/hparamrec.v1.RecommenderService/PredictLoss',
+                request_serializer=hparamrec_dot_v1_dot_recommender__pb2.PredictLossRequest.SerializeToString,
+                response_deserializer=hparamrec_dot_v1_dot_recommender__pb2.PredictLossResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -89,6 +94,14 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictLoss(self, request, context):
+        """Predicted final loss, with its 80% interval, at given hyperparameters for a spec: the
+        landscape behind a recommendation (for plots and what-if questions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=hparamrec_dot_v1_dot_recommender__pb2.GetRunRequest.FromString,
                     response_serializer=hparamrec_dot_v1_dot_recommender__pb2.GetRunResponse.SerializeToString,
+            ),
+            'PredictLoss': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictLoss,
+                    request_deserializer=hparamrec_dot_v1_dot_recommender__pb2.PredictLossRequest.FromString,
+                    response_serializer=hparamrec_dot_v1_dot_recommender__pb2.PredictLossResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +239,33 @@ class RecommenderService:
             '/hparamrec.v1.RecommenderService/GetRun',
             hparamrec_dot_v1_dot_recommender__pb2.GetRunRequest.SerializeToString,
             hparamrec_dot_v1_dot_recommender__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictLoss(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hparamrec.v1.RecommenderService/PredictLoss',
+            hparamrec_dot_v1_dot_recommender__pb2.PredictLossRequest.SerializeToString,
+            hparamrec_dot_v1_dot_recommender__pb2.PredictLossResponse.FromString,
             options,
             channel_credentials,
             insecure,
