@@ -3,9 +3,9 @@ hyperparameters, searched on a log grid around the prior's (conditional) optimum
 
 Weight decay, when free, follows the prior's timescale rule at each candidate (lr, batch):
 no stored sweep varies it enough to learn more, and the rule re-centres the AdamW timescale.
-The QAT fraction, when free, is the prior's. Intervals are the 10th-90th percentiles of the
-argmin across the model's bootstrap members when it has them, else the band over which the
-predicted loss stays within NEAR_OPTIMAL_EXCESS of its minimum.
+The QAT fraction, when free, is the prior's. Intervals are the band over which the predicted
+loss stays within NEAR_OPTIMAL_EXCESS of its minimum. A model with an `lr_limit` (the
+surface's divergence boundary over a safety factor) bounds the free learning rate.
 """
 
 import math
@@ -20,7 +20,7 @@ from predictor.recommendation import Interval, Recommendation, Source, whole_seq
 from predictor.table import RunTable
 
 SEARCH_HALF_WIDTH = math.log(30.0)  # the grid spans the prior optimum /30 to x30
-COARSE_POINTS = 41
+COARSE_POINTS = 69  # steps of 0.1 in ln
 FINE_POINTS = 21
 
 
@@ -70,8 +70,19 @@ class ModelRecommender:
 
     def _best(self, spec, pins, base, model, lr_axis, batch_axis) -> tuple[float, float]:
         queries, lr, batch = self._queries(spec, pins, base, lr_axis, batch_axis)
-        i = int(np.argmin(model.predict(queries).mean))
+        loss = self._safe_mean(model, queries, pins)
+        i = int(np.argmin(loss))
         return float(lr[i]), float(batch[i])
+
+    @staticmethod
+    def _safe_mean(model, queries: RunTable, pins: Pins) -> np.ndarray:
+        """Predicted loss, infinite where the model says the lr is too close to divergence
+        (unless the caller pinned the lr: then it is theirs to choose)."""
+        mean = model.predict(queries).mean
+        limit = getattr(model, "lr_limit", None)
+        if limit is None or pins.lr is not None:
+            return mean
+        return np.where(queries.lr <= limit(queries), mean, np.inf)
 
     @staticmethod
     def _weight_decay(spec, pins, base, lr, batch):
@@ -80,17 +91,11 @@ class ModelRecommender:
         return batch / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
 
     def _intervals(self, spec, pins, base, lr, batch, lr_axis, batch_axis) -> tuple[Interval, Interval]:
-        members = getattr(self.model, "members_", None)
-        if members:
-            optima = np.array([self._best(spec, pins, base, m, lr_axis, batch_axis) for m in members])
-            lo, hi = np.percentile(optima, [10, 90], axis=0)
-            lo, hi = np.minimum(lo, [lr, batch]), np.maximum(hi, [lr, batch])
-        else:
-            queries, lrs, batches = self._queries(spec, pins, base, lr_axis, batch_axis)
-            mean = self.model.predict(queries).mean
-            near = mean <= mean.min() * (1 + NEAR_OPTIMAL_EXCESS)
-            lo = [lrs[near].min(), batches[near].min()]
-            hi = [lrs[near].max(), batches[near].max()]
+        queries, lrs, batches = self._queries(spec, pins, base, lr_axis, batch_axis)
+        mean = self._safe_mean(self.model, queries, pins)
+        near = mean <= mean.min() * (1 + NEAR_OPTIMAL_EXCESS)
+        lo = [lrs[near].min(), batches[near].min()]
+        hi = [lrs[near].max(), batches[near].max()]
         lr_iv = Interval.point(lr) if pins.lr is not None else Interval(lo=lo[0], hi=hi[0])
         batch_iv = (Interval.point(batch) if pins.batch_size_tokens is not None
                     else Interval(lo=lo[1], hi=hi[1]))

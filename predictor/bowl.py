@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 COORDS = ("lr", "batch_size_tokens", "weight_decay")
+# Reference: a = 0.0097 (D/1e10)^-0.28, b = 0.0075 (D/1e10)^-0.10, rho = -0.34.
+STEPLAW_BOWL = {"a": 0.0097, "a_exp": -0.28, "b": 0.0075, "b_exp": -0.10, "rho": -0.34,
+                "d_ref": 1e10}
 # Curvature of the timescale term as a fraction of the smaller of a and b: keeps the split
 # positive definite at every D. An assumption (loss is flat in tau over a factor ~2), not a fit.
 TIMESCALE_CURVATURE_FRACTION = 0.25
@@ -29,10 +32,11 @@ class Bowl:
     @classmethod
     def steplaw(cls, n_tokens: float) -> "Bowl":
         """The reference's fit on the Step Law dense grid (error about 0.4%)."""
-        scale = n_tokens / 1e10
-        a = 0.0097 * scale ** -0.28
-        b = 0.0075 * scale ** -0.10
-        return cls(a=a, b=b, rho=-0.34, c=TIMESCALE_CURVATURE_FRACTION * min(a, b))
+        k = STEPLAW_BOWL
+        scale = n_tokens / k["d_ref"]
+        a = k["a"] * scale ** k["a_exp"]
+        b = k["b"] * scale ** k["b_exp"]
+        return cls(a=a, b=b, rho=k["rho"], c=TIMESCALE_CURVATURE_FRACTION * min(a, b))
 
     @property
     def hessian(self) -> np.ndarray:

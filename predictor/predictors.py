@@ -33,8 +33,29 @@ def _prior() -> LossModel:
     return PriorLossModel()
 
 
+def _surface() -> LossModel:
+    from predictor.surface import LossSurface
+
+    return LossSurface()
+
+
+def _lightgbm() -> LossModel:
+    from predictor.residual_gbm import SurfaceGBM
+
+    return SurfaceGBM()
+
+
+def _auto() -> LossModel:
+    from predictor.auto import AutoModel
+
+    return AutoModel()
+
+
 MODEL_FACTORIES: dict[str, Callable[[], LossModel]] = {
     "prior": _prior,
+    "surface": _surface,
+    "lightgbm": _lightgbm,
+    "auto": _auto,
 }
 
 

@@ -13,14 +13,19 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
     max_workers: int = Field(default=32, ge=1)
+    # Calls received but waiting for a worker; beyond this many, new ones are refused.
+    max_pending_calls: int = Field(default=10_000, ge=1)
     # Requests above this size get RESOURCE_EXHAUSTED before any handler runs.
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
     # How long SIGTERM waits for in-flight calls before cancelling them.
     grace_seconds: float = Field(default=10.0, ge=0)
     # Which learned model serves recommendations once a tenant has runs (see predictor/predictors.py).
-    predictor: str = "prior"
+    predictor: str = "auto"
     # A burst of reports within this many seconds leads to one refit.
     refit_debounce_seconds: float = Field(default=2.0, ge=0)
+    # How often to look for runs stored through other replicas (or imported) and refit on them;
+    # 0 switches the poll off (one replica: its own reports already trigger refits).
+    refit_poll_seconds: float = Field(default=5.0, ge=0)
     # Authentication off: every caller is the default tenant. For local development only;
     # `make run` sets it (on 127.0.0.1). Never implied: see service/server.py.
     auth_disabled: bool = False

@@ -12,3 +12,39 @@ def make_report(run_id="run-1", *, n_params=1e9, n_tokens=2e10, lr=1e-3, batch=1
         "outcome": {"status": status, "final_loss": loss if status == "completed" else None},
         **extra,
     })
+
+
+# A known world for the learned models: its optimum sits at TRUE_LR_FACTOR x Step Law's lr,
+# so a model that only echoes the prior is visibly wrong.
+TRUE_LR_FACTOR = 1.5
+SWEEP_GROUPS = ((2e8, 4e9), (2e8, 2e10), (4e8, 8e9), (4e8, 4e10), (8e8, 1.6e10), (8e8, 6e10))
+
+
+def true_optimum(n_params: float, n_tokens: float) -> tuple[float, float]:
+    lr = TRUE_LR_FACTOR * 1.79 * n_params**-0.713 * n_tokens**0.307
+    return lr, 0.58 * n_tokens**0.571
+
+
+def synthetic_sweep(groups=SWEEP_GROUPS, seed: int = 0, noise: float = 0.0005) -> list[RunReport]:
+    """lr x batch grids around a known optimum: an asymmetric bowl, a divergence cliff at 8x
+    the optimal lr (diverged runs keep a loss of ~7), and multiplicative noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    reports = []
+    for n, d in groups:
+        lr_star, b_star = true_optimum(n, d)
+        base = 1.8 + 480 / n**0.35 + 2000 / d**0.37
+        for i, u in enumerate(np.linspace(-2.0, 2.4, 9)):
+            for j, v in enumerate(np.linspace(-1.5, 1.5, 5)):
+                lr, batch = lr_star * np.exp(u), b_star * np.exp(v)
+                diverged = u > np.log(8)
+                excess = 0.01 * (u**2 + 0.3 * u**3 / 3) + 0.008 * v**2 - 0.003 * u * v
+                loss = 7.0 if diverged else base * (1 + excess) * np.exp(noise * rng.standard_normal())
+                reports.append(validated(RunReport, {
+                    "run_id": f"syn-{n:.0e}-{d:.0e}-{i}-{j}",
+                    "spec": resolve_spec(n_params=n, n_tokens=d),
+                    "hyperparameters": {"lr": lr, "batch_size_tokens": batch, "weight_decay": 0.1},
+                    "outcome": {"status": "diverged" if diverged else "completed", "final_loss": loss},
+                }))
+    return reports

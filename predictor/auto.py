@@ -1,0 +1,97 @@
+"""`auto`: the candidate model with the lowest regret when each of the training groups is left
+out in turn (a leave-one-group-out inside fit(), so nested inside any outer backtest), with
+its intervals calibrated on the same held-out folds.
+
+The candidates were fixed before any backtest was run: the surface with three weighting
+localities, and the surface with the LightGBM residual layer with two. Nothing here sees a
+run outside the table given to fit().
+"""
+
+import numpy as np
+
+from predictor.argmin import ModelRecommender
+from predictor.backtest import held_out_spec
+from predictor.intervals import IntervalModel
+from predictor.loss_model import LossPrediction
+from predictor.residual_gbm import SurfaceGBM
+from predictor.scoring import regret
+from predictor.surface import LossSurface, group_index
+from predictor.table import RunTable
+
+CANDIDATES = {
+    "surface/e0=0.003": lambda: LossSurface(e0=0.003, calibrate=False),
+    "surface/e0=0.01": lambda: LossSurface(e0=0.01, calibrate=False),
+    "surface/e0=0.03": lambda: LossSurface(e0=0.03, calibrate=False),
+    "lightgbm/e0=0.003": lambda: SurfaceGBM(e0=0.003, calibrate=False),
+    "lightgbm/e0=0.01": lambda: SurfaceGBM(e0=0.01, calibrate=False),
+}
+MIN_GROUPS_TO_SELECT = 4  # fewer groups: no held-out evidence, keep the first candidate
+
+
+class AutoModel:
+    name = "auto"
+
+    def __init__(self, candidates: tuple[str, ...] = tuple(CANDIDATES)):
+        self.candidates = candidates
+        self.model_ = CANDIDATES[candidates[0]]()
+        self.choice_ = candidates[0]
+        self.inner_regret_: dict[str, float] = {}
+
+    @property
+    def version_(self) -> str:
+        return f"auto[{self.choice_}]:{self.model_.version_}"
+
+    def fit(self, runs: RunTable) -> "AutoModel":
+        keys, groups = group_index(runs)
+        if len(keys) < MIN_GROUPS_TO_SELECT:
+            self.model_ = _calibrated(CANDIDATES[self.choice_]().fit(runs), None)
+            return self
+        surfaces: dict[float, tuple[LossSurface, list[LossSurface]]] = {}
+        results = {}
+        for name in self.candidates:
+            model = CANDIDATES[name]()
+            results[name] = self._leave_groups_out(model, runs, groups, surfaces)
+            self.inner_regret_[name] = float(np.mean(results[name][1]))
+        self.choice_ = min(self.candidates, key=self.inner_regret_.get)
+        fitted, _, folds = results[self.choice_]
+        self.model_ = _calibrated(fitted, folds)
+        return self
+
+    @staticmethod
+    def _leave_groups_out(model, runs, groups, surfaces):
+        """Fits on all runs and on each group left out; returns (fitted model, regrets, folds)."""
+        shared = surfaces.get(model.e0) if isinstance(model, SurfaceGBM) else None
+        model = model.fit(runs, surface=shared[0]) if shared else model.fit(runs)
+        regrets, folds, inner_surfaces = [], [], []
+        for k, j in enumerate(np.unique(groups)):
+            train, held = runs.subset(groups != j), runs.subset(groups == j)
+            inner = model.clone()
+            inner = inner.fit(train, surface=shared[1][k]) if shared else inner.fit(train)
+            inner_surfaces.append(inner)
+            spec, pins = held_out_spec(held)
+            rec = ModelRecommender(inner, train).recommend(spec, pins)
+            regrets.append(regret(held, rec.lr, rec.batch_size_tokens))
+            done = held.subset(held.completed)
+            folds.append((np.log(done.loss) - np.log(inner.mean(done)), inner.interval_penalty(done)))
+        if isinstance(model, LossSurface):
+            surfaces.setdefault(model.e0, (model, inner_surfaces))
+        return model, regrets, folds
+
+    def mean(self, q: RunTable) -> np.ndarray:
+        return self.model_.mean(q)
+
+    def predict(self, q: RunTable) -> LossPrediction:
+        return self.model_.predict(q)
+
+    def lr_limit(self, q: RunTable) -> np.ndarray:
+        return self.model_.lr_limit(q)
+
+    def interval_penalty(self, q: RunTable) -> np.ndarray:
+        return self.model_.interval_penalty(q)
+
+
+def _calibrated(model, folds):
+    """The model with intervals from its own held-out folds (uncalibrated defaults if none)."""
+    surface = model.surface_ if isinstance(model, SurfaceGBM) else model
+    surface.intervals_ = IntervalModel.from_held_out(folds) if folds else IntervalModel()
+    return model

@@ -1,0 +1,262 @@
+"""A global parametric loss surface fitted on all stored runs (not only each group's best).
+
+    L = L0(N, D) * (1 + P)
+
+L0      Chinchilla form E + A/N^alpha + B/D^beta, fitted to per-group loss levels with a prior
+        toward the Epoch constants (the levels are free in the bowl fit, so a level misfit
+        cannot bias the shape and centre).
+centre  ln lr* = c0 + cN xN + cD xD,  ln B* = d0 + dN xN + dD xD  with xN = ln(Na/N0),
+        xD = ln(D/D0): the Step Law form (plus an N term on B); its published constants are
+        the prior and the fit with no data.
+bowl    v = ln(B/B*), u = ln(lr/lr*) - g v (the shear g is the reference's eta|B rule);
+        P = a(D) linex(u; ku) + b(D) linex(v; kv), linex(x; k) = 2 (e^{kx} - 1 - kx) / k^2:
+        x^2 near 0, exponential on one side, linear on the other (the data are steeper at
+        high lr); a and b are power laws in D as in the reference.
+cliff   an edge-of-stability rise c e^{-kc delta} (e^{kc u} - 1 - kc u), delta the log-distance
+        from the optimum to the divergence boundary lr_div(N, D, B) (a logistic model of the
+        diverged runs): it grows as the boundary nears, and keeps the minimum at u = 0.
+        Diverged runs stay out of the regression (their 5-11 nats say nothing about the bowl);
+        they place lr_div, and recommendations keep lr below lr_div / lr_safety.
+wd, QAT not identifiable from sweeps that hold them fixed, so they enter as the prior does
+        (bowl.py): c [(ln tau - ln tau*)^2 - (ln tau_ref - ln tau*)^2] with the AdamW timescale
+        tau = B/(lr wd D) and tau_ref its value at wd = WD_REF (the learned bowl is the bowl at
+        WD_REF), and QAT_CURVATURE (f - f*)^2 when weight_bits < 16.
+weights soft_l1 in ln-loss, and an sd growing as 1 + excess/e0 with a run's excess over its
+        group's best: the far flanks are noisier and the form is least right there, so they
+        must not drag the centre, which is what a recommendation needs.
+"""
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.special import expit
+
+from predictor import laws
+from predictor.bowl import STEPLAW_BOWL, TIMESCALE_CURVATURE_FRACTION
+from predictor.intervals import IntervalModel
+from predictor.loss_model import LossPrediction
+from predictor.prior import QAT_CURVATURE
+from predictor.table import RunTable
+
+N0, D0 = 5e8, 2e10  # centre of the coordinates
+WD_REF = 0.1  # the weight decay the learned bowl stands for (the Step Law sweeps used it)
+PARAMS = ("c0", "cN", "cD", "d0", "dN", "dD", "la0", "laD", "ku", "lb0", "lbD", "kv", "g", "lc", "kc")
+# Prior sd of each parameter: weak next to ~1700 runs, but it keeps fits on few groups sane.
+PRIOR_SD = np.array([1.0, 0.3, 0.3, 1.0, 0.3, 0.3, 1.0, 0.5, 1.0, 1.0, 0.5, 1.0, 0.5, 1.0, 1.0])
+# The starting point of the shape exponents: off the zero-gradient point k = 0 of linex.
+SHAPE_START = {"ku": 1.0, "kv": 0.5}
+
+
+def prior_theta() -> np.ndarray:
+    """Step Law's centre and the reference's bowl, in this surface's parameters."""
+    lr, batch, bowl = laws.STEPLAW_LR.constants, laws.STEPLAW_BATCH.constants, STEPLAW_BOWL
+    a = bowl["a"] * (D0 / bowl["d_ref"]) ** bowl["a_exp"]
+    b = bowl["b"] * (D0 / bowl["d_ref"]) ** bowl["b_exp"]
+    rho = bowl["rho"]
+    return np.array([
+        np.log(lr["c"]) + lr["alpha"] * np.log(N0) + lr["beta"] * np.log(D0), lr["alpha"], lr["beta"],
+        np.log(batch["c"]) + batch["beta"] * np.log(D0), 0.0, batch["beta"],
+        np.log(a), bowl["a_exp"], 0.0,
+        np.log(b * (1 - rho**2)), bowl["b_exp"], 0.0,  # b(1 - rho^2): the sheared bowl's v curvature
+        -rho * np.sqrt(b / a), np.log(0.03), 3.0])
+
+
+def linex(x, k):
+    """2 (e^{kx} - 1 - kx) / k^2, through its series near k = 0 (smooth in k for the fit)."""
+    kx = k * x
+    small = np.abs(kx) < 1e-3
+    exact = 2.0 * (np.expm1(kx) - kx) / np.where(small, 1.0, k) ** 2
+    return np.where(small, x**2 * (1 + kx / 3 + kx**2 / 12), exact)
+
+
+def group_index(runs: RunTable) -> tuple[np.ndarray, np.ndarray]:
+    """(unique (N, Na, D, bits) keys, index of each run's key): quantized runs sit apart."""
+    keys = np.stack([runs.n_params, runs.n_active_params, runs.n_tokens, runs.weight_bits], 1)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return unique, inverse.ravel()
+
+
+class LossSurface:
+    name = "surface"
+
+    def __init__(self, e0: float | None = 0.003, f_scale: float = 0.003, lr_safety: float = 3.0,
+                 calibrate: bool = True):
+        self.e0 = e0  # locality of the weighting (None: off)
+        self.f_scale = f_scale  # soft_l1 scale in ln-loss, about twice the run-to-run noise
+        self.lr_safety = lr_safety  # recommended lr stays below lr_div / lr_safety
+        self.calibrate = calibrate  # intervals from an inner leave-one-group-out in fit()
+        self.theta_ = prior_theta()
+        for name, value in SHAPE_START.items():
+            self.theta_[PARAMS.index(name)] = value
+        self.L0_ = np.array([laws.EPOCH_LOSS.constants[k] for k in ("E", "A", "alpha", "B", "beta")])
+        self.divergence_ = None
+        self.intervals_ = IntervalModel()
+        self.n_runs_ = 0
+
+    @property
+    def version_(self) -> str:
+        return f"surface@{_fingerprint(self.theta_, self.L0_)}"
+
+    # ----- the model -----
+    def centre(self, theta, n_active, n_tokens):
+        """(ln lr*, ln B*) for the given sizes."""
+        x_n, x_d = np.log(n_active / N0), np.log(n_tokens / D0)
+        return theta[0] + theta[1] * x_n + theta[2] * x_d, theta[3] + theta[4] * x_n + theta[5] * x_d
+
+    def penalty(self, theta, q: RunTable) -> np.ndarray:
+        """Relative excess P of each query over the optimum of its spec."""
+        log_lr_star, log_b_star = self.centre(theta, q.n_active_params, q.n_tokens)
+        x_d = np.log(q.n_tokens / D0)
+        v = np.log(q.batch_size_tokens) - log_b_star
+        u = np.log(q.lr) - log_lr_star - theta[12] * v
+        a, b = np.exp(theta[6] + theta[7] * x_d), np.exp(theta[9] + theta[10] * x_d)
+        p = a * linex(u, theta[8]) + b * linex(v, theta[11])
+        delta = np.log(self.lr_div(q, theta)) - (log_lr_star + theta[12] * v)
+        p = p + np.exp(theta[13] - theta[14] * delta) * (np.expm1(theta[14] * u) - theta[14] * u)
+        return p + self._weight_decay_term(q, np.minimum(a, b)) + _qat_term(q)
+
+    @staticmethod
+    def _weight_decay_term(q: RunTable, curvature) -> np.ndarray:
+        c = TIMESCALE_CURVATURE_FRACTION * curvature
+        tau_star = laws.POWER_LINES_TIMESCALE.constants["c"] * (
+            q.n_tokens / q.n_active_params) ** laws.POWER_LINES_TIMESCALE.constants["alpha"]
+        log_tau_ref = np.log(q.batch_size_tokens / (q.lr * WD_REF * q.n_tokens) / tau_star)
+        wd = np.where(q.weight_decay > 0, q.weight_decay, WD_REF)  # no decay: no timescale to move
+        log_tau = log_tau_ref - np.log(wd / WD_REF)
+        return c * (log_tau**2 - log_tau_ref**2)
+
+    def base_loss(self, q: RunTable) -> np.ndarray:
+        e, a, alpha, b, beta = self.L0_
+        n_eff = _effective_params(q)
+        return e + a / n_eff**alpha + b / q.n_tokens**beta
+
+    def mean(self, q: RunTable) -> np.ndarray:
+        return self.base_loss(q) * (1 + self.penalty(self.theta_, q))
+
+    def lr_div(self, q: RunTable, theta=None) -> np.ndarray:
+        """The lr at which half the runs diverge (prior: 6x the optimum, as in the reference)."""
+        if self.divergence_ is None:
+            return 6.0 * np.exp(self.centre(self.theta_ if theta is None else theta,
+                                            q.n_active_params, q.n_tokens)[0])
+        w = self.divergence_
+        return np.exp(-(w[0] + w[2] * np.log(q.batch_size_tokens / 1e6)
+                        + w[3] * np.log(q.n_active_params / N0) + w[4] * np.log(q.n_tokens / D0)) / w[1])
+
+    def lr_limit(self, q: RunTable) -> np.ndarray:
+        """Largest lr a recommendation may use: a safety factor below the divergence boundary."""
+        return self.lr_div(q) / self.lr_safety
+
+    def p_diverge(self, q: RunTable) -> np.ndarray:
+        if self.divergence_ is None:
+            return (q.lr > self.lr_div(q)).astype(float)
+        return expit(self.divergence_[1] * (np.log(q.lr) - np.log(self.lr_div(q))))
+
+    def interval_penalty(self, q: RunTable) -> np.ndarray:
+        """What the predictive sd grows with: the distance from the optimum."""
+        return self.penalty(self.theta_, q)
+
+    def predict(self, q: RunTable) -> LossPrediction:
+        mean = self.mean(q)
+        half = self.intervals_.half_width(self.interval_penalty(q))
+        return LossPrediction(mean=mean, lo=mean * np.exp(-half), hi=mean * np.exp(half))
+
+    # ----- fitting -----
+    def fit(self, runs: RunTable, surface: "LossSurface | None" = None) -> "LossSurface":
+        """`surface`: accepted for a uniform interface with SurfaceGBM; a surface refits itself."""
+        self.n_runs_ = len(runs)
+        self._fit_divergence(runs)
+        ok = runs.completed
+        if not ok.any():
+            return self
+        completed = runs.subset(ok)
+        keys, groups = group_index(completed)
+        levels = self._fit_bowl(completed, groups, len(keys))
+        self._fit_base_loss(keys, levels)
+        if self.calibrate and len(keys) >= 4:
+            from predictor.intervals import calibrate_by_leaving_groups_out
+
+            self.intervals_ = calibrate_by_leaving_groups_out(self, runs)
+        return self
+
+    def clone(self, calibrate: bool = False) -> "LossSurface":
+        """Same parameters, warm-started from this fit: for inner folds."""
+        twin = LossSurface(self.e0, self.f_scale, self.lr_safety, calibrate)
+        twin.theta_ = self.theta_.copy()
+        return twin
+
+    def _fit_divergence(self, runs: RunTable) -> None:
+        """Logistic P(diverged) on [1, ln lr, ln B, ln Na, ln D], lightly ridged."""
+        div = runs.diverged
+        if div.sum() < 3 or (~div).sum() < 3:
+            self.divergence_ = None
+            return
+        features = np.stack([np.ones(len(runs)), np.log(runs.lr), np.log(runs.batch_size_tokens / 1e6),
+                             np.log(runs.n_active_params / N0), np.log(runs.n_tokens / D0)], 1)
+
+        def deviance(w):
+            z = features @ w
+            return np.concatenate([np.sqrt(2 * (np.logaddexp(0, z) - div * z)), 0.1 * w[1:]])
+
+        start = np.array([-3 * np.log(0.012), 3.0, 0.0, 0.0, 0.0])  # boundary near lr 0.012
+        self.divergence_ = least_squares(deviance, start).x
+
+    def _fit_bowl(self, runs: RunTable, groups: np.ndarray, n_groups: int) -> np.ndarray:
+        """Fits the shape and centre with one free ln-level per group; returns the levels."""
+        prior = prior_theta()
+        log_loss = np.log(runs.loss)
+        best = np.array([runs.loss[groups == j].min() for j in range(n_groups)])
+        sd = self.f_scale * (1 + (runs.loss / best[groups] - 1) / self.e0) if self.e0 else self.f_scale
+        n_theta = len(PARAMS)
+
+        def residuals(p):
+            theta, levels = p[:n_theta], p[n_theta:]
+            r = log_loss - levels[groups] - np.log1p(self.penalty(theta, runs))
+            return np.concatenate([r / sd, (theta - prior) / PRIOR_SD])
+
+        sparsity = np.zeros((len(runs) + n_theta, n_theta + n_groups), bool)
+        sparsity[:len(runs), :n_theta] = True
+        sparsity[np.arange(len(runs)), n_theta + groups] = True  # a level touches its group only
+        sparsity[len(runs):, :n_theta] = np.eye(n_theta, dtype=bool)
+        start = np.concatenate([self.theta_, np.log(best)])
+        fit = least_squares(residuals, start, loss="soft_l1", jac_sparsity=sparsity,
+                            x_scale="jac", max_nfev=200)
+        self.converged_ = fit.status > 0
+        self.theta_ = fit.x[:n_theta]
+        return fit.x[n_theta:]
+
+    def _fit_base_loss(self, keys: np.ndarray, levels: np.ndarray) -> None:
+        """Chinchilla form to the groups' ln-levels, with a prior toward the Epoch constants."""
+        gamma = laws.KUMAR_EFFECTIVE_PARAMS.constants["gamma"]
+        n_eff = np.where(keys[:, 3] < 16, keys[:, 0] * (1 - np.exp(-keys[:, 3] / gamma)), keys[:, 0])
+        start = np.log(self.L0_)
+        prior_sd = np.array([0.3, 1.0, 0.1, 1.0, 0.1])
+
+        def residuals(log_params):
+            e, a, alpha, b, beta = np.exp(log_params)
+            model = np.log(e + a / n_eff**alpha + b / keys[:, 2]**beta)
+            return np.concatenate([(model - levels) / 0.005, (log_params - start) / prior_sd])
+
+        self.L0_ = np.exp(least_squares(residuals, start, max_nfev=500).x)
+
+
+def _effective_params(q: RunTable) -> np.ndarray:
+    """Kumar et al.: low-bit weights act as fewer parameters. The level follows all parameters
+    (for MoE, the experts too); the optimum follows the active ones."""
+    gamma = laws.KUMAR_EFFECTIVE_PARAMS.constants["gamma"]
+    return np.where(q.weight_bits < 16, q.n_params * (1 - np.exp(-q.weight_bits / gamma)), q.n_params)
+
+
+def _qat_term(q: RunTable) -> np.ndarray:
+    quantized = q.weight_bits < 16
+    if not quantized.any():
+        return np.zeros(len(q))
+    bytes_per_param = q.weight_bits / 8
+    s = np.maximum(q.n_tokens / (q.n_active_params * bytes_per_param), 1 + 1e-9)
+    f_star = np.exp(-laws.DREMOV_QAT.constants["k"] / np.log(s))
+    return np.where(quantized, QAT_CURVATURE * (q.qat_fraction - f_star) ** 2, 0.0)
+
+
+def _fingerprint(*arrays: np.ndarray) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(b"".join(np.round(a, 10).tobytes() for a in arrays))
+    return digest.hexdigest()[:10]

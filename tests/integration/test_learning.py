@@ -1,0 +1,85 @@
+"""The service learns from stored runs; the backtest command's JSON contract."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark_db.store import RunStore
+from clients.client import Client, spec
+from hparamrec.v1 import recommender_pb2 as pb
+from service.server import Service
+from service.settings import Settings
+from tests.factories import SWEEP_GROUPS, synthetic_sweep, true_optimum
+
+pytestmark = pytest.mark.integration
+HPARAMREC = str(Path(sys.executable).parent / "hparamrec")
+
+
+def test_service_serves_the_learned_model_once_runs_are_stored(tmp_path):
+    url = f"sqlite:///{tmp_path / 'learn.db'}"
+    store = RunStore(url)
+    store.add_many("default", synthetic_sweep())
+    store.close()
+    svc = Service(Settings(database_url=url, port=0, auth_disabled=True, metrics_port=None))
+    svc.start()
+    try:
+        assert svc.registry.wait_idle(timeout=120)
+        n, d = 4e8, 2e10  # between the stored sizes
+        with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
+            rec = client.recommend(spec(n_params=n, n_tokens=d), pb.Pins(weight_decay=0.1))
+        assert rec.model_versions[0].startswith("auto[")
+        assert any("fitted on" in s.detail for s in rec.sources if s.field == "lr")
+        assert rec.lr == pytest.approx(true_optimum(n, d)[0], rel=0.25)
+        assert rec.lr_interval.lo <= rec.lr <= rec.lr_interval.hi
+    finally:
+        svc.stop(grace=1)
+
+
+def write_csv(path: Path, reports) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run_id", "n_params", "n_tokens", "lr", "batch_size_tokens",
+                         "weight_decay", "final_loss", "status"])
+        for r in reports:
+            writer.writerow([r.run_id, r.spec.n_params, r.spec.n_tokens, repr(r.hyperparameters.lr),
+                             repr(r.hyperparameters.batch_size_tokens), r.hyperparameters.weight_decay,
+                             r.outcome.final_loss, r.outcome.status.value])
+
+
+def test_backtest_json_contract(tmp_path):
+    runs = tmp_path / "runs.csv"
+    write_csv(runs, synthetic_sweep(groups=SWEEP_GROUPS[:5]))
+    context = tmp_path / "context.csv"
+    write_csv(context, synthetic_sweep(groups=SWEEP_GROUPS[5:], seed=3))
+    out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "csv",
+                          "--context", str(context), "--predictor", "surface", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert len(result["groups"]) == 5  # context runs are never scored
+    rows = {}
+    with runs.open() as f:
+        for row in csv.DictReader(f):
+            rows.setdefault((float(row["n_params"]), float(row["n_tokens"])), []).append(
+                (float(row["lr"]), float(row["batch_size_tokens"])))
+    for group in result["groups"]:
+        assert set(group) >= {"n_params", "n_active_params", "n_tokens", "recommendation", "points"}
+        rec = group["recommendation"]
+        assert set(rec) >= {"lr", "batch_size_tokens", "weight_decay", "qat_fraction",
+                            "lr_interval", "batch_size_tokens_interval"}
+        assert rec["lr_interval"][0] <= rec["lr"] <= rec["lr_interval"][1]
+        copied = [(p["lr"], p["batch_size_tokens"]) for p in group["points"]]
+        assert copied == rows[(group["n_params"], group["n_tokens"])]  # exactly the input rows
+        assert all(p["loss_lo"] <= p["loss_pred"] <= p["loss_hi"] for p in group["points"])
+
+
+def test_backtest_rejects_an_unknown_predictor(tmp_path):
+    runs = tmp_path / "runs.csv"
+    write_csv(runs, synthetic_sweep(groups=SWEEP_GROUPS[:2]))
+    out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "csv",
+                          "--predictor", "oracle"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.startswith("error: --predictor")

@@ -1,0 +1,105 @@
+"""The learned loss models on synthetic sweeps with a known optimum."""
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from benchmark_db.records import Pins, TrainingSpec
+from predictor import laws
+from predictor.argmin import ModelRecommender
+from predictor.auto import CANDIDATES, AutoModel
+from predictor.residual_gbm import SurfaceGBM
+from predictor.surface import LossSurface
+from predictor.table import RunTable
+from tests.factories import SWEEP_GROUPS, synthetic_sweep, true_optimum
+
+ALL = RunTable.from_runs(synthetic_sweep())
+HELD_OUT = SWEEP_GROUPS[3]
+
+
+def without(table: RunTable, group) -> RunTable:
+    keep = ~((table.n_params == group[0]) & (table.n_tokens == group[1]))
+    return table.subset(keep)
+
+
+def recommend(model, train: RunTable, group) -> tuple[float, float]:
+    spec = TrainingSpec(n_params=group[0], n_active_params=group[0], n_tokens=group[1])
+    rec = ModelRecommender(model, train).recommend(spec, Pins(weight_decay=0.1))
+    return rec.lr, rec.batch_size_tokens
+
+
+@pytest.fixture(scope="module")
+def surface():
+    return LossSurface().fit(without(ALL, HELD_OUT))
+
+
+def test_surface_with_no_runs_is_the_published_prior():
+    model = LossSurface().fit(RunTable.from_runs([]))
+    spec = TrainingSpec(n_params=1e9, n_active_params=1e9, n_tokens=2e10)
+    log_lr, log_batch = model.centre(model.theta_, spec.n_active_params, spec.n_tokens)
+    assert np.exp(log_lr) == pytest.approx(laws.STEPLAW_LR(spec), rel=1e-9)
+    assert np.exp(log_batch) == pytest.approx(laws.STEPLAW_BATCH(spec), rel=1e-9)
+    query = RunTable.queries(spec, np.exp(log_lr), np.exp(log_batch), 0.1, 0.0)
+    assert model.mean(query)[0] == pytest.approx(laws.EPOCH_LOSS(spec), rel=1e-6)
+
+
+def test_surface_learns_the_optimum_of_an_unseen_group(surface):
+    lr, batch = recommend(surface, without(ALL, HELD_OUT), HELD_OUT)
+    true_lr, true_batch = true_optimum(*HELD_OUT)
+    assert lr == pytest.approx(true_lr, rel=0.15)  # the prior alone is 1/1.5 off
+    assert batch == pytest.approx(true_batch, rel=0.25)
+    assert surface.converged_
+
+
+def test_surface_bounds_lr_below_the_divergence_cliff(surface):
+    spec = TrainingSpec(n_params=HELD_OUT[0], n_active_params=HELD_OUT[0], n_tokens=HELD_OUT[1])
+    true_lr, true_batch = true_optimum(*HELD_OUT)
+    query = RunTable.queries(spec, true_lr, true_batch, 0.1, 0.0)
+    boundary = surface.lr_div(query)[0]
+    assert 4 * true_lr < boundary < 16 * true_lr  # the synthetic cliff is at 8x
+    assert surface.lr_limit(query)[0] == pytest.approx(boundary / 3)
+
+
+def test_calibrated_intervals_cover_most_of_an_unseen_group(surface):
+    held = RunTable.from_runs(synthetic_sweep(groups=(HELD_OUT,), seed=1))
+    held = held.subset(held.completed)
+    prediction = surface.predict(held)
+    inside = (held.loss >= prediction.lo) & (held.loss <= prediction.hi)
+    assert 0.5 <= inside.mean() <= 1.0
+    assert np.all(prediction.lo < prediction.mean) and np.all(prediction.mean < prediction.hi)
+    assert spearmanr(prediction.mean, held.loss).statistic > 0.9
+
+
+def test_weight_decay_term_vanishes_at_the_reference_and_rewards_the_timescale_rule(surface):
+    spec = TrainingSpec(n_params=4e8, n_active_params=4e8, n_tokens=1e11)
+    lr, batch = true_optimum(4e8, 1e11)
+    rule = batch / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
+    at = lambda wd: surface.mean(RunTable.queries(spec, lr, batch, wd, 0.0))[0]  # noqa: E731
+    assert at(rule) < at(0.1) < at(10 * rule)
+
+
+def test_gbm_far_from_data_is_the_surface():
+    model = SurfaceGBM(calibrate=False).fit(ALL)
+    far = TrainingSpec(n_params=1e11, n_active_params=1e11, n_tokens=1e13)
+    lr, batch = true_optimum(1e11, 1e13)
+    query = RunTable.queries(far, lr * np.array([0.5, 1, 2]), batch, 0.1, 0.0)
+    assert model.mean(query) == pytest.approx(model.surface_.mean(query), rel=1e-9)
+    near = RunTable.queries(TrainingSpec(n_params=4e8, n_active_params=4e8, n_tokens=8e9),
+                            lr, batch, 0.1, 0.0)
+    assert model._shrink(near)[0] == pytest.approx(1.0)
+
+
+def test_auto_selects_by_leaving_training_groups_out():
+    train = without(ALL, HELD_OUT)
+    model = AutoModel().fit(train)
+    assert set(model.inner_regret_) == set(CANDIDATES)
+    assert model.choice_ == min(model.inner_regret_, key=model.inner_regret_.get)
+    assert model.version_.startswith(f"auto[{model.choice_}]")
+    lr, _ = recommend(model, train, HELD_OUT)
+    assert lr == pytest.approx(true_optimum(*HELD_OUT)[0], rel=0.2)
+
+
+def test_versions_change_with_the_data():
+    a = LossSurface(calibrate=False).fit(without(ALL, SWEEP_GROUPS[0]))
+    b = LossSurface(calibrate=False).fit(without(ALL, SWEEP_GROUPS[1]))
+    assert a.version_ != b.version_ and a.version_.startswith("surface@")
