@@ -3,8 +3,9 @@ hyperparameters, searched on a log grid around the prior's (conditional) optimum
 
 Weight decay, when free, follows the prior's timescale rule at each candidate (lr, batch):
 no stored sweep varies it enough to learn more, and the rule re-centres the AdamW timescale.
-The QAT fraction, when free, is the prior's. Intervals are the band over which the predicted
-loss stays within NEAR_OPTIMAL_EXCESS of its minimum. A model with an `lr_limit` (the
+The QAT fraction, when free, is the prior's. Intervals are the 10th-90th percentiles of the
+optimum's location across the model's bootstrap draws when it has them (around the argmin),
+else the band over which the predicted loss stays within NEAR_OPTIMAL_EXCESS of its minimum. A model with an `lr_limit` (the
 surface's divergence boundary over a safety factor) bounds the free learning rate.
 """
 
@@ -91,11 +92,18 @@ class ModelRecommender:
         return batch / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
 
     def _intervals(self, spec, pins, base, lr, batch, lr_axis, batch_axis) -> tuple[Interval, Interval]:
-        queries, lrs, batches = self._queries(spec, pins, base, lr_axis, batch_axis)
-        mean = self._safe_mean(self.model, queries, pins)
-        near = mean <= mean.min() * (1 + NEAR_OPTIMAL_EXCESS)
-        lo = [lrs[near].min(), batches[near].min()]
-        hi = [lrs[near].max(), batches[near].max()]
+        offsets = getattr(self.model, "optimum_log_offsets", lambda *_: None)(
+            spec.n_active_params, spec.n_tokens)
+        if offsets is not None:  # bootstrap draws of where the optimum lies
+            lo_off, hi_off = np.percentile(offsets, [10, 90], axis=0)
+            lo = [lr * math.exp(min(lo_off[0], 0)), batch * math.exp(min(lo_off[1], 0))]
+            hi = [lr * math.exp(max(hi_off[0], 0)), batch * math.exp(max(hi_off[1], 0))]
+        else:
+            queries, lrs, batches = self._queries(spec, pins, base, lr_axis, batch_axis)
+            mean = self._safe_mean(self.model, queries, pins)
+            near = mean <= mean.min() * (1 + NEAR_OPTIMAL_EXCESS)
+            lo = [lrs[near].min(), batches[near].min()]
+            hi = [lrs[near].max(), batches[near].max()]
         lr_iv = Interval.point(lr) if pins.lr is not None else Interval(lo=lo[0], hi=hi[0])
         batch_iv = (Interval.point(batch) if pins.batch_size_tokens is not None
                     else Interval(lo=lo[1], hi=hi[1]))

@@ -26,6 +26,7 @@ CANDIDATES = {
     "lightgbm/e0=0.01": lambda: SurfaceGBM(e0=0.01, calibrate=False),
 }
 MIN_GROUPS_TO_SELECT = 4  # fewer groups: no held-out evidence, keep the first candidate
+BOOTSTRAP_DRAWS = 20  # of the chosen model's surface: the 80% interval of the optimum
 
 
 class AutoModel:
@@ -55,6 +56,7 @@ class AutoModel:
         self.choice_ = min(self.candidates, key=self.inner_regret_.get)
         fitted, _, folds = results[self.choice_]
         self.model_ = _calibrated(fitted, folds)
+        _surface_of(self.model_).bootstrap(runs, BOOTSTRAP_DRAWS)
         return self
 
     @staticmethod
@@ -89,9 +91,16 @@ class AutoModel:
     def interval_penalty(self, q: RunTable) -> np.ndarray:
         return self.model_.interval_penalty(q)
 
+    def optimum_log_offsets(self, n_active: float, n_tokens: float) -> np.ndarray | None:
+        return self.model_.optimum_log_offsets(n_active, n_tokens)
+
+
+def _surface_of(model) -> LossSurface:
+    return model.surface_ if isinstance(model, SurfaceGBM) else model
+
 
 def _calibrated(model, folds):
     """The model with intervals from its own held-out folds (uncalibrated defaults if none)."""
-    surface = model.surface_ if isinstance(model, SurfaceGBM) else model
+    surface = _surface_of(model)
     surface.intervals_ = IntervalModel.from_held_out(folds) if folds else IntervalModel()
     return model

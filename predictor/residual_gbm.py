@@ -98,6 +98,9 @@ class SurfaceGBM:
     def lr_limit(self, q: RunTable) -> np.ndarray:
         return self.surface_.lr_limit(q)
 
+    def optimum_log_offsets(self, n_active: float, n_tokens: float) -> np.ndarray | None:
+        return self.surface_.optimum_log_offsets(n_active, n_tokens)
+
     def predict(self, q: RunTable) -> LossPrediction:
         mean = self.mean(q)
         half = self.surface_.intervals_.half_width(self.interval_penalty(q))

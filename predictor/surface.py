@@ -79,11 +79,14 @@ class LossSurface:
     name = "surface"
 
     def __init__(self, e0: float | None = 0.003, f_scale: float = 0.003, lr_safety: float = 3.0,
-                 calibrate: bool = True):
+                 calibrate: bool = True, n_boot: int = 0, random_state: int = 0):
         self.e0 = e0  # locality of the weighting (None: off)
         self.f_scale = f_scale  # soft_l1 scale in ln-loss, about twice the run-to-run noise
         self.lr_safety = lr_safety  # recommended lr stays below lr_div / lr_safety
         self.calibrate = calibrate  # intervals from an inner leave-one-group-out in fit()
+        self.n_boot = n_boot  # group-bootstrap refits for the optimum's uncertainty
+        self.random_state = random_state
+        self.boot_theta_ = None
         self.theta_ = prior_theta()
         for name, value in SHAPE_START.items():
             self.theta_[PARAMS.index(name)] = value
@@ -175,7 +178,29 @@ class LossSurface:
             from predictor.intervals import calibrate_by_leaving_groups_out
 
             self.intervals_ = calibrate_by_leaving_groups_out(self, runs)
+        if self.n_boot:
+            self.bootstrap(runs, self.n_boot)
         return self
+
+    def bootstrap(self, runs: RunTable, n_boot: int) -> None:
+        """Refits on groups resampled with replacement (warm-started, ~0.1 s each) and keeps
+        the parameter draws: the uncertainty of the optimum's location."""
+        _, groups = group_index(runs)
+        labels = np.unique(groups)
+        rng = np.random.default_rng(self.random_state)
+        draws = []
+        for _ in range(n_boot):
+            picked = rng.choice(labels, size=len(labels), replace=True)
+            rows = np.concatenate([np.flatnonzero(groups == g) for g in picked])
+            draws.append(self.clone().fit(runs.subset(rows)).theta_)
+        self.boot_theta_ = np.array(draws)
+
+    def optimum_log_offsets(self, n_active: float, n_tokens: float) -> np.ndarray | None:
+        """(draws, 2): ln lr* and ln B* of each bootstrap draw minus the fit's, or None."""
+        if self.boot_theta_ is None:
+            return None
+        fitted = np.array(self.centre(self.theta_, n_active, n_tokens))
+        return np.array([self.centre(t, n_active, n_tokens) for t in self.boot_theta_]) - fitted
 
     def clone(self, calibrate: bool = False) -> "LossSurface":
         """Same parameters, warm-started from this fit: for inner folds."""

@@ -103,3 +103,15 @@ def test_versions_change_with_the_data():
     a = LossSurface(calibrate=False).fit(without(ALL, SWEEP_GROUPS[0]))
     b = LossSurface(calibrate=False).fit(without(ALL, SWEEP_GROUPS[1]))
     assert a.version_ != b.version_ and a.version_.startswith("surface@")
+
+
+def test_bootstrap_draws_give_the_optimum_an_interval():
+    train = without(ALL, HELD_OUT)
+    model = LossSurface(calibrate=False, n_boot=8).fit(train)
+    offsets = model.optimum_log_offsets(HELD_OUT[0], HELD_OUT[1])
+    assert offsets.shape == (8, 2) and np.all(np.isfinite(offsets))
+    assert np.ptp(offsets[:, 0]) > 0  # the draws differ
+    spec = TrainingSpec(n_params=HELD_OUT[0], n_active_params=HELD_OUT[0], n_tokens=HELD_OUT[1])
+    rec = ModelRecommender(model, train).recommend(spec, Pins(weight_decay=0.1))
+    assert rec.lr_interval.lo <= rec.lr <= rec.lr_interval.hi
+    assert rec.lr_interval.hi / rec.lr_interval.lo < 3
