@@ -21,8 +21,8 @@ from predictor.recommendation import Interval, Recommendation, Source, whole_seq
 from predictor.table import RunTable
 
 SEARCH_HALF_WIDTH = math.log(30.0)  # the grid spans the prior optimum /30 to x30
-COARSE_POINTS = 69  # steps of 0.1 in ln
-FINE_POINTS = 21
+COARSE_POINTS = 35  # steps of 0.2 in ln
+FINE_POINTS = 21  # steps of 0.02 in ln, one coarse step either side
 
 
 class ModelRecommender:
@@ -79,7 +79,7 @@ class ModelRecommender:
     def _safe_mean(model, queries: RunTable, pins: Pins) -> np.ndarray:
         """Predicted loss, infinite where the model says the lr is too close to divergence
         (unless the caller pinned the lr: then it is theirs to choose)."""
-        mean = model.predict(queries).mean
+        mean = model.mean(queries) if hasattr(model, "mean") else model.predict(queries).mean
         limit = getattr(model, "lr_limit", None)
         if limit is None or pins.lr is not None:
             return mean

@@ -37,8 +37,9 @@ class SurfaceGBM:
 
     @property
     def version_(self) -> str:
-        trees = self.gbm_.booster_.model_to_string().encode() if self.gbm_ is not None else b""
-        return f"lightgbm@{_fingerprint(self.surface_.theta_, np.frombuffer(trees, np.uint8))}"
+        if self.gbm_ is None:
+            return f"lightgbm@{_fingerprint(self.surface_.theta_)}"
+        return self.fitted_version_
 
     def fit(self, runs: RunTable, surface: LossSurface | None = None) -> "SurfaceGBM":
         """`surface`: one already fitted on the same runs, to save refitting it."""
@@ -53,6 +54,8 @@ class SurfaceGBM:
         residual -= np.array([np.median(residual[groups == j]) for j in range(len(keys))])[groups]
         self.gbm_ = lightgbm.LGBMRegressor(random_state=self.random_state, **GBM_PARAMS)
         self.gbm_.fit(self._features(completed), residual)
+        trees = np.frombuffer(self.gbm_.booster_.model_to_string().encode(), np.uint8)
+        self.fitted_version_ = f"lightgbm@{_fingerprint(self.surface_.theta_, trees)}"
         self._fit_shrink(keys)
         if self.calibrate and len(keys) >= 4:
             self.surface_.intervals_ = calibrate_by_leaving_groups_out(self, runs)
@@ -90,7 +93,9 @@ class SurfaceGBM:
         base = self.surface_.mean(q)
         if self.gbm_ is None:
             return base
-        return base * np.exp(self.gbm_.booster_.predict(self._features(q)) * self._shrink(q))
+        # One thread: a few thousand rows finish faster than OpenMP's start-up on a busy machine.
+        correction = self.gbm_.booster_.predict(self._features(q), num_threads=1)
+        return base * np.exp(correction * self._shrink(q))
 
     def interval_penalty(self, q: RunTable) -> np.ndarray:
         return self.surface_.interval_penalty(q)
