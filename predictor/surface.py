@@ -42,6 +42,8 @@ WD_REF = 0.1  # the weight decay the learned bowl stands for (the Step Law sweep
 PARAMS = ("c0", "cN", "cD", "d0", "dN", "dD", "la0", "laD", "ku", "lb0", "lbD", "kv", "g", "lc", "kc")
 # Prior sd of each parameter: weak next to ~1700 runs, but it keeps fits on few groups sane.
 PRIOR_SD = np.array([1.0, 0.3, 0.3, 1.0, 0.3, 0.3, 1.0, 0.5, 1.0, 1.0, 0.5, 1.0, 0.5, 1.0, 1.0])
+# Bootstrap draws only feed the spread of the optimum: a looser stop is plenty, and 5x faster.
+BOOTSTRAP_TOLERANCE = 1e-5
 # The starting point of the shape exponents: off the zero-gradient point k = 0 of linex.
 SHAPE_START = {"ku": 1.0, "kv": 0.5}
 
@@ -79,13 +81,15 @@ class LossSurface:
     name = "surface"
 
     def __init__(self, e0: float | None = 0.003, f_scale: float = 0.003, lr_safety: float = 3.0,
-                 calibrate: bool = True, n_boot: int = 0, random_state: int = 0):
+                 calibrate: bool = True, n_boot: int = 0, random_state: int = 0,
+                 tolerance: float = 1e-8):
         self.e0 = e0  # locality of the weighting (None: off)
         self.f_scale = f_scale  # soft_l1 scale in ln-loss, about twice the run-to-run noise
         self.lr_safety = lr_safety  # recommended lr stays below lr_div / lr_safety
         self.calibrate = calibrate  # intervals from an inner leave-one-group-out in fit()
         self.n_boot = n_boot  # group-bootstrap refits for the optimum's uncertainty
         self.random_state = random_state
+        self.tolerance = tolerance  # least_squares ftol/xtol/gtol
         self.boot_theta_ = None
         self.theta_ = prior_theta()
         for name, value in SHAPE_START.items():
@@ -192,7 +196,7 @@ class LossSurface:
         for _ in range(n_boot):
             picked = rng.choice(labels, size=len(labels), replace=True)
             rows = np.concatenate([np.flatnonzero(groups == g) for g in picked])
-            draws.append(self.clone().fit(runs.subset(rows)).theta_)
+            draws.append(self.clone(tolerance=BOOTSTRAP_TOLERANCE).fit(runs.subset(rows)).theta_)
         self.boot_theta_ = np.array(draws)
 
     def optimum_log_offsets(self, n_active: float, n_tokens: float) -> np.ndarray | None:
@@ -202,9 +206,10 @@ class LossSurface:
         fitted = np.array(self.centre(self.theta_, n_active, n_tokens))
         return np.array([self.centre(t, n_active, n_tokens) for t in self.boot_theta_]) - fitted
 
-    def clone(self, calibrate: bool = False) -> "LossSurface":
+    def clone(self, calibrate: bool = False, tolerance: float | None = None) -> "LossSurface":
         """Same parameters, warm-started from this fit: for inner folds."""
-        twin = LossSurface(self.e0, self.f_scale, self.lr_safety, calibrate)
+        twin = LossSurface(self.e0, self.f_scale, self.lr_safety, calibrate,
+                           tolerance=self.tolerance if tolerance is None else tolerance)
         twin.theta_ = self.theta_.copy()
         return twin
 
@@ -242,8 +247,9 @@ class LossSurface:
         sparsity[np.arange(len(runs)), n_theta + groups] = True  # a level touches its group only
         sparsity[len(runs):, :n_theta] = np.eye(n_theta, dtype=bool)
         start = np.concatenate([self.theta_, np.log(best)])
+        tol = self.tolerance
         fit = least_squares(residuals, start, loss="soft_l1", jac_sparsity=sparsity,
-                            x_scale="jac", max_nfev=200)
+                            x_scale="jac", max_nfev=200, ftol=tol, xtol=tol, gtol=tol)
         self.converged_ = fit.status > 0
         self.theta_ = fit.x[:n_theta]
         return fit.x[n_theta:]
