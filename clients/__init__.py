@@ -1,6 +1,21 @@
-"""Client library and CLI. Imports only the generated stubs: no server-side packages."""
+"""Python client and CLI of hparamrec. Imports only the generated stubs: no server-side packages,
+no torch (the launcher integrations in clients.integrations import their trainer lazily)."""
 
-from clients.client import Client, spec
-from clients.errors import HparamrecError
+from clients.aio import AsyncClient
+from clients.client import DEFAULT_TARGET, Client
+from clients.errors import (DeadlineExceededError, HparamrecError, InvalidArgumentError,
+                            NotFoundError, PermissionDeniedError, ResourceExhaustedError,
+                            UnauthenticatedError, UnavailableError, UnimplementedError)
+from clients.models import (Hyperparameters, Interval, LossPrediction, LossPredictions, Mode,
+                            Pins, Recommendation, ReportResult, Run, RunOutcome, RunPage,
+                            RunReport, RunStatus, Source, TrainingSpec)
 
-__all__ = ["Client", "HparamrecError", "spec"]
+__all__ = [
+    "DEFAULT_TARGET", "AsyncClient", "Client",
+    "DeadlineExceededError", "HparamrecError", "InvalidArgumentError", "NotFoundError",
+    "PermissionDeniedError", "ResourceExhaustedError", "UnauthenticatedError", "UnavailableError",
+    "UnimplementedError",
+    "Hyperparameters", "Interval", "LossPrediction", "LossPredictions", "Mode", "Pins",
+    "Recommendation", "ReportResult", "Run", "RunOutcome", "RunPage", "RunReport", "RunStatus",
+    "Source", "TrainingSpec",
+]

@@ -10,12 +10,10 @@ import json
 import sys
 
 import click
-from google.protobuf import json_format
 
-from clients.client import DEFAULT_TARGET, Client, spec
+from clients.client import DEFAULT_TARGET
 from clients.errors import HparamrecError
 from clients.units import parse_quantity
-from hparamrec.v1 import recommender_pb2 as pb
 
 
 class CliError(Exception):
@@ -45,13 +43,18 @@ def client_options(f):
     """--server, --api-key and --tls-ca, handed to the command as a `client()` factory."""
 
     @click.option("--server", envvar="HPARAMREC_SERVER", default=DEFAULT_TARGET,
-                  show_default=True, help="Service address HOST:PORT.")
+                  show_default=True, help="Service address HOST:PORT (or HPARAMREC_SERVER).")
     @click.option("--api-key", envvar="HPARAMREC_API_KEY", help="API key (or HPARAMREC_API_KEY).")
     @click.option("--tls-ca", envvar="HPARAMREC_TLS_CA", type=click.Path(dir_okay=False),
                   help="PEM file of the CA that signed the server certificate: connect with TLS.")
     @functools.wraps(f)
     def wrapper(*args, server, api_key, tls_ca, **kwargs):
-        return f(*args, client=lambda: Client(server, api_key=api_key, tls_ca=tls_ca), **kwargs)
+        def client():
+            from clients.client import Client
+
+            return Client(server, api_key=api_key, tls_ca=tls_ca)
+
+        return f(*args, client=client, **kwargs)
 
     return wrapper
 
@@ -77,9 +80,11 @@ def _open_store(db: str):
         raise CliError(f"cannot open the database: {reason}", 3) from None
 
 
-def json_option(f):
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print one JSON object whose keys are the proto field names.")(f)
+def json_option(f=None, *, help="Print one JSON object whose keys are the proto field names."):
+    """--json; json_option(help=...) for commands whose JSON is not a proto message."""
+    if f is None:
+        return lambda g: json_option(g, help=help)
+    return click.option("--json", "as_json", is_flag=True, help=help)(f)
 
 
 def spec_options(f):
@@ -98,16 +103,41 @@ def spec_options(f):
     return f
 
 
-def _spec(kw: dict) -> pb.TrainingSpec:
-    return spec(n_params=kw.pop("params"), n_active_params=kw.pop("active_params"),
-                n_tokens=kw.pop("tokens"), compute_flops=kw.pop("compute"),
-                seq_len=kw.pop("seq_len"), architecture=kw.pop("architecture"),
-                weight_bits=kw.pop("bits"))
+def _spec(kw: dict):
+    from clients.models import TrainingSpec
+
+    return TrainingSpec(n_params=kw.pop("params"), n_active_params=kw.pop("active_params"),
+                        n_tokens=kw.pop("tokens"), compute_flops=kw.pop("compute"),
+                        seq_len=kw.pop("seq_len"), architecture=kw.pop("architecture") or "",
+                        weight_bits=kw.pop("bits"))
 
 
-def to_dict(message) -> dict:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+def pin_options(f):
+    """--lr, --batch-size-tokens, --weight-decay and --qat-fraction as pins."""
+    options = [
+        click.option("--lr", type=float, help="Pin the learning rate."),
+        click.option("--batch-size-tokens", type=QUANTITY,
+                     help="Pin the batch size in tokens, e.g. 1M."),
+        click.option("--weight-decay", type=float, help="Pin the weight decay."),
+        click.option("--qat-fraction", type=float, help="Pin the QAT fraction."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _pins(kw: dict):
+    from clients.models import Pins
+
+    return Pins(**{name: kw.pop(name) for name in
+                   ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")})
+
+
+def to_dict(model) -> dict:
+    """The proto JSON form of a model or message: keys are the proto field names."""
+    from clients.convert import as_dict
+
+    return as_dict(model)
 
 
 def _print_json(data) -> None:
@@ -158,25 +188,31 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
 
 @app.command()
 @spec_options
-@click.option("--lr", type=float, help="Pin the learning rate.")
-@click.option("--batch-size-tokens", type=QUANTITY, help="Pin the batch size in tokens, e.g. 1M.")
-@click.option("--weight-decay", type=float, help="Pin the weight decay.")
-@click.option("--qat-fraction", type=float, help="Pin the QAT fraction.")
+@pin_options
+@click.option("--explain", is_flag=True,
+              help="Also print every source's formula or fit, versions and the resolved spec.")
+@click.option("--mode", type=click.Choice(["exploit", "explore"]), default="exploit",
+              show_default=True, help="exploit: the best predicted configuration; explore: the "
+              "next trial of the spec's study, with the trial id to report the run against.")
 @client_options
 @json_option
-def recommend(lr, batch_size_tokens, weight_decay, qat_fraction, client, as_json, **kw) -> None:
+def recommend(explain, mode, client, as_json, **kw) -> None:
     """Recommend lr, batch size, weight decay and QAT fraction for a spec. The hyperparameters
     given are pinned; the rest are their conditional optimum."""
-    pins = pb.Pins(lr=lr, batch_size_tokens=batch_size_tokens, weight_decay=weight_decay,
-                   qat_fraction=qat_fraction)
+    pins = _pins(kw)
     with client() as c:
-        rec = c.recommend(_spec(kw), pins)
+        rec = c.recommend(_spec(kw), pins, mode=mode)
     if as_json:
         _print_json(rec)
     else:
         from clients import render
 
-        render.recommendation(rec)
+        render.recommendation(rec, explain=explain)
+        if rec.trial_id:
+            click.echo(f"trial {rec.trial_id}: run lr={rec.lr:.6g}, batch_size_tokens="
+                       f"{rec.batch_size_tokens:.0f}, weight_decay={rec.weight_decay:.6g}, "
+                       f"qat_fraction={rec.qat_fraction:.6g}, then report it with "
+                       f"`hparamrec report --trial-id {rec.trial_id} ...`")
 
 
 @app.command()
@@ -191,33 +227,38 @@ def recommend(lr, batch_size_tokens, weight_decay, qat_fraction, client, as_json
 @click.option("--run-id", default="", help="Stable id; re-sending it stores nothing new "
                                            "(default: a new random id).")
 @click.option("--recommendation-id", default="", help="The recommendation this run followed.")
+@click.option("--trial-id", default="", help="The explore trial this run evaluated "
+                                             "(printed by `recommend --mode explore`).")
 @click.option("--meta", multiple=True, help="KEY=VALUE label, repeatable.")
 @client_options
 @json_option
 def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, failed, run_id,
-           recommendation_id, meta, client, as_json, **kw) -> None:
+           recommendation_id, trial_id, meta, client, as_json, **kw) -> None:
     """Report a finished, diverged or failed run."""
     if diverged + failed + (loss is not None) != 1:
         raise CliError("give exactly one of --loss, --diverged and --failed")
-    status = (pb.RUN_STATUS_DIVERGED if diverged else pb.RUN_STATUS_FAILED if failed
-              else pb.RUN_STATUS_COMPLETED)
+    from clients.models import Hyperparameters, RunOutcome, RunReport, RunStatus
+
+    status = (RunStatus.DIVERGED if diverged else RunStatus.FAILED if failed
+              else RunStatus.COMPLETED)
     metadata = {}
     for item in meta:
         key, sep, value = item.partition("=")
         if not sep:
             raise CliError(f"--meta: expected KEY=VALUE, got {item!r}")
         metadata[key] = value
-    request = pb.ReportRunRequest(
+    report = RunReport(
         run_id=run_id,
         spec=_spec(kw),
-        hyperparameters=pb.Hyperparameters(lr=lr, batch_size_tokens=batch_size_tokens,
-                                           weight_decay=weight_decay, qat_fraction=qat_fraction),
-        outcome=pb.RunOutcome(status=status, final_loss=loss),
+        hyperparameters=Hyperparameters(lr=lr, batch_size_tokens=batch_size_tokens,
+                                        weight_decay=weight_decay, qat_fraction=qat_fraction),
+        outcome=RunOutcome(status=status, final_loss=loss),
         metadata=metadata,
         recommendation_id=recommendation_id,
+        trial_id=trial_id,
     )
     with client() as c:
-        response = c.report_run(request)
+        response = c.report_run(report)
     if as_json:
         _print_json(response)
     else:
@@ -263,6 +304,70 @@ def runs_show(run_id, client, as_json) -> None:
         render.run_detail(run)
 
 
+@runs.command("export")
+@click.option("--format", "file_format", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              show_default=True, help="The generic import format of docs/import-format.md.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True),
+              help="File to write (default: standard output).")
+@client_options
+@json_option(help='Print {"runs": N, "format": ..., "out": FILE} (needs --out).')
+def runs_export(file_format, out, client, as_json) -> None:
+    """Every stored run, oldest first, in the generic import format: the file re-imports with
+    `hparamrec import --format csv|jsonl`."""
+    from clients.export import WRITERS
+
+    if as_json and not out:
+        raise CliError("--json needs --out: without it the runs themselves go to standard output")
+    with client() as c:
+        found = list(c.iter_runs(page_size=1000))
+    found.reverse()
+    if out:
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            count = WRITERS[file_format](found, f)
+    else:
+        count = WRITERS[file_format](found, sys.stdout)
+    if as_json:
+        _print_json({"runs": count, "format": file_format, "out": out})
+    elif out:
+        click.echo(f"exported {count} runs to {out}", err=True)
+
+
+@app.command()
+@spec_options
+@pin_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Image file to write (PNG; the format follows the extension).")
+@click.option("--grid", "points", type=click.IntRange(5, 100), default=25, show_default=True,
+              help="Points per axis.")
+@client_options
+@json_option(help='Print {"out": FILE, "grid": [N, N], "runs": N, "recommendation": {...}}.')
+def plot(out, points, client, as_json, **kw) -> None:
+    """The predicted loss over learning rate x batch size for a spec, with the recommendation,
+    its 80% interval and the stored runs of the spec marked. Pin --weight-decay or
+    --qat-fraction to hold them fixed; --lr and --batch-size-tokens move the recommendation."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CliError("plot needs matplotlib: pip install 'hparamrec[plot]'", 1) from None
+    from clients import plot as plotting
+
+    pins = _pins(kw)
+    say = None
+    if sys.stderr.isatty() and not as_json:
+        say = lambda message: click.echo(f"\r\033[K{message}", err=True, nl=False)  # noqa: E731
+    with client() as c:
+        rec, found, grid = plotting.landscape(c, _spec(kw), pins, points, say)
+    plotting.draw(out, rec, found, grid)
+    if say:
+        click.echo("\r\033[K", err=True, nl=False)
+    if as_json:
+        _print_json({"out": out, "grid": [points, points], "runs": len(found),
+                     "recommendation": to_dict(rec)})
+    else:
+        click.echo(f"wrote {out}: predicted loss on a {points} x {points} grid, "
+                   f"{len(found)} stored runs of this spec marked")
+
+
 IMPORT_FORMATS = ("steplaw", "csv", "jsonl")  # benchmark_db.importers.FORMATS, without its imports
 
 
@@ -272,7 +377,7 @@ IMPORT_FORMATS = ("steplaw", "csv", "jsonl")  # benchmark_db.importers.FORMATS, 
               help="steplaw: a Step Law sweep CSV; csv, jsonl: the generic format of "
                    "docs/import-format.md.")
 @click.option("--tenant", default="default", show_default=True, help="Tenant the runs belong to.")
-@json_option
+@json_option(help='Print {"read": N, "added": N, "already_stored": N, "diverged": N}.')
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def import_runs(db, file_format, tenant, as_json, file) -> None:
     """Import runs from FILE straight into the database (an admin command: no server needed).
@@ -306,7 +411,7 @@ def keys() -> None:
 @db_option
 @click.option("--tenant", required=True, help="Tenant the key acts for.")
 @click.option("--label", default="", help="What the key is for, e.g. the cluster's name.")
-@json_option
+@json_option(help='Print {"key": ..., "key_id": ..., "tenant": ..., "label": ...}.')
 def keys_create(db, tenant, label, as_json) -> None:
     """Create a key. It is printed once and only its hash is stored."""
     from benchmark_db.errors import InvalidArgument
@@ -328,7 +433,7 @@ def keys_create(db, tenant, label, as_json) -> None:
 
 @keys.command("list")
 @db_option
-@json_option
+@json_option(help='Print {"keys": [{"key_id": ..., "tenant": ..., ...}]}.')
 def keys_list(db, as_json) -> None:
     """Key ids, tenants and states (never the keys)."""
     store = _open_store(db)
@@ -352,7 +457,8 @@ def keys_list(db, as_json) -> None:
 @keys.command("revoke")
 @db_option
 @click.argument("key_id")
-def keys_revoke(db, key_id) -> None:
+@json_option(help='Print {"key_id": ..., "tenant": ..., "label": ..., "revoked_at": ...}.')
+def keys_revoke(db, key_id, as_json) -> None:
     """Revoke a key by its id: every replica refuses it from the next call on."""
     from benchmark_db.errors import NotFound
 
@@ -363,7 +469,11 @@ def keys_revoke(db, key_id) -> None:
         raise CliError(str(exc), 4) from None
     finally:
         store.close()
-    click.echo(f"revoked {info.key_id} (tenant {info.tenant})")
+    if as_json:
+        _print_json({"key_id": info.key_id, "tenant": info.tenant, "label": info.label,
+                     "revoked_at": info.revoked_at.isoformat()})
+    else:
+        click.echo(f"revoked {info.key_id} (tenant {info.tenant})")
 
 
 @app.command()
@@ -375,7 +485,7 @@ def keys_revoke(db, key_id) -> None:
               help="More runs used for fitting in every fold, never scored (repeatable).")
 @click.option("--predictor", default="auto", show_default=True,
               help="prior, surface, lightgbm or auto.")
-@json_option
+@json_option(help="Print the backtest's results as one JSON object.")
 def backtest(runs_file, file_format, context_files, predictor, as_json) -> None:
     """Leave-one-group-out backtest: each (n_params, n_active_params, n_tokens) group is
     predicted by a model fitted on all other groups (plus --context) and never on itself."""

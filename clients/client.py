@@ -1,52 +1,128 @@
-"""A thin synchronous client: proto messages in and out, errors as exceptions, retries."""
+"""The typed synchronous client: pydantic models in and out, deadlines, retries, exceptions.
+
+    from clients import Client, TrainingSpec
+
+    with Client() as client:            # $HPARAMREC_SERVER or 127.0.0.1:50051
+        rec = client.recommend(TrainingSpec(n_params="1.3B", n_tokens="100B"))
+
+Inputs may be the models of clients/models.py, dicts of their fields, or the generated proto
+messages. Every call is safe to retry (ReportRun through its run_id, chosen once per report),
+so UNAVAILABLE is retried with exponential backoff; `timeout` is the deadline of each attempt.
+Errors come back as the exceptions of clients/errors.py.
+"""
 
 import os
+import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clients import convert
 from clients.errors import from_rpc_error
+from clients.models import (Hyperparameters, LossPredictions, Mode, Pins, Recommendation,
+                            ReportResult, Run, RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 def spec(**fields) -> pb.TrainingSpec:
-    """TrainingSpec from keyword fields, e.g. spec(n_params=1.3e9, n_tokens=1e11)."""
+    """Proto-level helper: a TrainingSpec message from keyword fields (None left unset), for
+    code that builds request messages itself. Typed code uses models.TrainingSpec."""
     return pb.TrainingSpec(**{k: v for k, v in fields.items() if v is not None})
 
 
-def _channel(target: str, tls: bool, tls_ca: str | None) -> grpc.Channel:
-    if not (tls or tls_ca):
-        return grpc.insecure_channel(target)
-    roots = None
-    if tls_ca:
-        with open(tls_ca, "rb") as f:
-            roots = f.read()
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
+@dataclass(frozen=True)
+class Settings:
+    """How to reach the service; each field falls back to its HPARAMREC_* variable."""
+
+    target: str
+    metadata: tuple[tuple[str, str], ...]
+    tls: bool
+    root_certificates: bytes | None
+
+    @classmethod
+    def resolve(cls, target: str | None, api_key: str | None, tls: bool,
+                tls_ca: str | None) -> "Settings":
+        target = target or os.environ.get("HPARAMREC_SERVER") or DEFAULT_TARGET
+        api_key = api_key or os.environ.get("HPARAMREC_API_KEY")
+        tls_ca = tls_ca or os.environ.get("HPARAMREC_TLS_CA")
+        roots = None
+        if tls_ca:
+            with open(tls_ca, "rb") as f:
+                roots = f.read()
+        metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        return cls(target, metadata, bool(tls or tls_ca), roots)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number attempt + 1: 0.1, 0.2, 0.4, ... capped at 2, +-50%."""
+    return min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
+
+
+# Requests and responses, shared by Client and AsyncClient.
+
+def recommend_request(training_spec, pins, mode) -> pb.RecommendRequest:
+    request = pb.RecommendRequest(spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec)),
+                                  mode=_mode(mode))
+    if pins is not None:
+        request.pins.CopyFrom(convert.to_proto(convert.coerce(pins, Pins)))
+    return request
+
+
+def _mode(mode) -> int:
+    if isinstance(mode, int):  # a proto enum value (pb.MODE_EXPLORE)
+        return mode
+    return pb.Mode.Value(convert.enum_prefix("Mode") + Mode(mode).value.upper())
+
+
+def report_request(report, fields: dict) -> pb.ReportRunRequest:
+    """The request of a report (a RunReport, a dict or a ReportRunRequest) or of keyword fields,
+    with a random run_id when none is given: chosen here, once, so retries reuse it."""
+    if report is None:
+        report = RunReport(**fields)
+    elif fields:
+        raise TypeError("give a report or keyword fields, not both")
+    report = convert.coerce(report, RunReport)
+    if not report.run_id:
+        report = report.model_copy(update={"run_id": uuid.uuid4().hex})
+    return convert.to_proto(report)
+
+
+def predict_loss_request(training_spec, points: Iterable) -> pb.PredictLossRequest:
+    return pb.PredictLossRequest(
+        spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec)),
+        points=[convert.to_proto(convert.coerce(p, Hyperparameters)) for p in points])
 
 
 class Client:
-    """Every call is idempotent (ReportRun through its run_id), so UNAVAILABLE is retried.
+    """A connection to the service. Thread-safe; close it (or use `with`) when done.
 
-    api_key defaults to $HPARAMREC_API_KEY; tls_ca (a PEM file) or tls=True (system roots)
-    switch to TLS."""
+    target defaults to $HPARAMREC_SERVER, then 127.0.0.1:50051; api_key to $HPARAMREC_API_KEY;
+    tls_ca (a PEM file, default $HPARAMREC_TLS_CA) or tls=True (system roots) switch to TLS.
+    timeout is the deadline of each attempt in seconds; UNAVAILABLE is retried `retries` times.
+    """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, api_key: str | None = None,
+    def __init__(self, target: str | None = None, *, api_key: str | None = None,
                  timeout: float = 10.0, retries: int = 3, tls: bool = False,
                  tls_ca: str | None = None):
-        self.target = target
+        self.settings = Settings.resolve(target, api_key, tls, tls_ca)
+        self.target = self.settings.target
         self.timeout = timeout
         self.retries = retries
-        api_key = api_key or os.environ.get("HPARAMREC_API_KEY")
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._channel = _channel(target, tls, tls_ca)
-        self._stub = pb_grpc.RecommenderServiceStub(self._channel)
+        if self.settings.tls:
+            self._channel = grpc.secure_channel(self.target, self.settings.credentials())
+        else:
+            self._channel = grpc.insecure_channel(self.target)
+        self.stub = pb_grpc.RecommenderServiceStub(self._channel)
 
     def __enter__(self) -> "Client":
         return self
@@ -57,44 +133,67 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def recommend(self, training_spec: pb.TrainingSpec, pins: pb.Pins | None = None,
-                  mode: int = pb.MODE_EXPLOIT) -> pb.Recommendation:
-        request = pb.RecommendRequest(spec=training_spec, pins=pins, mode=mode)
-        return self._call(self._stub.Recommend, request).recommendation
+    def recommend(self, spec: TrainingSpec | dict | pb.TrainingSpec,
+                  pins: Pins | dict | pb.Pins | None = None, mode: Mode | str | int = Mode.EXPLOIT,
+                  *, timeout: float | None = None) -> Recommendation:
+        """The recommended hyperparameters for a spec; pinned ones are kept and the rest are
+        their conditional optimum."""
+        response = self._call(self.stub.Recommend, recommend_request(spec, pins, mode), timeout)
+        return convert.from_proto(response.recommendation)
 
-    def report_run(self, request: pb.ReportRunRequest) -> pb.ReportRunResponse:
-        if not request.run_id:
-            request.run_id = uuid.uuid4().hex  # chosen once, so retries cannot duplicate
-        return self._call(self._stub.ReportRun, request)
+    def report_run(self, report: RunReport | dict | pb.ReportRunRequest | None = None, /, *,
+                   timeout: float | None = None, **fields) -> ReportResult:
+        """Stores a finished, diverged or failed run: report_run(RunReport(...)) or
+        report_run(spec=..., hyperparameters=..., outcome=RunOutcome.completed(2.41), run_id=...).
+        Re-sending a run_id stores nothing new (`created` is then False)."""
+        response = self._call(self.stub.ReportRun, report_request(report, fields), timeout)
+        return convert.from_proto(response)
 
-    def list_runs(self, page_size: int = 100, page_token: str = "") -> pb.ListRunsResponse:
-        return self._call(self._stub.ListRuns,
-                          pb.ListRunsRequest(page_size=page_size, page_token=page_token))
+    def list_runs(self, page_size: int = 100, page_token: str = "", *,
+                  timeout: float | None = None) -> RunPage:
+        """One page of stored runs, newest first."""
+        request = pb.ListRunsRequest(page_size=page_size, page_token=page_token)
+        return convert.from_proto(self._call(self.stub.ListRuns, request, timeout))
 
-    def iter_runs(self, limit: int | None = None, page_size: int = 500) -> Iterator[pb.Run]:
+    def iter_runs(self, limit: int | None = None, page_size: int = 500) -> Iterator[Run]:
+        """Stored runs, newest first, fetched page by page; at most `limit` if given."""
         token, seen = "", 0
-        while True:
-            page = self.list_runs(page_size if limit is None else min(page_size, limit - seen), token)
+        while limit is None or seen < limit:
+            size = page_size if limit is None else min(page_size, limit - seen)
+            page = self.list_runs(size, token)
             for run in page.runs:
                 yield run
                 seen += 1
             token = page.next_page_token
-            if not token or (limit is not None and seen >= limit):
+            if not token:
                 return
 
-    def get_run(self, run_id: str) -> pb.Run:
-        return self._call(self._stub.GetRun, pb.GetRunRequest(run_id=run_id)).run
+    def get_run(self, run_id: str, *, timeout: float | None = None) -> Run:
+        response = self._call(self.stub.GetRun, pb.GetRunRequest(run_id=run_id), timeout)
+        return convert.from_proto(response.run)
+
+    def predict_loss(self, spec: TrainingSpec | dict | pb.TrainingSpec,
+                     points: Iterable[Hyperparameters | dict | pb.Hyperparameters], *,
+                     timeout: float | None = None) -> LossPredictions:
+        """The predicted final loss at each point (at most 10000); an unset weight decay
+        follows the timescale rule at the point's lr and batch size."""
+        response = self._call(self.stub.PredictLoss, predict_loss_request(spec, points), timeout)
+        return convert.from_proto(response)
 
     def health(self, service: str = "") -> str:
+        """'SERVING' when the service (or the named one) is up."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
         stub = health_pb2_grpc.HealthStub(self._channel)
-        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), None)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
-    def _call(self, method, request):
+    def _call(self, method, request, timeout: float | None):
+        timeout = self.timeout if timeout is None else timeout
         for attempt in range(self.retries + 1):
             try:
-                return method(request, timeout=self.timeout, metadata=self._metadata)
+                return method(request, timeout=timeout, metadata=self.settings.metadata)
             except grpc.RpcError as error:
-                if error.code() not in _RETRYABLE or attempt == self.retries:
+                if error.code() not in RETRYABLE or attempt == self.retries:
                     raise from_rpc_error(error) from None
-                time.sleep(min(2.0, 0.1 * 2**attempt))
+                time.sleep(backoff(attempt))

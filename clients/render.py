@@ -1,78 +1,142 @@
-"""Human-readable output of the CLI (rich tables)."""
+"""Human-readable output of the CLI (rich tables), from the client's typed models."""
 
+from collections import Counter
 from datetime import UTC
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from clients.models import RECOMMENDED_FIELDS, Recommendation, Run, RunStatus, Source
 from clients.units import format_quantity
-from hparamrec.v1 import recommender_pb2 as pb
 
 console = Console()
 
-_ROWS = (
-    ("lr", "learning rate", "{:.3g}"),
-    ("batch_size_tokens", "batch size (tokens)", None),
-    ("weight_decay", "weight decay", "{:.3g}"),
-    ("qat_fraction", "QAT fraction", "{:.2f}"),
-    ("predicted_loss", "predicted loss", "{:.3f}"),
-)
+LABELS = {
+    "lr": "learning rate",
+    "batch_size_tokens": "batch (tokens)",
+    "weight_decay": "weight decay",
+    "qat_fraction": "QAT fraction",
+    "predicted_loss": "predicted loss",
+}
+PROSE = LABELS | {"batch_size_tokens": "batch size"}
+_FORMATS = {"lr": "{:.3g}", "batch_size_tokens": None, "weight_decay": "{:.3g}",
+            "qat_fraction": "{:.2f}", "predicted_loss": "{:.3f}"}
+PINNED = "pinned"
 
 
-def _fmt(value: float, pattern: str | None) -> str:
+def _fmt(field: str, value: float) -> str:
+    pattern = _FORMATS[field]
     return format_quantity(value) if pattern is None else pattern.format(value)
 
 
-def recommendation(rec: pb.Recommendation) -> None:
-    s = rec.spec
-    title = (f"{format_quantity(s.n_params)} params, {format_quantity(s.n_tokens)} tokens, "
-             f"{s.compute_flops:.3g} FLOPs, {s.weight_bits}-bit weights")
-    table = Table(title=title, title_justify="left")
-    for column in ("", "value", "80% interval", "source"):
-        table.add_column(column)
-    sources: dict[str, list[str]] = {}
+def explanation(rec: Recommendation) -> str:
+    """One line on why: the law or model behind most of the recommended values, with its own
+    detail (what it was fitted on, or its formula and source), and what the caller pinned."""
+    by_field: dict[str, list[Source]] = {}
     for src in rec.sources:
-        sources.setdefault(src.field, []).append(src.name)
-    for field, label, pattern in _ROWS:
-        interval = getattr(rec, f"{field}_interval")
-        value = _fmt(getattr(rec, field), pattern)
+        by_field.setdefault(src.field, []).append(src)
+    pinned = [f for f in RECOMMENDED_FIELDS
+              if any(s.name == PINNED for s in by_field.get(f, []))]
+    free = {f: [s for s in by_field.get(f, []) if s.name != PINNED] for f in RECOMMENDED_FIELDS}
+    producers = [free[f][0].name for f in RECOMMENDED_FIELDS if free[f]]
+    if not producers:
+        return "why: every value was pinned by the caller"
+    # The one behind the most values; among equals, the one behind the earliest (lr first).
+    counts = Counter(producers)
+    name = max(dict.fromkeys(producers), key=counts.__getitem__)
+    fields = [f for f in RECOMMENDED_FIELDS if free[f][:1] and free[f][0].name == name]
+    source = free[fields[0]][0]
+    line = f"why: {_join([PROSE[f] for f in fields])} from {name}: {source.detail}"
+    rest = [f for f in RECOMMENDED_FIELDS if free[f] and f not in fields]
+    if rest:
+        line += f"; {_join([PROSE[f] for f in rest])} from other sources (--explain)"
+    if pinned:
+        line += f"; pinned: {_join([PROSE[f] for f in pinned])}"
+    if rec.model_versions and all(v.startswith("prior@") for v in rec.model_versions):
+        line += f"; published laws only ({', '.join(rec.model_versions)}): no model learned " \
+                "from your runs yet"
+    return line
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def recommendation(rec: Recommendation, explain: bool = False) -> None:
+    table = Table(title=rec.spec.describe() + f", seq len {rec.spec.seq_len}",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("80% interval", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    for field in RECOMMENDED_FIELDS:
+        interval = rec.interval(field)
+        value = _fmt(field, getattr(rec, field))
         if field == "batch_size_tokens":
-            value += f" ({rec.batch_size_sequences} x {s.seq_len})"
-        table.add_row(label, value,
-                      f"{_fmt(interval.lo, pattern)} to {_fmt(interval.hi, pattern)}",
-                      ", ".join(sources.get(field, [])))
+            value += f" ({rec.batch_size_sequences} x {rec.spec.seq_len})"
+        table.add_row(LABELS[field], value,
+                      f"{_fmt(field, interval.lo)} - {_fmt(field, interval.hi)}",
+                      "\n".join(escape(s.name) for s in rec.sources_for(field)))
     console.print(table)
     for warning in rec.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(f"models: {', '.join(rec.model_versions)}; recommendation id {rec.recommendation_id}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+    console.print(escape(explanation(rec)), highlight=False, soft_wrap=True)
+    if explain:
+        _details(rec)
 
 
-def _status(run: pb.Run) -> str:
-    name = pb.RunStatus.Name(run.outcome.status).removeprefix("RUN_STATUS_").lower()
-    if run.outcome.HasField("final_loss"):
-        return f"{name} {run.outcome.final_loss:.4f}"
-    return name
+def _details(rec: Recommendation) -> None:
+    console.print("sources:")
+    for src in rec.sources:
+        version = f" ({src.version})" if src.version else ""
+        console.print(f"  {PROSE.get(src.field, src.field)}: {escape(src.name)}{escape(version)}: "
+                      f"{escape(src.detail)}", highlight=False, soft_wrap=True)
+    s = rec.spec
+    console.print(f"spec as resolved: n_params {s.n_params:.6g}, n_active_params "
+                  f"{s.n_active_params:.6g}, n_tokens {s.n_tokens:.6g}, compute_flops "
+                  f"{s.compute_flops:.6g}, seq_len {s.seq_len}, {s.architecture}, {s.optimizer}, "
+                  f"{s.weight_bits}-bit weights", highlight=False, soft_wrap=True)
+    console.print(f"model versions: {', '.join(rec.model_versions)}", highlight=False)
+    console.print(f"recommendation id: {rec.recommendation_id} (pass it to `hparamrec report "
+                  "--recommendation-id`)", highlight=False, soft_wrap=True)
 
 
-def runs_table(runs: list[pb.Run]) -> None:
-    table = Table()
+def status(run: Run) -> str:
+    text = run.outcome.status.value
+    if run.outcome.final_loss is not None:
+        return f"{text} {run.outcome.final_loss:.4f}"
+    return text
+
+
+def runs_table(runs: list[Run]) -> None:
+    table = Table(box=box.SIMPLE_HEAD)
     for column in ("run_id", "params", "tokens", "lr", "batch", "wd", "outcome", "created"):
         table.add_column(column)
     for run in runs:
         hp = run.hyperparameters
-        table.add_row(run.run_id, format_quantity(run.spec.n_params),
+        wd = "" if hp.weight_decay is None else f"{hp.weight_decay:.3g}"
+        created = run.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if run.created_at else ""
+        style = "red" if run.outcome.status is RunStatus.DIVERGED else None
+        table.add_row(escape(run.run_id), format_quantity(run.spec.n_params),
                       format_quantity(run.spec.n_tokens), f"{hp.lr:.3g}",
-                      format_quantity(hp.batch_size_tokens), f"{hp.weight_decay:.3g}",
-                      _status(run), run.created_at.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M"))
-    console.print(table)
-    if not runs:
+                      format_quantity(hp.batch_size_tokens), wd, status(run), created, style=style)
+    if runs:
+        console.print(table)
+    else:
         console.print("no runs stored")
 
 
-def run_detail(run: pb.Run) -> None:
+def run_detail(run: Run) -> None:
     runs_table([run])
+    extra = {"source": run.source, "recommendation_id": run.recommendation_id,
+             "trial_id": run.trial_id}
+    for key, value in extra.items():
+        if value:
+            console.print(f"{key}: {escape(value)}", highlight=False)
     for key, value in sorted(run.metadata.items()):
-        console.print(f"  {key} = {value}")
+        console.print(f"  {escape(key)} = {escape(value)}", highlight=False)
 
 
 def backtest_table(table, result: dict) -> None:

@@ -1,9 +1,13 @@
 """The installed `hparamrec` console script against a real server."""
 
+import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import time
 
 import pytest
 
@@ -11,9 +15,16 @@ pytestmark = pytest.mark.integration
 HPARAMREC = str(Path(sys.executable).parent / "hparamrec")
 
 
-def cli(*args, server=None):
+@pytest.fixture
+def database_url(tmp_path):
+    """The CLI's client commands do not depend on the database kind: SQLite only."""
+    return f"sqlite:///{tmp_path / 'svc.db'}"
+
+
+def cli(*args, server=None, env=None):
     argv = [HPARAMREC, *args] + (["--server", server] if server else [])
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "100", **(env or {})})
 
 
 REPORT = ["report", "--params", "1.3B", "--tokens", "100B", "--lr", "1.2e-3",
@@ -45,6 +56,37 @@ def test_recommend_table(target):
     out = cli("recommend", "--params", "1B", "--tokens", "20B", server=target)
     assert out.returncode == 0, out.stderr
     assert "learning rate" in out.stdout and "steplaw_lr" in out.stdout
+    assert "80% interval" in out.stdout and "predicted loss" in out.stdout
+    why = [line for line in out.stdout.splitlines() if line.startswith("why: ")]
+    assert why and "learning rate" in why[0] and "steplaw_lr" in why[0]
+    assert "published laws only (prior@1)" in out.stdout
+    assert "sources:" not in out.stdout
+
+
+def test_recommend_explain_and_pins(target):
+    out = cli("recommend", "--params", "1.3B", "--tokens", "100B", "--batch-size-tokens", "1M",
+              "--explain", server=target)
+    assert out.returncode == 0, out.stderr
+    assert "pinned: batch size" in out.stdout
+    assert "sources:" in out.stdout and "eta* = " in out.stdout  # the law's formula
+    assert "model versions: prior@1" in out.stdout and "recommendation id: " in out.stdout
+
+
+def test_why_names_the_learned_model_and_its_data(target):
+    for i, lr in enumerate((5e-4, 1e-3, 2e-3, 4e-3)):
+        out = cli(*REPORT[:-1], f"run-{i}", server=target)
+        assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 30  # refits run in the background
+    while True:
+        out = cli("recommend", "--params", "1.3B", "--tokens", "100B", "--json", server=target)
+        source = next(s for s in json.loads(out.stdout)["sources"] if s["field"] == "lr")
+        if source["name"] != "steplaw_lr" or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert source["name"] != "steplaw_lr", "no model learned from the runs"
+    out = cli("recommend", "--params", "1.3B", "--tokens", "100B", server=target)
+    why = next(line for line in out.stdout.splitlines() if line.startswith("why: "))
+    assert f"from {source['name']}: {source['detail']}" in why  # e.g. "... fitted on 4 runs"
 
 
 def test_report_then_list(target):
@@ -92,3 +134,98 @@ def test_unreachable_server_exits_3():
     out = cli("recommend", "--params", "1B", "--tokens", "20B", server="127.0.0.1:1")
     assert out.returncode == 3
     assert out.stderr.count("\n") == 1 and "cannot reach" in out.stderr
+
+
+def test_runs_export_reimports_cleanly(target, tmp_path):
+    runs = [REPORT[:-1] + ["a"] + ["--meta", "cluster=a100", "--meta", "team=x"],
+            ["report", "--params", "8B", "--active-params", "1B", "--tokens", "200B",
+             "--architecture", "moe", "--seq-len", "4096", "--lr", "1.5e-3", "--batch-size-tokens",
+             "4Mi", "--weight-decay", "0", "--diverged", "--run-id", "b", "--recommendation-id",
+             "rec-1"],
+            ["report", "--params", "1B", "--tokens", "50B", "--bits", "4", "--lr", "1e-3",
+             "--batch-size-tokens", "2M", "--weight-decay", "0.1", "--qat-fraction", "0.3",
+             "--failed", "--run-id", "c", "--meta", "cluster=h100"]]
+    for args in runs:
+        assert cli(*args, server=target).returncode == 0
+    from service.server import Service
+    from service.settings import Settings
+
+    for file_format in ("csv", "jsonl"):
+        exported = tmp_path / f"runs.{file_format}"
+        out = cli("runs", "export", "--format", file_format, "--out", str(exported), "--json",
+                  server=target)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == {"runs": 3, "format": file_format, "out": str(exported)}
+        url = f"sqlite:///{tmp_path / (file_format + '.db')}"
+        imported = cli("import", "--db", url, "--format", file_format, "--json", str(exported))
+        assert imported.returncode == 0, imported.stderr
+        assert json.loads(imported.stdout) == {"read": 3, "added": 3, "already_stored": 0,
+                                               "diverged": 1}
+        svc = Service(Settings(database_url=url, port=0, auth_disabled=True, metrics_port=None))
+        svc.start()
+        try:
+            again = cli("runs", "export", "--format", file_format, server=f"127.0.0.1:{svc.port}")
+            original = cli("runs", "list", "--json", server=target)
+            copied = cli("runs", "list", "--json", server=f"127.0.0.1:{svc.port}")
+        finally:
+            svc.stop(grace=0)
+        assert again.stdout == exported.read_text()
+
+        def comparable(listing):
+            return [{k: v for k, v in run.items() if k not in ("source", "created_at")}
+                    for run in json.loads(listing.stdout)["runs"]]
+
+        assert comparable(copied) == comparable(original)
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert [r["run_id"] for r in rows] == ["a", "b", "c"]  # oldest first
+    assert rows[0]["metadata.cluster"] == "a100" and rows[1]["metadata.cluster"] == ""
+
+
+def test_runs_export_to_stdout_and_json_needs_out(target):
+    assert cli(*REPORT, server=target).returncode == 0
+    out = cli("runs", "export", server=target)
+    assert out.returncode == 0 and json.loads(out.stdout)["run_id"] == "my-run-7"
+    out = cli("runs", "export", "--json", server=target)
+    assert out.returncode == 2 and "--json needs --out" in out.stderr
+
+
+def test_plot_writes_a_png_with_the_runs_of_the_spec_marked(target, tmp_path):
+    assert cli(*REPORT, server=target).returncode == 0
+    other = ["report", "--params", "7B", "--tokens", "1T", "--lr", "1e-3", "--batch-size-tokens",
+             "4M", "--weight-decay", "0.1", "--loss", "2.0", "--run-id", "other-spec"]
+    assert cli(*other, server=target).returncode == 0
+    path = tmp_path / "landscape.png"
+    out = cli("plot", "--params", "1.3B", "--tokens", "100B", "--out", str(path), "--grid", "9",
+              "--json", server=target)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["runs"] == 1 and summary["grid"] == [9, 9]
+    assert summary["recommendation"]["spec"]["n_params"] == 1.3e9
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+def test_shell_completion_scripts():
+    for shell, needle in (("bash", "complete -o nosort -F _hparamrec_completion hparamrec"),
+                          ("zsh", "#compdef hparamrec"), ("fish", "complete --no-files --command hparamrec")):
+        out = cli(env={"_HPARAMREC_COMPLETE": f"{shell}_source"})
+        assert out.returncode == 0 and needle in out.stdout, (shell, out.stdout[:200])
+    out = cli(env={"_HPARAMREC_COMPLETE": "bash_complete", "COMP_WORDS": "hparamrec runs ex",
+                   "COMP_CWORD": "2"})
+    assert out.stdout.strip() == "plain,export"
+
+
+def test_every_command_takes_json():
+    import click
+
+    from clients.cli import app
+
+    def leaves(group, prefix=()):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from leaves(command, prefix + (name,))
+            else:
+                yield prefix + (name,), command
+
+    without = [" ".join(path) for path, command in leaves(app)
+               if "--json" not in {o for p in command.params for o in p.opts}]
+    assert without == ["serve"]  # it runs until stopped; --log-format json for its logs

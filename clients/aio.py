@@ -1,0 +1,106 @@
+"""The typed asyncio client (grpc.aio): the same calls as Client, awaited.
+
+    async with AsyncClient() as client:
+        rec = await client.recommend(TrainingSpec(n_params="1.3B", n_tokens="100B"))
+        async for run in client.iter_runs(limit=10):
+            ...
+
+Create it inside the event loop that uses it.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+
+from clients import convert
+from clients.client import (RETRYABLE, Settings, backoff, predict_loss_request, recommend_request,
+                            report_request)
+from clients.errors import from_rpc_error
+from clients.models import (Hyperparameters, LossPredictions, Mode, Pins, Recommendation,
+                            ReportResult, Run, RunPage, RunReport, TrainingSpec)
+from hparamrec.v1 import recommender_pb2 as pb
+from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+
+
+class AsyncClient:
+    """Arguments as for Client."""
+
+    def __init__(self, target: str | None = None, *, api_key: str | None = None,
+                 timeout: float = 10.0, retries: int = 3, tls: bool = False,
+                 tls_ca: str | None = None):
+        self.settings = Settings.resolve(target, api_key, tls, tls_ca)
+        self.target = self.settings.target
+        self.timeout = timeout
+        self.retries = retries
+        if self.settings.tls:
+            self._channel = grpc.aio.secure_channel(self.target, self.settings.credentials())
+        else:
+            self._channel = grpc.aio.insecure_channel(self.target)
+        self.stub = pb_grpc.RecommenderServiceStub(self._channel)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def recommend(self, spec: TrainingSpec | dict | pb.TrainingSpec,
+                        pins: Pins | dict | pb.Pins | None = None,
+                        mode: Mode | str | int = Mode.EXPLOIT, *,
+                        timeout: float | None = None) -> Recommendation:
+        response = await self._call(self.stub.Recommend, recommend_request(spec, pins, mode), timeout)
+        return convert.from_proto(response.recommendation)
+
+    async def report_run(self, report: RunReport | dict | pb.ReportRunRequest | None = None, /, *,
+                         timeout: float | None = None, **fields) -> ReportResult:
+        response = await self._call(self.stub.ReportRun, report_request(report, fields), timeout)
+        return convert.from_proto(response)
+
+    async def list_runs(self, page_size: int = 100, page_token: str = "", *,
+                        timeout: float | None = None) -> RunPage:
+        request = pb.ListRunsRequest(page_size=page_size, page_token=page_token)
+        return convert.from_proto(await self._call(self.stub.ListRuns, request, timeout))
+
+    async def iter_runs(self, limit: int | None = None, page_size: int = 500) -> AsyncIterator[Run]:
+        token, seen = "", 0
+        while limit is None or seen < limit:
+            size = page_size if limit is None else min(page_size, limit - seen)
+            page = await self.list_runs(size, token)
+            for run in page.runs:
+                yield run
+                seen += 1
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def get_run(self, run_id: str, *, timeout: float | None = None) -> Run:
+        response = await self._call(self.stub.GetRun, pb.GetRunRequest(run_id=run_id), timeout)
+        return convert.from_proto(response.run)
+
+    async def predict_loss(self, spec: TrainingSpec | dict | pb.TrainingSpec,
+                           points: Iterable[Hyperparameters | dict | pb.Hyperparameters], *,
+                           timeout: float | None = None) -> LossPredictions:
+        response = await self._call(self.stub.PredictLoss, predict_loss_request(spec, points),
+                                    timeout)
+        return convert.from_proto(response)
+
+    async def health(self, service: str = "") -> str:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), None)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def _call(self, method, request, timeout: float | None):
+        timeout = self.timeout if timeout is None else timeout
+        for attempt in range(self.retries + 1):
+            try:
+                return await method(request, timeout=timeout, metadata=self.settings.metadata)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE or attempt == self.retries:
+                    raise from_rpc_error(error) from None
+                await asyncio.sleep(backoff(attempt))

@@ -1,0 +1,131 @@
+"""The client's pydantic models against the proto: complete, lossless, light to import."""
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+from google.protobuf import json_format
+from pydantic import ValidationError
+
+from clients import convert, models
+from hparamrec.v1 import recommender_pb2 as pb
+
+
+@pytest.mark.parametrize("name", sorted(convert.MODELS))
+def test_every_proto_field_has_a_model_field(name):
+    proto_fields = {f.name for f in getattr(pb, name).DESCRIPTOR.fields}
+    model_fields = set(convert.MODELS[name].model_fields)
+    assert proto_fields - model_fields == set(), f"add to clients/models.py ({name})"
+    assert model_fields - proto_fields == set(), f"not in the proto ({name})"
+
+
+def test_every_message_has_a_model_or_is_a_wrapper():
+    messages = set(pb.DESCRIPTOR.message_types_by_name)
+    missing = messages - set(convert.MODELS) - convert.WRAPPERS
+    assert not missing, "give these messages a model in clients/models.py (and convert.MODELS) " \
+                        f"or list them in convert.WRAPPERS: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(convert.ENUMS))
+def test_every_enum_value_has_a_member(name):
+    enum = pb.DESCRIPTOR.enum_types_by_name[name]
+    expected = {v.name.removeprefix(convert.enum_prefix(name)).lower() for v in enum.values}
+    assert {m.value for m in convert.ENUMS[name]} == expected
+
+
+def full_run() -> pb.Run:
+    run = pb.Run(
+        run_id="r1", spec=pb.TrainingSpec(n_params=1.3e9, n_tokens=1e11, seq_len=4096,
+                                          architecture="dense", weight_bits=4),
+        hyperparameters=pb.Hyperparameters(lr=1e-3, batch_size_tokens=1e6, weight_decay=0.0),
+        outcome=pb.RunOutcome(status=pb.RUN_STATUS_DIVERGED),
+        metadata={"cluster": "a"}, recommendation_id="rec", source="report", trial_id="t")
+    run.created_at.FromDatetime(datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
+    return run
+
+
+def full_recommendation() -> pb.Recommendation:
+    rec = pb.Recommendation(
+        lr=1e-3, lr_interval=pb.Interval(lo=5e-4, hi=2e-3), batch_size_tokens=2**20,
+        batch_size_tokens_interval=pb.Interval(lo=2**19, hi=2**21), batch_size_sequences=512,
+        weight_decay=0.1, weight_decay_interval=pb.Interval(lo=0.05, hi=0.2),
+        qat_fraction_interval=pb.Interval(), predicted_loss=2.4,
+        predicted_loss_interval=pb.Interval(lo=2.3, hi=2.5),
+        sources=[pb.Source(field="lr", name="steplaw_lr", version="v", detail="eta = ...")],
+        warnings=["outside the fitted range"], recommendation_id="id",
+        spec=pb.TrainingSpec(n_params=1e9, n_active_params=1e9, n_tokens=2e10), model_versions=["prior@1"])
+    return rec
+
+
+@pytest.mark.parametrize("message", [full_run(), full_recommendation(),
+                                     pb.ReportRunResponse(run=full_run(), created=True),
+                                     pb.ListRunsResponse(runs=[full_run(), full_run()], next_page_token="x"),
+                                     pb.Pins(weight_decay=0.0)])
+def test_proto_to_model_to_proto_is_lossless(message):
+    model = convert.from_proto(message)
+    assert convert.to_proto(model) == message
+    assert convert.as_dict(model) == json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def test_unset_optional_fields_are_none_and_zero_is_a_value():
+    run = convert.from_proto(full_run())
+    assert run.outcome.final_loss is None
+    assert run.hyperparameters.weight_decay == 0.0 and run.hyperparameters.qat_fraction is None
+    assert run.spec.compute_flops is None
+    assert run.outcome.status is models.RunStatus.DIVERGED
+    assert run.created_at == datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+
+def test_sizes_take_human_units_and_typos_are_errors():
+    spec = models.TrainingSpec(n_params="1.3B", n_tokens="100B")
+    assert (spec.n_params, spec.n_tokens) == (1.3e9, 1e11)
+    assert models.Pins(batch_size_tokens="1Mi").batch_size_tokens == 2**20
+    with pytest.raises(ValidationError):
+        models.TrainingSpec(n_param=1e9)
+    with pytest.raises(ValidationError):
+        models.TrainingSpec(n_params="lots")
+
+
+def test_coerce_takes_models_dicts_and_messages():
+    expected = models.TrainingSpec(n_params=1e9, n_tokens=2e10)
+    assert convert.coerce(expected, models.TrainingSpec) is expected
+    assert convert.coerce({"n_params": "1B", "n_tokens": "20B"}, models.TrainingSpec) == expected
+    assert convert.coerce(pb.TrainingSpec(n_params=1e9, n_tokens=2e10), models.TrainingSpec) == expected
+    with pytest.raises(TypeError):
+        convert.coerce(pb.Pins(), models.TrainingSpec)
+    with pytest.raises(TypeError):
+        convert.coerce([1e9], models.TrainingSpec)
+
+
+def test_outcome_helpers():
+    assert models.RunOutcome.completed(2.4).status is models.RunStatus.COMPLETED
+    assert models.RunOutcome.diverged(float("nan")).final_loss is None
+    assert models.RunOutcome.diverged(7.5).final_loss == 7.5
+    assert models.RunOutcome.failed().final_loss is None
+
+
+def test_recommendation_helpers():
+    rec = convert.from_proto(full_recommendation())
+    assert rec.hyperparameters == models.Hyperparameters(
+        lr=1e-3, batch_size_tokens=2**20, weight_decay=0.1, qat_fraction=0.0)
+    assert 1e-3 in rec.lr_interval and 1e-2 not in rec.lr_interval
+    assert [s.name for s in rec.sources_for("lr")] == ["steplaw_lr"]
+
+
+LIGHT = """
+import sys
+import clients, clients.cli
+client = clients.Client("127.0.0.1:1")
+client.close()
+heavy = {"torch", "lightgbm", "sqlalchemy", "numpy", "transformers", "lightning", "matplotlib",
+         "benchmark_db", "predictor", "service"}
+print(sorted(heavy & {name.split(".")[0] for name in sys.modules}))
+"""
+
+
+def test_importing_the_client_imports_no_heavy_package():
+    out = subprocess.run([sys.executable, "-c", LIGHT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

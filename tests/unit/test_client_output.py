@@ -1,0 +1,95 @@
+"""What the CLI prints and writes, from models built here (no server)."""
+
+import io
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from clients import plot, render
+from clients.export import write_csv, write_jsonl
+from clients.models import (Hyperparameters, Interval, Recommendation, Run, RunOutcome,
+                            RunStatus, Source, TrainingSpec)
+
+SPEC = TrainingSpec(n_params=1.3e9, n_active_params=1.3e9, n_tokens=1e11, seq_len=2048,
+                    architecture="dense", optimizer="adamw", weight_bits=16)
+
+
+def law(field, name, detail="formula (paper)"):
+    return Source(field=field, name=name, version="v1", detail=detail)
+
+
+def recommendation(sources, versions=("prior@1",)) -> Recommendation:
+    return Recommendation(lr=1e-3, lr_interval=Interval(lo=5e-4, hi=2e-3), batch_size_tokens=1e6,
+                          batch_size_tokens_interval=Interval(lo=5e5, hi=2e6), spec=SPEC,
+                          sources=sources, model_versions=list(versions))
+
+
+def test_why_names_the_law_behind_the_lr_when_each_value_has_its_own():
+    rec = recommendation([law("lr", "steplaw_lr", "eta* = ... (Li et al. 2025)"),
+                          law("batch_size_tokens", "steplaw_batch"),
+                          law("weight_decay", "power_lines_timescale"),
+                          law("predicted_loss", "epoch_chinchilla_loss")])
+    assert render.explanation(rec) == (
+        "why: learning rate from steplaw_lr: eta* = ... (Li et al. 2025); batch size, weight "
+        "decay and predicted loss from other sources (--explain); published laws only "
+        "(prior@1): no model learned from your runs yet")
+
+
+def test_why_names_the_model_behind_most_values_and_what_was_pinned():
+    fitted = "argmin of the surface model fitted on 1911 runs"
+    rec = recommendation([law("lr", "surface", fitted), law("batch_size_tokens", "pinned"),
+                          law("predicted_loss", "surface", fitted),
+                          law("weight_decay", "power_lines_timescale"),
+                          law("weight_decay", "prior_bowl")],
+                         versions=("surface@3", "prior@1"))
+    assert render.explanation(rec) == (
+        f"why: learning rate and predicted loss from surface: {fitted}; weight decay from "
+        "other sources (--explain); pinned: batch size")
+
+
+def test_why_when_everything_is_pinned():
+    rec = recommendation([law(f, "pinned") for f in ("lr", "batch_size_tokens")])
+    assert render.explanation(rec) == "why: every value was pinned by the caller"
+
+
+def run(run_id, lr=1e-3, status=RunStatus.COMPLETED, loss=2.5, metadata=None, spec=SPEC):
+    return Run(run_id=run_id, spec=spec,
+               hyperparameters=Hyperparameters(lr=lr, batch_size_tokens=1e6, weight_decay=0.1,
+                                               qat_fraction=0.0),
+               outcome=RunOutcome(status=status, final_loss=loss), metadata=metadata or {},
+               source="report", created_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_export_writes_the_import_format():
+    runs = [run("a", metadata={"z": "1", "cluster": "a100"}),
+            run("b", status=RunStatus.DIVERGED, loss=None)]
+    out = io.StringIO()
+    assert write_jsonl(runs, out) == 2
+    first, second = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert first["metadata"] == {"cluster": "a100", "z": "1"}
+    assert list(first["metadata"]) == ["cluster", "z"]  # sorted: the same runs, the same file
+    assert "final_loss" not in second and second["status"] == "diverged"
+    assert "source" not in first and "created_at" not in first
+    out = io.StringIO()
+    write_csv(runs, out)
+    header, row_a, row_b = out.getvalue().splitlines()
+    assert header.endswith(",recommendation_id,metadata.cluster,metadata.z")
+    assert row_a.startswith("a,1300000000.0,1300000000.0,100000000000.0,2048,dense,adamw,16,0.001,")
+    assert row_b.endswith(",diverged,,,,")
+
+
+def test_plot_axes_cover_the_recommendation_and_the_runs():
+    rec = recommendation([])
+    lrs, batches = plot.axes(rec, [run("far", lr=0.5)], points=7)
+    assert len(lrs) == len(batches) == 7
+    assert lrs[0] == pytest.approx(1e-4 / 1.25) and lrs[-1] == pytest.approx(0.5 * 1.25)
+    assert batches[0] == pytest.approx(1e6 / 8 / 1.25) and batches[-1] == pytest.approx(8e6 * 1.25)
+    assert all(a < b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_plot_marks_runs_of_the_same_spec_only():
+    other = SPEC.model_copy(update={"n_tokens": 2e11})
+    quantized = SPEC.model_copy(update={"weight_bits": 4})
+    runs = [run("same"), run("other", spec=other), run("q", spec=quantized)]
+    assert [r.run_id for r in plot.runs_of(SPEC, runs)] == ["same"]
