@@ -116,7 +116,7 @@ def test_recommendation_helpers():
 
 LIGHT = """
 import sys
-import clients, clients.cli
+import clients, clients.integrations, clients.cli
 client = clients.Client("127.0.0.1:1")
 client.close()
 heavy = {"torch", "lightgbm", "sqlalchemy", "numpy", "transformers", "lightning", "matplotlib",

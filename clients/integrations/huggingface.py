@@ -1,0 +1,109 @@
+"""A Hugging Face `transformers` TrainerCallback that trains with hparamrec's recommendation and
+reports the outcome.
+
+    trainer = Trainer(model=model, args=args, train_dataset=data,
+                      callbacks=[HparamrecCallback({"n_params": "124M", "n_tokens": "2.5B",
+                                                    "seq_len": 1024})])
+    trainer.train()
+
+When the Trainer is built (on_init_end, before it creates its optimizer) the callback fetches a
+recommendation and sets args.learning_rate, args.weight_decay and, keeping
+per_device_train_batch_size (what fits in memory), args.gradient_accumulation_steps so the global
+batch is as close as whole steps allow to the recommended one. If that batch is not the
+recommended one, it asks again with the batch pinned, so lr and weight decay are the conditional
+optimum for the batch actually used. With args.max_steps set, it sets max_steps so training
+sees the spec's n_tokens at that batch (fit_steps_to_tokens=False keeps yours). apply=False
+trains with the arguments as they are (the run is still reported).
+
+It turns off args.logging_nan_inf_filter (which would hide a NaN loss behind the mean of the
+previous ones), watches every logged training loss, and on the first NaN/inf reports the run as
+diverged and stops training (stop_on_divergence). At the end of training it reports the run as
+completed with the last logged loss (so log often enough: logging_steps). Only the main process
+reports. An exception inside Trainer.train() is not seen by callbacks: wrap train() in a
+`tracked_run` if you want those reported.
+"""
+
+import logging
+import math
+
+from transformers import TrainerCallback
+
+from clients.integrations.tracking import TrackedRun
+from clients.models import Pins, TrainingSpec
+
+log = logging.getLogger("hparamrec.integrations")
+
+
+class HparamrecCallback(TrainerCallback):
+    """spec: the TrainingSpec (seq_len must be the sequence length of the training data).
+    fit_steps_to_tokens: when the batch is applied and args.max_steps is set, set max_steps so
+    that training sees spec.n_tokens at the applied batch.
+    Other options (pins, client, server, api_key, run_id, metadata) as for TrackedRun."""
+
+    def __init__(self, spec: TrainingSpec | dict, *, apply: bool = True,
+                 fit_steps_to_tokens: bool = True, stop_on_divergence: bool = True, **options):
+        self.run = TrackedRun(spec, integration="transformers", **options)
+        self.apply = apply
+        self.fit_steps_to_tokens = fit_steps_to_tokens
+        self.stop_on_divergence = stop_on_divergence
+        self._applied = False
+
+    def on_init_end(self, args, state, control, **kwargs):
+        args.logging_nan_inf_filter = False
+        if self.apply:
+            self._apply(args)
+
+    def _apply(self, args) -> None:
+        hp = self.run.start()
+        seq_len = self._seq_len()
+        micro = args.per_device_train_batch_size * max(1, args.world_size)
+        steps = max(1, round(hp.batch_size_tokens / (micro * seq_len)))
+        batch = float(micro * steps * seq_len)
+        if batch != hp.batch_size_tokens and self.run.pins.batch_size_tokens is None:
+            log.info("hparamrec: recommended batch %g tokens; %d x %d sequences make %g: asking "
+                     "for lr and weight decay at that batch", hp.batch_size_tokens, micro, steps, batch)
+            hp = self.run.start(Pins(batch_size_tokens=batch))
+        args.learning_rate = hp.lr
+        args.weight_decay = hp.weight_decay
+        args.gradient_accumulation_steps = steps
+        if self.fit_steps_to_tokens and args.max_steps > 0:
+            total = max(1, math.ceil(self.run.recommendation.spec.n_tokens / batch))
+            if total != args.max_steps:
+                log.info("hparamrec: max_steps %d -> %d: spec.n_tokens at %g tokens per step",
+                         args.max_steps, total, batch)
+                args.max_steps = total
+        self._applied = True
+
+    def _seq_len(self) -> int:
+        if self.run.spec.seq_len:
+            return self.run.spec.seq_len
+        if self.run.recommendation is not None:
+            return self.run.recommendation.spec.seq_len
+        return 2048  # the service's default
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.run.reporting = state.is_world_process_zero
+        if self.apply and not self._applied:
+            log.warning("hparamrec: the callback was added after the Trainer was built, so the "
+                        "recommendation could not be applied; pass it in Trainer(callbacks=[...])")
+        lr, weight_decay = args.learning_rate, args.weight_decay
+        if optimizer is not None and optimizer.param_groups:  # a custom optimizer wins
+            lr = max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+            weight_decay = max(g.get("weight_decay", 0.0) for g in optimizer.param_groups)
+        batch = (args.per_device_train_batch_size * max(1, args.world_size)
+                 * args.gradient_accumulation_steps * self._seq_len())
+        recommended = self.run.hyperparameters
+        self.run.use(lr=lr, weight_decay=weight_decay, batch_size_tokens=float(batch),
+                     qat_fraction=recommended.qat_fraction if recommended else None)
+        if recommended is not None and self._applied and abs(lr / recommended.lr - 1) > 1e-6:
+            log.warning("hparamrec: training with lr %g, not the recommended %g (a custom "
+                        "optimizer?); reporting %g", lr, recommended.lr, lr)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and not self.run.log(logs["loss"]):
+            if self.stop_on_divergence:
+                control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.run.finish()

@@ -1,0 +1,117 @@
+"""A PyTorch Lightning Callback that trains with hparamrec's recommendation and reports the
+outcome.
+
+    trainer = L.Trainer(max_steps=1000, callbacks=[
+        HparamrecLightningCallback({"n_params": "124M", "n_tokens": "2.5B", "seq_len": 1024})])
+    trainer.fit(module, datamodule)
+
+In setup (before configure_optimizers) the callback fetches a recommendation and sets the
+module's `lr` (or `learning_rate`) and `weight_decay` attributes or hparams, found the way
+Lightning's own tuner finds them, for configure_optimizers to read. If the module or datamodule
+has a `batch_size` (the micro-batch that fits in memory), it sets trainer.accumulate_grad_batches
+so the global batch is as close as whole steps allow to the recommended one, asks again with
+that batch pinned if it differs, and (with max_steps set) sets max_steps so training sees the
+spec's n_tokens at that batch. apply=False trains as configured (the run is still reported).
+
+Every training step's loss is checked: the first NaN/inf reports the run as diverged and stops
+training (stop_on_divergence). At the end of fit the run is reported as completed with the last
+loss; an exception during fit reports it as diverged (failed for interruptions and
+out-of-memory). The hyperparameters reported are read from the optimizer and the train
+dataloader when training starts. Only global rank 0 reports.
+"""
+
+import logging
+import math
+
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities.parsing import (lightning_getattr, lightning_hasattr,
+                                                 lightning_setattr)
+
+from clients.integrations.tracking import TrackedRun
+from clients.models import Pins, TrainingSpec
+
+log = logging.getLogger("hparamrec.integrations")
+LR_NAMES = ("lr", "learning_rate")
+
+
+class HparamrecLightningCallback(Callback):
+    """spec: the TrainingSpec (seq_len must be the sequence length of the training data).
+    fit_steps_to_tokens: when the batch is applied and the trainer has max_steps, set max_steps
+    so that training sees spec.n_tokens at the applied batch.
+    Other options (pins, client, server, api_key, run_id, metadata) as for TrackedRun."""
+
+    def __init__(self, spec: TrainingSpec | dict, *, apply: bool = True,
+                 fit_steps_to_tokens: bool = True, stop_on_divergence: bool = True, **options):
+        self.run = TrackedRun(spec, integration="lightning", **options)
+        self.apply = apply
+        self.fit_steps_to_tokens = fit_steps_to_tokens
+        self.stop_on_divergence = stop_on_divergence
+
+    def _seq_len(self) -> int:
+        if self.run.spec.seq_len:
+            return self.run.spec.seq_len
+        if self.run.recommendation is not None:
+            return self.run.recommendation.spec.seq_len
+        return 2048  # the service's default
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.run.reporting = trainer.is_global_zero
+        if stage != "fit" or not self.apply:
+            return
+        hp = self.run.start()
+        if lightning_hasattr(pl_module, "batch_size"):
+            micro = int(lightning_getattr(pl_module, "batch_size")) * max(1, trainer.world_size)
+            seq_len = self._seq_len()
+            steps = max(1, round(hp.batch_size_tokens / (micro * seq_len)))
+            batch = float(micro * steps * seq_len)
+            if batch != hp.batch_size_tokens and self.run.pins.batch_size_tokens is None:
+                hp = self.run.start(Pins(batch_size_tokens=batch))
+            trainer.accumulate_grad_batches = steps
+            if self.fit_steps_to_tokens and trainer.max_steps > 0:
+                total = max(1, math.ceil(self.run.recommendation.spec.n_tokens / batch))
+                if total != trainer.max_steps:
+                    log.info("hparamrec: max_steps %d -> %d: spec.n_tokens at %g tokens per "
+                             "step", trainer.max_steps, total, batch)
+                    trainer.fit_loop.epoch_loop.max_steps = total
+        else:
+            log.warning("hparamrec: no batch_size on the module or datamodule: the batch size is "
+                        "not applied, and lr and weight decay are those of the recommended batch")
+        names = [name for name in LR_NAMES if lightning_hasattr(pl_module, name)]
+        if names:
+            lightning_setattr(pl_module, names[0], hp.lr)
+        else:
+            log.warning("hparamrec: the module has no lr or learning_rate: lr not applied")
+        if lightning_hasattr(pl_module, "weight_decay"):
+            lightning_setattr(pl_module, "weight_decay", hp.weight_decay)
+        else:
+            log.warning("hparamrec: the module has no weight_decay: weight decay not applied")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Records what training actually uses."""
+        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        lr = max(g.get("initial_lr", g["lr"]) for g in groups) if groups else None
+        weight_decay = max(g.get("weight_decay", 0.0) for g in groups) if groups else None
+        batch = None
+        loader = trainer.train_dataloader
+        micro = getattr(loader, "batch_size", None)
+        if micro:
+            batch = float(micro * trainer.accumulate_grad_batches * max(1, trainer.world_size)
+                          * self._seq_len())
+        recommended = self.run.hyperparameters
+        self.run.use(lr=lr, weight_decay=weight_decay, batch_size_tokens=batch,
+                     qat_fraction=recommended.qat_fraction if recommended else None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        # Lightning hands over the loss divided by the accumulation steps.
+        if not self.run.log(float(loss) * trainer.accumulate_grad_batches):
+            if self.stop_on_divergence:
+                trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.run.finish()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.run.fail(exception)

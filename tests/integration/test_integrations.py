@@ -1,0 +1,261 @@
+"""Launcher integrations: a few steps of a tiny model on CPU, against a real server.
+
+The tiny model is a linear regression on synthetic data; a NaN in the data from a given step on
+makes the loss NaN there, as bad data or a blown-up update would.
+"""
+
+import math
+
+import pytest
+
+from clients import Client, Hyperparameters, RunStatus
+from clients.integrations import TrackedRun, tracked_run
+
+pytestmark = pytest.mark.integration
+torch = pytest.importorskip("torch")
+
+# seq_len is the tokens per sample of the tiny data: batch sizes are samples x SEQ_LEN tokens.
+SEQ_LEN = 16
+# The recommended batch for this spec is 7 samples: with micro-batches of 4, the callbacks make
+# it 2 x 4 = 8 (128 tokens) and train ceil(1e4 / 128) = 79 steps.
+SPEC = {"n_params": 2e4, "n_tokens": 1e4, "seq_len": SEQ_LEN}
+MICRO_BATCH = 4
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    """The client side does not depend on the database kind: SQLite only."""
+    return f"sqlite:///{tmp_path / 'svc.db'}"
+
+
+class Samples(torch.utils.data.Dataset):
+    """x -> sum(x); from the nan_from-th sample read on (whatever the order), inputs are NaN."""
+
+    def __init__(self, n: int = 4096, nan_from: int | None = None):
+        self.n, self.nan_from, self.read = n, nan_from, 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        x = torch.randn(8, generator=torch.Generator().manual_seed(i))
+        self.read += 1
+        if self.nan_from is not None and self.read > self.nan_from:
+            x = x * float("nan")
+        return {"x": x, "labels": x.sum()}
+
+
+class Regression(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(8, 1)
+
+    def forward(self, x, labels=None):
+        out = self.linear(x).squeeze(-1)
+        return {"loss": torch.nn.functional.mse_loss(out, labels), "logits": out}
+
+
+# tracked_run
+
+def test_tracked_run_trains_with_the_recommendation_and_reports_the_last_loss(target):
+    model = Regression()
+    with tracked_run(SPEC, server=target, run_id="loop-1", metadata={"team": "a"}) as run:
+        hp = run.hyperparameters
+        assert hp == run.recommendation.hyperparameters
+        optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        loader = torch.utils.data.DataLoader(Samples(), batch_size=MICRO_BATCH)
+        for step, batch in zip(range(5), loader):
+            loss = model(**batch)["loss"]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            assert run.log(loss)
+    with Client(target) as client:
+        stored = client.get_run("loop-1")
+    assert stored.outcome.status is RunStatus.COMPLETED
+    assert stored.outcome.final_loss == pytest.approx(loss.item())
+    assert stored.hyperparameters.lr == hp.lr
+    assert stored.recommendation_id == run.recommendation.recommendation_id
+    assert stored.metadata == {"integration": "tracked_run", "team": "a", "steps_logged": "5"}
+
+
+def test_tracked_run_reports_a_nan_loss_as_diverged_at_once(target):
+    hp = Hyperparameters(lr=1e-3, batch_size_tokens=64, weight_decay=0.1)
+    with Client(target) as client:
+        with tracked_run(SPEC, client=client, hyperparameters=hp, run_id="nan-1") as run:
+            assert run.recommendation is None  # hyperparameters given: nothing fetched
+            assert run.log(torch.tensor(2.5))
+            assert not run.log(torch.tensor(float("nan")))
+            # Reported before the block ends, with the last finite loss.
+            stored = client.get_run("nan-1")
+            assert stored.outcome.status is RunStatus.DIVERGED
+            assert stored.outcome.final_loss == 2.5
+            assert not run.log(1.0)  # later losses change nothing
+        assert client.get_run("nan-1") == stored
+        assert len(client.list_runs().runs) == 1
+
+
+@pytest.mark.parametrize("error, status", [
+    (RuntimeError("loss scale underflow"), RunStatus.DIVERGED),
+    (SystemExit(143), RunStatus.FAILED),  # a scheduler's SIGTERM, turned into SystemExit
+])
+def test_tracked_run_reports_an_exception_and_reraises_it(target, error, status):
+    with pytest.raises(type(error)):
+        with tracked_run(SPEC, server=target, run_id="boom") as run:
+            run.log(3.0)
+            raise error
+    with Client(target) as client:
+        stored = client.get_run("boom")
+    assert stored.outcome.status is status
+
+
+def test_a_run_that_never_trained_is_not_reported(target):
+    with pytest.raises(ValueError):
+        with tracked_run(SPEC, server=target, run_id="never"):
+            raise ValueError("bad config")
+    with Client(target) as client:
+        assert client.list_runs().runs == []
+
+
+def test_an_unreachable_service_does_not_stop_training(caplog):
+    run = TrackedRun(SPEC, server="127.0.0.1:1", run_id="offline",
+                     hyperparameters=Hyperparameters(lr=1e-3, batch_size_tokens=64, weight_decay=0.1))
+    run.client.retries = 0
+    run.log(2.0)
+    assert run.finish() is None
+    assert "could not report run offline" in caplog.text and '"final_loss": 2.0' in caplog.text
+
+
+# transformers
+
+def _hf_trainer(tmp_path, callback, data=None, max_steps=4):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=max_steps,
+        per_device_train_batch_size=MICRO_BATCH, logging_steps=1, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    return Trainer(model=Regression(), args=args, train_dataset=data or Samples(),
+                   callbacks=[callback])
+
+
+def test_transformers_callback_applies_the_recommendation_and_reports(target, tmp_path):
+    from clients.integrations import HparamrecCallback
+
+    callback = HparamrecCallback(SPEC, server=target, run_id="hf-1")
+    trainer = _hf_trainer(tmp_path, callback)
+    rec = callback.run.recommendation
+    args = trainer.args
+    # The global batch: whole micro-batches, as close to the recommendation as they allow; lr
+    # and weight decay are the conditional optimum at that batch.
+    assert rec.batch_size_tokens == MICRO_BATCH * args.gradient_accumulation_steps * SEQ_LEN
+    assert callback.run.pins.batch_size_tokens == rec.batch_size_tokens  # asked again, pinned
+    assert args.learning_rate == rec.lr and args.weight_decay == rec.weight_decay
+    assert args.max_steps == math.ceil(SPEC["n_tokens"] / rec.batch_size_tokens)
+    trainer.train()
+    assert trainer.state.global_step == args.max_steps
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == rec.lr
+    with Client(target) as client:
+        stored = client.get_run("hf-1")
+    last_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e][-1]
+    assert stored.outcome.status is RunStatus.COMPLETED
+    assert stored.outcome.final_loss == pytest.approx(last_loss)
+    assert stored.hyperparameters.model_dump() == {
+        "lr": rec.lr, "batch_size_tokens": rec.batch_size_tokens,
+        "weight_decay": rec.weight_decay, "qat_fraction": 0.0}
+    assert stored.recommendation_id == rec.recommendation_id
+    assert stored.metadata["integration"] == "transformers"
+
+
+def test_transformers_callback_reports_divergence_and_stops(target, tmp_path):
+    from clients.integrations import HparamrecCallback
+
+    callback = HparamrecCallback(SPEC, server=target, run_id="hf-nan", apply=False)
+    trainer = _hf_trainer(tmp_path, callback, Samples(nan_from=2 * MICRO_BATCH), max_steps=50)
+    trainer.train()
+    assert trainer.state.global_step == 3  # stopped at the first NaN loss
+    with Client(target) as client:
+        stored = client.get_run("hf-nan")
+    assert stored.outcome.status is RunStatus.DIVERGED
+    assert math.isfinite(stored.outcome.final_loss)
+    # apply=False: what the arguments said, reported as used.
+    assert stored.hyperparameters.lr == trainer.args.learning_rate
+    assert stored.hyperparameters.batch_size_tokens == MICRO_BATCH * SEQ_LEN
+
+
+# lightning
+
+def _lightning_module(nan_from=None, fail_at=None):
+    import lightning.pytorch as L
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = Regression()
+            self.lr, self.weight_decay, self.batch_size = 1e-3, 0.0, MICRO_BATCH
+
+        def training_step(self, batch, batch_idx):
+            if fail_at is not None and batch_idx == fail_at:
+                raise RuntimeError("CUDA error: an illegal memory access")
+            return self.model(**batch)["loss"]
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(Samples(nan_from=nan_from), batch_size=self.batch_size)
+
+    return Module()
+
+
+def _lightning_trainer(callback, max_steps=4):
+    import lightning.pytorch as L
+
+    return L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[callback])
+
+
+def test_lightning_callback_applies_the_recommendation_and_reports(target):
+    from clients.integrations import HparamrecLightningCallback
+
+    callback = HparamrecLightningCallback(SPEC, server=target, run_id="pl-1")
+    module, trainer = _lightning_module(), _lightning_trainer(callback)
+    trainer.fit(module)
+    rec = callback.run.recommendation
+    assert rec.batch_size_tokens == MICRO_BATCH * trainer.accumulate_grad_batches * SEQ_LEN
+    assert callback.run.pins.batch_size_tokens == rec.batch_size_tokens
+    assert trainer.global_step == math.ceil(SPEC["n_tokens"] / rec.batch_size_tokens)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == rec.lr == module.lr
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == rec.weight_decay
+    with Client(target) as client:
+        stored = client.get_run("pl-1")
+    assert stored.outcome.status is RunStatus.COMPLETED
+    assert stored.outcome.final_loss == pytest.approx(callback.run.last_loss)
+    assert stored.hyperparameters.lr == rec.lr
+    assert stored.hyperparameters.batch_size_tokens == rec.batch_size_tokens
+    assert stored.metadata["integration"] == "lightning"
+
+
+def test_lightning_callback_reports_divergence_and_stops(target):
+    from clients.integrations import HparamrecLightningCallback
+
+    callback = HparamrecLightningCallback(SPEC, server=target, run_id="pl-nan", apply=False)
+    trainer = _lightning_trainer(callback, max_steps=50)
+    trainer.fit(_lightning_module(nan_from=2 * MICRO_BATCH))
+    assert trainer.global_step == 3
+    with Client(target) as client:
+        stored = client.get_run("pl-nan")
+    assert stored.outcome.status is RunStatus.DIVERGED
+    assert stored.hyperparameters.lr == 1e-3 and stored.hyperparameters.batch_size_tokens == 64
+
+
+def test_lightning_callback_reports_an_exception(target):
+    from clients.integrations import HparamrecLightningCallback
+
+    callback = HparamrecLightningCallback(SPEC, server=target, run_id="pl-crash", apply=False)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        _lightning_trainer(callback).fit(_lightning_module(fail_at=2))
+    with Client(target) as client:
+        assert client.get_run("pl-crash").outcome.status is RunStatus.DIVERGED
