@@ -198,3 +198,26 @@ def test_target_and_key_from_the_environment(monkeypatch, target):
         assert client.target == target
         assert client.settings.metadata == (("authorization", "Bearer hpr_example"),)
         assert client.health() == "SERVING"
+
+
+class BeforePredictLoss(pb_grpc.RecommenderServiceServicer):
+    """A server from before PredictLoss: its Recommend, with lr and batch pinned, predicts a
+    bowl around (1e-3, 1M); PredictLoss is UNIMPLEMENTED (the generated default)."""
+
+    def Recommend(self, request, context):
+        import math
+
+        lr, batch = request.pins.lr, request.pins.batch_size_tokens
+        loss = 2.0 + math.log(lr / 1e-3) ** 2 + math.log(batch / 1e6) ** 2
+        return pb.RecommendResponse(recommendation=pb.Recommendation(
+            lr=lr, batch_size_tokens=batch, predicted_loss=loss, spec=request.spec))
+
+
+def test_plot_grid_falls_back_to_recommend_calls(misbehaving):
+    from clients import plot
+
+    with Client(misbehaving(BeforePredictLoss()), retries=0) as client:
+        grid = plot.loss_grid(client, SPEC, [1e-4, 1e-3, 1e-2], [5e5, 1e6], Pins())
+    assert grid.losses[1][1] == 2.0 and grid.losses[0][1] > grid.losses[1][1]
+    assert len(grid.losses) == 2 and len(grid.losses[0]) == 3
+    assert "conditional optimum" in grid.how
