@@ -20,11 +20,14 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self.store = store
 
     def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
-        if request.mode == pb.MODE_EXPLORE:
-            raise Unimplemented("mode EXPLORE is not available yet; use MODE_EXPLOIT")
         spec = converters.spec_from_proto(request.spec)
         pins = converters.pins_from_proto(request.pins)
-        rec = self.engine.recommend(tenant_of(context), spec, pins)
+        if request.mode == pb.MODE_EXPLORE:
+            if self.engine.refiner is None:
+                raise Unimplemented("mode EXPLORE is not available on this server; use MODE_EXPLOIT")
+            rec = self.engine.explore(tenant_of(context), spec, pins)
+        else:
+            rec = self.engine.recommend(tenant_of(context), spec, pins)
         return pb.RecommendResponse(recommendation=converters.recommendation_to_proto(rec))
 
     def ReportRun(self, request: pb.ReportRunRequest, context) -> pb.ReportRunResponse:

@@ -13,6 +13,7 @@ from benchmark_db.store import RunStore
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 from predictor.engine import RecommendationEngine
+from predictor.refine import Refiner
 from predictor.registry import ModelRegistry
 from service.auth import AuthInterceptor, is_loopback
 from service.errors import ErrorInterceptor
@@ -33,7 +34,8 @@ class Service:
         self.metrics = Metrics()
         self.registry = ModelRegistry(self.store, settings.predictor,
                                       settings.refit_debounce_seconds, on_refit=self.metrics.refitted)
-        self.engine = RecommendationEngine(self.store, self.registry)
+        self.refiner = Refiner(self.store, self.registry)  # Optuna studies: EXPLORE and reports
+        self.engine = RecommendationEngine(self.store, self.registry, self.refiner)
         self.health = health.HealthServicer()
         check_auth_configuration(settings, self.store)
         limit = settings.max_message_bytes
@@ -75,6 +77,7 @@ class Service:
         self.health.enter_graceful_shutdown()
         self.server.stop(self.settings.grace_seconds if grace is None else grace).wait()
         self.registry.close()
+        self.refiner.close()
         self.store.close()
 
 

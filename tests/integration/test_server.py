@@ -6,7 +6,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clients.client import spec
-from clients.errors import InvalidArgumentError, NotFoundError, UnimplementedError
+from clients.errors import InvalidArgumentError, NotFoundError
 from hparamrec.v1 import recommender_pb2 as pb
 from predictor import laws
 from benchmark_db.records import resolve_spec
@@ -61,9 +61,8 @@ def test_get_missing_run(client):
         client.get_run("nope")
 
 
-def test_explore_mode_is_not_offered_yet(client):
-    with pytest.raises(UnimplementedError):
-        client.recommend(spec(n_params=1e9, n_tokens=2e10), mode=pb.MODE_EXPLORE)
+def test_explore_mode_returns_a_trial(client):  # the refinement loop: tests/integration/test_refine.py
+    assert client.recommend(spec(n_params=1e9, n_tokens=2e10), mode=pb.MODE_EXPLORE).trial_id
 
 
 @pytest.mark.parametrize("training_spec, field", [

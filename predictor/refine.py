@@ -1,0 +1,323 @@
+"""The refinement loop: reported runs feed one Optuna study per (tenant, spec key)
+(predictor/study.py); EXPLORE asks the study for its next trial with the predictor-guided
+sampler (predictor/sampler.py); EXPLOIT returns the best configuration of the tenant's model
+conditioned on the study's trials (predictor/conditioned.py; see Refiner._best), and today's
+recommendation while the study has no completed trial.
+
+A run reported with a trial_id closes that trial (COMPLETE with its loss; FAIL with
+outcome=diverged, which the sampler learns from, or outcome=failed, which it ignores). A run
+without one (the user's own configuration), or one whose values or spec differ from its trial's,
+is added as a finished trial with its own values to every existing study of its spec whose pins
+it matches; a study created later starts with the matching stored runs. Telling is idempotent:
+trials carry the run_id they came from, so a re-sent run (or a retry after a failure between
+storing and telling) never adds a second trial. Asks and tells of one study hold its lock (in-process, and
+a PostgreSQL advisory lock across replicas; on SQLite, which serves one replica, in-process).
+"""
+
+import itertools
+import math
+
+import numpy as np
+from optuna.trial import TrialState, create_trial
+
+from benchmark_db.records import Pins, RunRecord, RunReport, RunStatus, TrainingSpec
+from benchmark_db.store import RunStore
+from predictor.argmin import ModelRecommender
+from predictor.conditioned import NOISE_SD, ConditionedModel, Params, StudyTrials
+from predictor.prior import NEAR_OPTIMAL_EXCESS, Z80, PriorRecommender
+from predictor.prior_model import PriorLossModel
+from predictor.recommendation import HYPERPARAMETERS, Interval, Recommendation, Source
+from predictor.registry import ModelRegistry
+from predictor.sampler import PredictorGuidedSampler, candidates, space_point
+from predictor.study import SearchSpace, Studies, study_name, trial_id
+
+GP_VERSION = "study-gp@1"
+GRID_POINTS = 41  # per free axis of lr and batch in the exploit search
+FINE_SD = 0.1  # in length scales: the local search around the best candidate
+MATCH_TOLERANCE = 0.01  # values within 1% of the trial's are its own (printed values are rounded)
+
+
+def params_of(rec) -> Params:
+    return {n: np.array([getattr(rec, n)], float) for n in HYPERPARAMETERS}
+
+
+def _take(params: Params, i: int) -> Params:
+    return {n: params[n][[i]] for n in params}
+
+
+def _concat(*parts: Params) -> Params:
+    return {n: np.concatenate([p[n] for p in parts]) for n in HYPERPARAMETERS}
+
+
+class Refiner:
+    def __init__(self, store: RunStore, registry: ModelRegistry):
+        self.studies = Studies(store.url, store.engine)
+        self.store = store
+        self.registry = registry
+        self._prior = PriorRecommender()
+
+    def close(self) -> None:
+        self.studies.close()
+
+    def _current(self, tenant: str):
+        predictor = self.registry.get(tenant)
+        if predictor is None:
+            return PriorLossModel(), self._prior
+        return predictor.model, predictor.recommender
+
+    # ----- recommendations -----
+    def exploit(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
+        model, recommender = self._current(tenant)
+        base = recommender.recommend(spec, pins)
+        name = study_name(tenant, spec, pins)
+        study = self.studies.load(name)
+        if study is None:
+            return base
+        conditioned = self._conditioned(study, model, spec, pins)
+        if not conditioned.trials.n_completed and conditioned.lr_ok(params_of(base))[0]:
+            return base
+        return self._best(conditioned, base, pins, study)[0]
+
+    def explore(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
+        model, recommender = self._current(tenant)
+        base = recommender.recommend(spec, pins)
+        name = study_name(tenant, spec, pins)
+        with self.studies.lock(name):
+            study = self.studies.load(name)
+            if study is None:
+                study = self.studies.create(name, SearchSpace.around(base, spec, pins), spec, pins)
+                self._backfill(tenant, study)
+            conditioned = self._conditioned(study, model, spec, pins)
+            if conditioned.trials.n_completed or not conditioned.lr_ok(params_of(base))[0]:
+                best, chosen = self._best(conditioned, base, pins, study)
+            else:
+                best, chosen = base, params_of(base)
+            space = conditioned.space
+            study.sampler = PredictorGuidedSampler(model, spec, space,
+                                                   first={n: float(chosen[n][0]) for n in HYPERPARAMETERS})
+            trial = study.ask(space.distributions())
+            storage = self.studies.storage()
+            storage.set_trial_user_attr(trial._trial_id, "model_version", model.version_)
+        params = {n: np.array([trial.params[n]], float) for n in HYPERPARAMETERS}
+        if all(math.isclose(trial.params[n], getattr(best, n), rel_tol=1e-12) for n in HYPERPARAMETERS):
+            rec = best
+        elif conditioned.trials.n_completed:
+            rec = self._at(best, conditioned, params)
+        else:
+            prediction = model.predict(conditioned.queries(params))
+            rec = best.model_copy(update={
+                **{n: trial.params[n] for n in HYPERPARAMETERS},
+                "predicted_loss": float(prediction.mean[0]),
+                "predicted_loss_interval": Interval(lo=float(prediction.lo[0]), hi=float(prediction.hi[0]))})
+        detail = (f"trial {trial.number} of study '{name}': "
+                  + ("the exploit recommendation (the study's first trial)"
+                     if not conditioned.trials.n_completed and rec is best else
+                     f"expected improvement of the {model.name} model conditioned on the study's trials"))
+        sources = [Source(field=n, name="refine", version=GP_VERSION, detail=detail)
+                   for n in space.free]
+        return rec.model_copy(update={
+            "trial_id": trial_id(study._study_id, trial.number),
+            "sources": tuple(s for s in rec.sources if s.field not in space.free) + tuple(sources),
+            "model_versions": _versions(rec, study, conditioned)})
+
+    def _conditioned(self, study, model, spec: TrainingSpec, pins: Pins) -> ConditionedModel:
+        space = Studies.space_of(study).with_pins(pins)
+        return ConditionedModel(model, spec, space, StudyTrials.of(study.get_trials(deepcopy=False)))
+
+    def _best(self, conditioned: ConditionedModel, base: Recommendation, pins: Pins,
+              study) -> tuple[Recommendation, Params]:
+        """The argmin of the conditioned mean among the configurations the model allows, and
+        the recommendation for it (lr and batch intervals: the band of the conditioned mean
+        within NEAR_OPTIMAL_EXCESS of its minimum)."""
+        space, spec = conditioned.space, conditioned.spec
+        rng = np.random.default_rng(0)
+        grid = self._grid(space, spec, base, pins)
+        tried = conditioned.trials.completed
+        centres = [space.encode(params_of(base))[0]]
+        if len(tried["lr"]):
+            tried_mean, _ = conditioned.predict(tried)
+            centres.append(space_point(space, tried, int(np.argmin(tried_mean))))
+        pool = _concat(grid, tried, candidates(space, centres, rng))
+        mean, _ = conditioned.predict(pool)
+        mean = np.where(conditioned.lr_ok(pool), mean, np.inf)
+        if not np.isfinite(mean).any():
+            return base, params_of(base)
+        fine = candidates(space, [space_point(space, pool, int(np.argmin(mean)))], rng,
+                          sobol=0, sd=FINE_SD)
+        pool = _concat(pool, fine)
+        mean, sd = conditioned.predict(pool)
+        mean = np.where(conditioned.lr_ok(pool), mean, np.inf)
+        i = int(np.argmin(mean))
+        chosen = _take(pool, i)
+        n_grid = len(grid["lr"])
+        near = mean[:n_grid] <= mean[i] + math.log1p(NEAR_OPTIMAL_EXCESS)
+        band = {n: (min(grid[n][near].min(initial=chosen[n][0]), chosen[n][0]),
+                    max(grid[n][near].max(initial=chosen[n][0]), chosen[n][0]))
+                for n in ("lr", "batch_size_tokens")}
+        half = Z80 * math.hypot(sd[i], NOISE_SD)
+        loss = math.exp(mean[i])
+        wd = float(chosen["weight_decay"][0])
+        update = {
+            **{n: float(chosen[n][0]) for n in HYPERPARAMETERS},
+            "predicted_loss": loss,
+            "predicted_loss_interval": Interval(lo=loss * math.exp(-half), hi=loss * math.exp(half)),
+        }
+        for n in ("lr", "batch_size_tokens"):
+            if n in space.free:
+                update[f"{n}_interval"] = Interval(lo=band[n][0], hi=band[n][1])
+        if "weight_decay" in space.free and base.weight_decay > 0:
+            scale = wd / base.weight_decay
+            update["weight_decay_interval"] = Interval(lo=base.weight_decay_interval.lo * scale,
+                                                       hi=base.weight_decay_interval.hi * scale)
+        trials = conditioned.trials
+        detail = (f"argmin of the {conditioned.model.name} model conditioned on study "
+                  f"'{study.study_name}' ({trials.n_completed} completed, "
+                  f"{len(trials.diverged['lr'])} diverged trials) by a Gaussian process on the "
+                  "residuals of ln(loss)")
+        sources = tuple(Source(field=n, name="refine", version=GP_VERSION, detail=detail)
+                        for n in (*space.free, "predicted_loss"))
+        rec = base.model_copy(update=update | {
+            "sources": tuple(s for s in base.sources if s.field not in space.free + ("predicted_loss",))
+            + sources})
+        return rec.model_copy(update={"model_versions": _versions(rec, study, conditioned)}), chosen
+
+    @staticmethod
+    def _grid(space: SearchSpace, spec: TrainingSpec, base: Recommendation, pins: Pins) -> Params:
+        """lr x batch over the space (each free one on GRID_POINTS), weight decay by the
+        timescale rule when free (as the argmin recommender does), QAT fraction the base's."""
+        axes = []
+        for n in ("lr", "batch_size_tokens"):
+            if n in space.bounds:
+                lo, hi = space.bounds[n]
+                axes.append(np.geomspace(lo, hi, GRID_POINTS))
+            else:
+                axes.append(np.array([space.fixed[n]]))
+        lr, batch = (a.ravel() for a in np.meshgrid(*axes, indexing="ij"))
+        wd = ModelRecommender._weight_decay(spec, pins, base, lr, batch)
+        if "weight_decay" in space.bounds:
+            wd = np.clip(wd, *space.bounds["weight_decay"])
+        else:
+            wd = np.full(len(lr), space.fixed["weight_decay"])
+        qat = np.full(len(lr), base.qat_fraction if "qat_fraction" in space.bounds
+                      else space.fixed["qat_fraction"])
+        return space.decode(space.encode({"lr": lr, "batch_size_tokens": batch,
+                                          "weight_decay": wd, "qat_fraction": qat}))
+
+    def _at(self, best: Recommendation, conditioned: ConditionedModel, params: Params) -> Recommendation:
+        """The exploit recommendation's intervals, with the values and the predicted loss of
+        another configuration (an explore trial)."""
+        mean, sd = conditioned.predict(params)
+        loss, half = math.exp(mean[0]), Z80 * math.hypot(sd[0], NOISE_SD)
+        return best.model_copy(update={
+            **{n: float(params[n][0]) for n in HYPERPARAMETERS},
+            "predicted_loss": loss,
+            "predicted_loss_interval": Interval(lo=loss * math.exp(-half), hi=loss * math.exp(half))})
+
+    # ----- reports -----
+    def check_report(self, tenant: str, report: RunReport) -> None:
+        """Before the run is stored: a trial_id must be one of the tenant's trials."""
+        if report.trial_id:
+            self.studies.find_trial(tenant, report.trial_id)
+
+    def tell(self, tenant: str, run: RunRecord) -> None:
+        """Tells the run's trial, or adds the run as a trial of every existing study of its
+        spec whose pins it matches. (A study created later starts with the matching stored
+        runs: see _backfill.)"""
+        if run.trial_id and self._tell_trial(tenant, run):
+            return
+        values = {n: getattr(run.hyperparameters, n) for n in HYPERPARAMETERS}
+        for name in self._matching_studies(tenant, run.spec, values):
+            with self.studies.lock(name):
+                study = self.studies.load(name)
+                if not any(t.user_attrs.get("run_id") == run.run_id
+                           for t in study.get_trials(deepcopy=False)):
+                    self._add(study, [run])
+
+    def _backfill(self, tenant: str, study) -> None:
+        """A new study starts with the tenant's stored runs of its spec key and pins (the
+        user's own configurations, and runs of other studies of the spec)."""
+        pinned = tuple(study.user_attrs["pins"])
+        matching = []
+        for run in self.store.all_runs(tenant):
+            values = {n: getattr(run.hyperparameters, n) for n in HYPERPARAMETERS}
+            if study_name(tenant, run.spec, Pins(**{n: values[n] for n in pinned})) == study.study_name:
+                matching.append(run)
+        self._add(study, matching)
+
+    def _tell_trial(self, tenant: str, run: RunRecord) -> bool:
+        """True when the run closed (or had closed) its trial; False when the trial cannot take
+        it (finished by another run, or run with another spec or other values): the trial is
+        then closed as FAIL, and the run is added like a user's own configuration."""
+        name, study_id, trial = self.studies.find_trial(tenant, run.trial_id)
+        storage = self.studies.storage()
+        with self.studies.lock(name):
+            trial = storage.get_trial(trial._trial_id)
+            if trial.user_attrs.get("run_id") == run.run_id:
+                return True
+            if trial.state is not TrialState.RUNNING:
+                return False
+            study_pins = Pins(**storage.get_study_user_attrs(study_id).get("pins", {}))
+            same_spec = study_name(tenant, run.spec, study_pins) == name
+            same_values = all(math.isclose(trial.params[n], getattr(run.hyperparameters, n),
+                                           rel_tol=MATCH_TOLERANCE, abs_tol=1e-12)
+                              for n in HYPERPARAMETERS)
+            if not (same_spec and same_values):
+                storage.set_trial_user_attr(trial._trial_id, "superseded_by_run", run.run_id)
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                return False
+            for key, value in _attrs(run).items():
+                storage.set_trial_user_attr(trial._trial_id, key, value)
+            if run.outcome.status is RunStatus.COMPLETED:
+                storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE,
+                                               [run.outcome.final_loss])
+            else:
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            return True
+
+    def _matching_studies(self, tenant: str, spec: TrainingSpec, values: dict[str, float]) -> list[str]:
+        """Existing studies of the spec whose pins the values satisfy (to the key's 2%)."""
+        storage = self.studies.storage()
+        names = []
+        for k in range(len(HYPERPARAMETERS) + 1):
+            for pinned in itertools.combinations(HYPERPARAMETERS, k):
+                name = study_name(tenant, spec, Pins(**{n: values[n] for n in pinned}))
+                if name in names:
+                    continue
+                try:
+                    storage.get_study_id_from_name(name)
+                except KeyError:
+                    continue
+                names.append(name)
+        return names
+
+    @staticmethod
+    def _add(study, runs: list[RunRecord]) -> None:
+        """Runs as finished trials with their own values (the distributions widened to hold
+        them); runs a log-scaled axis cannot hold (weight decay 0) are left out."""
+        space = Studies.space_of(study)
+        trials = []
+        for run in runs:
+            values = {n: getattr(run.hyperparameters, n) for n in HYPERPARAMETERS}
+            if not space.accepts(values):
+                continue
+            completed = run.outcome.status is RunStatus.COMPLETED
+            trials.append(create_trial(
+                state=TrialState.COMPLETE if completed else TrialState.FAIL,
+                value=run.outcome.final_loss if completed else None,
+                params=values, distributions=space.widened(values),
+                user_attrs=_attrs(run) | {"source": "reported configuration"}))
+        study.add_trials(trials)
+
+
+def _attrs(run: RunRecord) -> dict:
+    out = {"run_id": run.run_id, "outcome": run.outcome.status.value}
+    if run.outcome.status is not RunStatus.COMPLETED and run.outcome.final_loss is not None:
+        out["last_loss"] = run.outcome.final_loss
+    return out
+
+
+def _versions(rec: Recommendation, study, conditioned: ConditionedModel) -> tuple[str, ...]:
+    trials = conditioned.trials
+    own = (f"{GP_VERSION}:study={study._study_id}:completed={trials.n_completed}:"
+           f"diverged={len(trials.diverged['lr'])}")
+    return (own,) + tuple(v for v in rec.model_versions if not v.startswith(GP_VERSION))

@@ -1,0 +1,186 @@
+"""The refinement loop through a real server: explore, report, exploit, Optuna's view."""
+
+import threading
+
+import optuna
+import pytest
+
+from benchmark_db.records import Pins, resolve_spec
+from benchmark_db.store import RunStore
+from clients.client import Client
+from clients.errors import InvalidArgumentError
+from clients.models import Pins as ClientPins
+from clients.models import RunOutcome, RunReport, TrainingSpec
+from predictor.refine import Refiner
+from predictor.registry import ModelRegistry
+from predictor.study import study_name
+from service.server import Service
+from service.settings import Settings
+from tests.integration.test_auth import keys, db_url  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.integration
+SPEC = TrainingSpec(n_params=1e9, n_tokens=2e10)
+PINS = ClientPins(weight_decay=0.1)
+
+
+@pytest.fixture
+def service(database_url):
+    """A real server (auth off, fast refits) on a fresh database of each kind."""
+    svc = Service(Settings(database_url=database_url, port=0, auth_disabled=True, metrics_port=None,
+                           refit_debounce_seconds=0.1))
+    svc.start()
+    yield svc
+    svc.stop(grace=1)
+
+
+@pytest.fixture
+def target(service) -> str:
+    return f"127.0.0.1:{service.port}"
+
+
+@pytest.fixture
+def client(target):
+    with Client(target, retries=0) as c:
+        yield c
+
+
+def study_of(url: str, tenant: str = "default") -> optuna.Study:
+    name = study_name(tenant, resolve_spec(n_params=1e9, n_tokens=2e10), Pins(weight_decay=0.1))
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def report(rec, loss=2.5, run_id="", status="completed", trial_id=None) -> RunReport:
+    outcome = RunOutcome.completed(loss) if status == "completed" else RunOutcome(status=status)
+    return RunReport(run_id=run_id, spec=SPEC, hyperparameters=rec.hyperparameters, outcome=outcome,
+                     trial_id=rec.trial_id if trial_id is None else trial_id)
+
+
+def test_explore_report_explore_and_optuna_sees_the_trials(client, service):
+    exploit = client.recommend(SPEC, PINS)
+    first = client.recommend(SPEC, PINS, mode="explore")
+    assert first.trial_id and not exploit.trial_id
+    assert (first.lr, first.batch_size_tokens) == (exploit.lr, exploit.batch_size_tokens)
+    assert client.report_run(report(first, 2.50, "a")).run.trial_id == first.trial_id
+    second = client.recommend(SPEC, PINS, mode="explore")
+    assert second.trial_id != first.trial_id
+    assert (second.lr, second.batch_size_tokens) != (first.lr, first.batch_size_tokens)
+    client.report_run(report(second, 2.49, "b"))
+    client.report_run(report(second, 2.49, "b"))  # re-sent: told once
+    third = client.recommend(SPEC, PINS, mode="explore")
+    client.report_run(report(third, run_id="c", status="diverged"))
+
+    trials = study_of(service.settings.database_url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.FAIL]
+    assert [t.value for t in trials[:2]] == [2.50, 2.49]
+    assert trials[2].user_attrs["outcome"] == "diverged" and trials[2].params["lr"] == third.lr
+    assert [t.user_attrs["run_id"] for t in trials] == ["a", "b", "c"]
+    assert trials[0].params["batch_size_tokens"] == first.batch_size_tokens
+
+    conditioned = client.recommend(SPEC, PINS)
+    assert conditioned.model_versions[0].startswith("study-gp@1")
+    assert any(s.name == "refine" for s in conditioned.sources)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_user_configurations_without_a_trial_are_used_once(client, service):
+    rec = client.recommend(SPEC, PINS)
+
+    def mine(run_id, factor, loss):
+        own = rec.hyperparameters.model_copy(update={"lr": rec.lr * factor})
+        return RunReport(run_id=run_id, spec=SPEC, hyperparameters=own, outcome=RunOutcome.completed(loss))
+
+    assert client.report_run(mine("before", 1.7, 2.6)).created  # no study yet: stored only
+    assert not client.report_run(mine("before", 1.7, 2.6)).created
+    trial = client.recommend(SPEC, PINS, mode="explore")  # the new study starts with it
+    assert trial.trial_id.endswith("-1")
+    client.report_run(mine("after", 0.5, 2.7))  # the study exists: added at once
+    client.report_run(mine("after", 0.5, 2.7))
+    trials = study_of(service.settings.database_url).trials
+    assert [(t.user_attrs.get("run_id"), t.state.name, t.value) for t in trials] == [
+        ("before", "COMPLETE", 2.6), (None, "RUNNING", None), ("after", "COMPLETE", 2.7)]
+    assert trials[0].params["lr"] == rec.lr * 1.7
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_unknown_trial_ids_are_refused_before_storing(client):
+    rec = client.recommend(SPEC, PINS)
+    for bad in ("999-0", "nonsense"):
+        with pytest.raises(InvalidArgumentError, match="trial_id"):
+            client.report_run(report(rec, run_id="x", trial_id=bad))
+    assert client.list_runs().runs == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_report_with_other_values_closes_the_trial_and_counts_as_its_own(client, service):
+    trial = client.recommend(SPEC, PINS, mode="explore")
+    changed = report(trial, 2.5, "changed").model_copy(update={
+        "hyperparameters": trial.hyperparameters.model_copy(update={"lr": trial.lr * 2})})
+    client.report_run(changed)
+    trials = study_of(service.settings.database_url).trials
+    assert trials[0].state is optuna.trial.TrialState.FAIL
+    assert trials[0].user_attrs["superseded_by_run"] == "changed"
+    assert trials[1].params["lr"] == trial.lr * 2 and trials[1].value == 2.5
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_concurrent_explorers_get_distinct_trials(target):
+    results, errors = [], []
+
+    def explore():
+        try:
+            with Client(target, retries=0, timeout=60) as c:
+                results.append(c.recommend(SPEC, PINS, mode="explore"))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=explore) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({r.trial_id for r in results}) == 4
+    assert len({(r.lr, r.batch_size_tokens) for r in results}) == 4
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_replicas_on_postgresql_serialise_asks(database_url):
+    """Two refiners on one PostgreSQL, as two replicas: the advisory lock keeps them apart."""
+    stores = [RunStore(database_url) for _ in range(2)]
+    registries = [ModelRegistry(s, "prior") for s in stores]
+    refiners = [Refiner(s, r) for s, r in zip(stores, registries)]
+    spec = resolve_spec(n_params=1e9, n_tokens=2e10)
+    results = []
+    threads = [threading.Thread(target=lambda r=r: results.append(r.explore("t", spec, Pins(weight_decay=0.1))))
+               for r in refiners for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert len({r.trial_id for r in results}) == 4
+        assert len({(r.lr, r.batch_size_tokens) for r in results}) == 4
+    finally:
+        for refiner, registry, store in zip(refiners, registries, stores):
+            refiner.close()
+            registry.close()
+            store.close()
+
+
+def test_studies_are_isolated_between_tenants(db_url, keys):  # noqa: F811
+    svc = Service(Settings(database_url=db_url, metrics_port=None, port=0))
+    svc.start()
+    try:
+        target = f"127.0.0.1:{svc.port}"
+        with Client(target, api_key=keys["alice"], retries=0) as alice, \
+                Client(target, api_key=keys["bob"], retries=0) as bob:
+            trial = alice.recommend(SPEC, PINS, mode="explore")
+            with pytest.raises(InvalidArgumentError, match="trial_id"):
+                bob.report_run(report(trial, run_id="steal"))
+            theirs = bob.recommend(SPEC, PINS, mode="explore")
+            assert theirs.trial_id != trial.trial_id
+            alice.report_run(report(trial, 2.4, "a1"))
+        assert [t.user_attrs.get("run_id") for t in study_of(db_url, "alice").trials] == ["a1"]
+        assert [t.state.name for t in study_of(db_url, "bob").trials] == ["RUNNING"]
+    finally:
+        svc.stop(grace=1)

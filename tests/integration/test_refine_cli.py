@@ -1,0 +1,39 @@
+"""`hparamrec recommend --mode explore` and `hparamrec report --trial-id` against a real server."""
+
+import json
+
+import pytest
+
+from tests.integration.test_cli import cli
+
+pytestmark = pytest.mark.integration
+SPEC = ["--params", "1B", "--tokens", "20B", "--weight-decay", "0.1"]
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'svc.db'}"
+
+
+def test_explore_prints_the_trial_and_report_closes_it(target):
+    out = cli("recommend", *SPEC, "--mode", "explore", "--json", server=target)
+    assert out.returncode == 0, out.stderr
+    trial = json.loads(out.stdout)
+    assert trial["trial_id"]
+    report = cli("report", "--params", "1B", "--tokens", "20B", "--lr", repr(trial["lr"]),
+                 "--batch-size-tokens", repr(trial["batch_size_tokens"]), "--weight-decay", "0.1",
+                 "--loss", "2.5", "--trial-id", trial["trial_id"], "--json", server=target)
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["run"]["trial_id"] == trial["trial_id"]
+
+    human = cli("recommend", *SPEC, "--mode", "explore", server=target)
+    assert human.returncode == 0, human.stderr
+    assert "--trial-id" in human.stdout and "trial " in human.stdout
+    exploit = json.loads(cli("recommend", *SPEC, "--json", server=target).stdout)
+    assert exploit["trial_id"] == "" and exploit["model_versions"][0].startswith("study-gp")
+
+
+def test_report_against_an_unknown_trial_is_bad_input(target):
+    out = cli("report", "--params", "1B", "--tokens", "20B", "--lr", "1e-3", "--batch-size-tokens",
+              "1M", "--weight-decay", "0.1", "--loss", "2.5", "--trial-id", "77-3", server=target)
+    assert out.returncode == 2 and "trial_id" in out.stderr

@@ -1,0 +1,112 @@
+"""The predictor-guided sampler and the conditioned model, on a known bowl (in-memory Optuna)."""
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from benchmark_db.records import resolve_spec
+from predictor.conditioned import ConditionedModel, ResidualGP, StudyTrials
+from predictor.loss_model import LossPrediction
+from predictor.sampler import MIN_DISTANCE, PredictorGuidedSampler, distance_to
+from predictor.study import SearchSpace
+
+SPEC = resolve_spec(n_params=1e9, n_tokens=2e10)
+LR, BATCH = 1e-3, 2048 * 256
+SPACE = SearchSpace(bounds={"lr": (LR / 10, LR * 10), "batch_size_tokens": (BATCH / 8, BATCH * 8)},
+                    fixed={"weight_decay": 0.1, "qat_fraction": 0.0}, seq_len=2048)
+FIRST = {"lr": LR, "batch_size_tokens": BATCH, "weight_decay": 0.1, "qat_fraction": 0.0}
+
+
+class Bowl:
+    """A loss model whose optimum is at (lr_star, batch_star)."""
+
+    name = "bowl"
+    version_ = "bowl@test"
+
+    def __init__(self, lr_star=LR, batch_star=BATCH):
+        self.lr_star, self.batch_star = lr_star, batch_star
+
+    def predict(self, q):
+        u, v = np.log(q.lr / self.lr_star), np.log(q.batch_size_tokens / self.batch_star)
+        mean = 2.5 * (1 + 0.02 * u**2 + 0.01 * v**2)
+        return LossPrediction(mean=mean, lo=mean * 0.97, hi=mean * 1.03)
+
+
+def study_with(*trials, model=None):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="unit", sampler=PredictorGuidedSampler(
+        model or Bowl(), SPEC, SPACE, first=FIRST))
+    for lr, batch, outcome in trials:
+        params = FIRST | {"lr": lr, "batch_size_tokens": batch}
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE if isinstance(outcome, float) else TrialState.FAIL,
+            value=outcome if isinstance(outcome, float) else None, params=params,
+            distributions=SPACE.widened(params),
+            user_attrs={"outcome": "completed" if isinstance(outcome, float) else outcome}))
+    return study
+
+
+def ask(study):
+    return study.ask(SPACE.distributions()).params
+
+
+def test_first_trial_is_the_exploit_recommendation():
+    assert ask(study_with()) == FIRST
+
+
+def test_a_failed_trial_teaches_nothing_so_the_first_is_still_the_exploit():
+    assert ask(study_with((LR, BATCH, "failed"))) == FIRST
+
+
+def test_a_diverged_trial_excludes_its_lr_and_above_at_a_similar_batch():
+    # The model's optimum is where the run diverged: without the exclusion EI would go there.
+    study = study_with((2.5e-3, BATCH, "diverged"), (1e-3, BATCH, 2.52), model=Bowl(lr_star=2.5e-3))
+    for _ in range(6):  # left running: each ask also avoids the previous ones
+        p = ask(study)
+        similar = abs(math.log(p["batch_size_tokens"] / BATCH)) <= math.log(2)
+        assert not (similar and p["lr"] >= 2.5e-3)
+
+
+def test_pending_trials_get_distinct_suggestions():
+    study = study_with((LR, BATCH, 2.5))
+    asked = [ask(study) for _ in range(5)]
+    as_arrays = {n: np.array([p[n] for p in asked]) for n in FIRST}
+    for i in range(len(asked)):
+        others = {n: np.delete(as_arrays[n], i) for n in FIRST}
+        one = {n: as_arrays[n][[i]] for n in FIRST}
+        assert distance_to(SPACE, one, others)[0] >= MIN_DISTANCE
+
+
+def truth(lr, batch):
+    """The real optimum sits at 3x the model's lr."""
+    u, v = math.log(lr / (3 * LR)), math.log(batch / BATCH)
+    return 2.45 * (1 + 0.02 * u**2 + 0.01 * v**2)
+
+
+def test_expected_improvement_follows_the_residuals():
+    seen = [(lr, BATCH, truth(lr, BATCH)) for lr in (0.7 * LR, LR, 1.4 * LR)]
+    p = ask(study_with(*seen))
+    assert p["lr"] > 1.4 * LR  # losses fall faster toward high lr than the model says
+
+
+def test_the_conditioned_argmin_moves_toward_the_data():
+    seen = [(lr, BATCH, truth(lr, BATCH)) for lr in (0.7 * LR, LR, 1.4 * LR, 2 * LR)]
+    trials = StudyTrials.of(study_with(*seen).trials)
+    model = ConditionedModel(Bowl(), SPEC, SPACE, trials)
+    lrs = np.geomspace(LR / 3, 10 * LR, 200)
+    grid = {"lr": lrs, "batch_size_tokens": np.full(200, BATCH), "weight_decay": np.full(200, 0.1),
+            "qat_fraction": np.zeros(200)}
+    mean, sd = model.predict(grid)
+    assert lrs[np.argmin(mean)] > 1.8 * LR
+    observed, observed_sd = model.predict(trials.completed)
+    assert np.exp(observed) == pytest.approx([s[2] for s in seen], rel=1e-2)
+    assert observed_sd.max() < sd.max()
+
+
+def test_gp_without_data_is_the_prior():
+    gp = ResidualGP(np.ones(2))
+    mean, sd = gp.predict(np.zeros((3, 2)))
+    assert (mean == 0).all() and (sd > 0.01).all()

@@ -1,0 +1,91 @@
+"""Spec keys, study names and search spaces of the refinement loop."""
+
+import math
+
+import numpy as np
+import pytest
+
+from benchmark_db.errors import InvalidArgument
+from benchmark_db.records import Pins, resolve_spec
+from predictor.prior import PriorRecommender
+from predictor.study import SearchSpace, spec_key, study_name, tenant_of
+
+
+def key(pins=Pins(), **spec):
+    return spec_key(resolve_spec(**({"n_params": 1e9, "n_tokens": 2e10} | spec)), pins)
+
+
+def test_key_absorbs_float_noise_and_small_differences():
+    assert key() == key(n_params=1e9 * (1 + 1e-12), n_tokens=2e10 * (1 - 1e-12))
+    assert key() == key(n_params=1.005e9)  # powers of ten are bin centres; bins are 2% wide
+    assert key() == key(compute_flops=6 * 1e9 * 2e10, n_tokens=None)  # the same spec, another way
+
+
+def test_key_separates_what_matters():
+    base = key()
+    assert key(n_params=1.03e9) != base
+    assert key(n_tokens=2.1e10) != base
+    assert key(seq_len=4096) != base
+    assert key(weight_bits=4) != base
+    assert key(architecture="moe", n_active_params=1e9, n_params=4e9) != key(n_params=4e9)
+    assert key(pins=Pins(weight_decay=0.1)) != base
+    assert key(pins=Pins(weight_decay=0.1)) == key(pins=Pins(weight_decay=0.1005))
+    assert key(pins=Pins(weight_decay=0.1)) != key(pins=Pins(weight_decay=0.12))
+    assert key(pins=Pins(weight_decay=0.0)) != key(pins=Pins(weight_decay=0.1))
+
+
+def test_a_qat_pin_matters_only_with_quantization():
+    assert key(pins=Pins(qat_fraction=0.0)) == key()
+    assert key(pins=Pins(qat_fraction=0.3), weight_bits=4) != key(weight_bits=4)
+
+
+def test_study_names_carry_the_tenant():
+    spec = resolve_spec(n_params=1e9, n_tokens=2e10)
+    name = study_name("alice", spec, Pins())
+    assert name.startswith("hparamrec/alice/") and tenant_of(name) == "alice"
+    assert study_name("bob", spec, Pins()) != name
+    assert tenant_of("someone-elses-study") is None
+    with pytest.raises(InvalidArgument):
+        study_name("../alice", spec, Pins())
+
+
+def space_for(pins=Pins(), **spec_fields):
+    spec = resolve_spec(**({"n_params": 1e9, "n_tokens": 2e10} | spec_fields))
+    return SearchSpace.around(PriorRecommender().recommend(spec, pins), spec, pins), spec
+
+
+def test_space_is_a_factor_ten_around_the_recommendation():
+    space, spec = space_for(Pins(weight_decay=0.1))
+    rec = PriorRecommender().recommend(spec, Pins(weight_decay=0.1))
+    assert space.free == ("lr", "batch_size_tokens")
+    assert space.fixed == {"weight_decay": 0.1, "qat_fraction": 0.0}
+    assert space.bounds["lr"] == pytest.approx((rec.lr / 10, rec.lr * 10))
+    lo, hi = space.bounds["batch_size_tokens"]
+    assert lo % spec.seq_len == 0 and hi % spec.seq_len == 0
+    assert lo == pytest.approx(rec.batch_size_tokens / 10, rel=0.05)  # whole sequences
+
+
+def test_space_has_qat_only_with_quantization_and_caps_the_batch():
+    space, _ = space_for(weight_bits=4)
+    assert space.free == ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
+    assert space.bounds["qat_fraction"] == (0.0, 1.0)
+    small, spec = space_for(n_params=1e6, n_tokens=2e7)
+    assert small.bounds["batch_size_tokens"][1] <= spec.n_tokens
+
+
+def test_encode_decode_and_widening():
+    space, _ = space_for(weight_bits=4)
+    params = space.decode(np.zeros((1, 4)) + [math.log(1e-3), math.log(1e6), math.log(0.1), 0.5])
+    assert params["batch_size_tokens"][0] % 2048 == 0
+    assert params["qat_fraction"][0] == 0.5
+    again = space.decode(space.encode(params))
+    assert all(again[n][0] == pytest.approx(params[n][0]) for n in params)
+    outside = {"lr": 10.0, "batch_size_tokens": 1.0, "weight_decay": 0.1, "qat_fraction": 0.0}
+    widened = space.widened(outside)
+    assert all(widened[n]._contains(widened[n].to_internal_repr(v)) for n, v in outside.items())
+    assert not space.accepts(outside | {"weight_decay": 0.0})  # a log axis cannot hold 0
+
+
+def test_space_round_trips_through_json():
+    space, _ = space_for(Pins(batch_size_tokens=2**20))
+    assert SearchSpace.from_json(space.to_json()) == space
