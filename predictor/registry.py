@@ -24,6 +24,7 @@ class ModelRegistry:
         self.debounce_seconds = debounce_seconds
         self.on_refit = on_refit  # (tenant, model version, seconds), e.g. for metrics
         self._current: dict[str, FittedPredictor] = {}
+        self._fitted_on: dict[str, int] = {}  # stored runs each tenant's last refit read
         self._dirty: set[str] = set()
         self._wake = threading.Condition()
         self._closed = False
@@ -35,15 +36,23 @@ class ModelRegistry:
     def get(self, tenant: str) -> FittedPredictor | None:
         return self._current.get(tenant)
 
+    def fitted_on(self, tenant: str) -> int | None:
+        """How many stored runs the tenant's last refit read (None before its first refit), so
+        a replica can tell when runs reported through another one call for a refit."""
+        return self._fitted_on.get(tenant)
+
     def refit(self, tenant: str) -> FittedPredictor | None:
         """Fits on the tenant's stored runs now; None (and the prior serves) when it has none."""
-        runs = RunTable.from_runs(self.store.all_runs(tenant))
+        records = self.store.all_runs(tenant)
+        runs = RunTable.from_runs(records)
         if not len(runs):
             self._current.pop(tenant, None)
+            self._fitted_on[tenant] = len(records)
             return None
         started = time.perf_counter()
         predictor = fit_predictor(self.kind, runs)
         self._current[tenant] = predictor  # the atomic swap
+        self._fitted_on[tenant] = len(records)
         seconds = time.perf_counter() - started
         log.info("refit %s for tenant %s on %d runs in %.2f s", predictor.version, tenant,
                  len(runs), seconds)

@@ -18,6 +18,7 @@ from predictor.registry import ModelRegistry
 from service.auth import AuthInterceptor, is_loopback
 from service.errors import ErrorInterceptor
 from service.observability import Metrics, ObservabilityInterceptor
+from service.refit_poller import RefitPoller
 from service.handlers import RecommenderServicer
 from service.settings import Settings
 
@@ -36,6 +37,7 @@ class Service:
                                       settings.refit_debounce_seconds, on_refit=self.metrics.refitted)
         self.refiner = Refiner(self.store, self.registry)  # Optuna studies: EXPLORE and reports
         self.engine = RecommendationEngine(self.store, self.registry, self.refiner)
+        self.refit_poller = RefitPoller(self.store, self.registry, settings.refit_poll_seconds)
         self.health = health.HealthServicer()
         check_auth_configuration(settings, self.store)
         limit = settings.max_message_bytes
@@ -69,6 +71,7 @@ class Service:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
         for tenant in self.store.tenants():  # learn from what is already stored, in the background
             self.registry.schedule_refit(tenant)
+        self.refit_poller.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -76,6 +79,7 @@ class Service:
         """Stops taking calls, lets in-flight ones finish within `grace` seconds, closes the store."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.settings.grace_seconds if grace is None else grace).wait()
+        self.refit_poller.stop()
         self.registry.close()
         self.refiner.close()
         self.store.close()

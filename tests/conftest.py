@@ -14,9 +14,24 @@ def postgres_url():
     pgserver = pytest.importorskip("pgserver")
     root = Path(tempfile.mkdtemp(prefix="hparamrec-pg-"))
     server = pgserver.get_server(root, cleanup_mode="stop")
+    _without_fsync(server.get_uri())
     yield server.get_uri()
     server.cleanup()
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _without_fsync(url: str) -> None:
+    """A throw-away test cluster need not survive power loss: without fsync, stopping it after
+    the many databases the suites create takes ~1 s instead of ~40 s (the shutdown checkpoint).
+    Behaviour seen by clients (transactions, locks, constraints) is unchanged."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sa.make_url(url).set(drivername="postgresql+psycopg"),
+                              isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text("ALTER SYSTEM SET fsync = off"))
+        conn.execute(sa.text("SELECT pg_reload_conf()"))
+    engine.dispose()
 
 
 _pg_counter = iter(range(10**6))

@@ -6,10 +6,11 @@ from service.settings import Settings
 
 
 @pytest.fixture
-def service(tmp_path):
-    """A real server on a free port with its own SQLite file, authentication off."""
-    svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'svc.db'}", port=0,
-                           auth_disabled=True, metrics_port=0))
+def service(database_url):
+    """A real server on a free port, authentication off, on a fresh database of each kind
+    (SQLite and PostgreSQL: `database_url` is parametrized)."""
+    svc = Service(Settings(database_url=database_url, port=0, auth_disabled=True,
+                           metrics_port=0, refit_debounce_seconds=0.1))
     svc.start()
     yield svc
     svc.stop(grace=1)

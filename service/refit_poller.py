@@ -1,0 +1,58 @@
+"""Replicas on one database learn of each other's runs: every few seconds one cheap query counts
+each tenant's stored runs, and a tenant whose count differs from what its current model was
+fitted on gets a refit. A replica's own reports schedule theirs at once (predictor/engine.py);
+this catches the runs reported through the others, and runs imported with `hparamrec import`."""
+
+import logging
+import threading
+
+from benchmark_db.store import RunStore
+from predictor.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class RefitPoller:
+    def __init__(self, store: RunStore, registry: ModelRegistry, interval_seconds: float):
+        self.store = store
+        self.registry = registry
+        self.interval_seconds = interval_seconds
+        self._scheduled: dict[str, int] = {}  # the count each tenant's last poll-refit was for
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hparamrec-refit-poll", daemon=True)
+
+    def start(self) -> None:
+        if self.interval_seconds > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def poll_once(self) -> list[str]:
+        """Schedules a refit for each tenant whose stored runs changed; returns those tenants.
+
+        Nothing is scheduled while refits are pending or running (they read the runs when they
+        start; what they miss, the next poll sees), and a count already scheduled is not
+        scheduled again, so a refit that keeps failing is retried when the next run arrives,
+        not on every poll."""
+        if not self.registry.wait_idle(timeout=0):
+            return []
+        stale = []
+        for tenant, count in self.store.run_counts().items():
+            if count != self.registry.fitted_on(tenant) and count != self._scheduled.get(tenant):
+                self._scheduled[tenant] = count
+                self.registry.schedule_refit(tenant)
+                stale.append(tenant)
+        return stale
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            try:
+                stale = self.poll_once()
+            except Exception:  # the database may be briefly away; try again next interval
+                log.warning("polling for runs stored by other replicas failed", exc_info=True)
+                continue
+            if stale:
+                log.info("stored runs changed for %d tenant(s): refit scheduled", len(stale))
