@@ -1,15 +1,17 @@
 """Durable storage of runs, scoped by tenant."""
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from benchmark_db import migrate
 from benchmark_db.engine import create_engine
 from benchmark_db.errors import InvalidArgument, NotFound
+from benchmark_db.group_commit import GroupCommitter
 from benchmark_db.keys import KeyStore
 from benchmark_db.records import RunRecord, RunReport, check_tenant
 from benchmark_db.schema import runs
@@ -29,12 +31,21 @@ class RunStore:
         self.engine = create_engine(url)
         migrate.upgrade(self.engine)
         self.keys = KeyStore(self.engine)  # API keys live in the same database
+        # SQLite takes one writer at a time: concurrent reports are committed in groups by one
+        # thread (benchmark_db/group_commit.py). PostgreSQL handles concurrent writers itself.
+        self._committer = (GroupCommitter(self.report_many) if self.engine.dialect.name == "sqlite"
+                           else None)
 
     def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()
         self.engine.dispose()
 
     def report(self, tenant: str, report: RunReport) -> tuple[RunRecord, bool]:
-        """Stores a run; returns (stored run, created). A known run_id returns the stored one."""
+        """Stores a run; returns (stored run, created). A known run_id returns the stored one.
+        Returns only once the run is committed."""
+        if self._committer is not None:
+            return self._committer.submit((check_tenant(tenant), report))
         row = _to_row(check_tenant(tenant), report)
         try:
             with self.engine.begin() as conn:
@@ -45,6 +56,28 @@ class RunStore:
                 raise
             return existing, False
         return _from_row(row), True
+
+    def report_many(self, items: Sequence[tuple[str, RunReport]]) -> list[tuple[RunRecord, bool]]:
+        """Stores (tenant, report) pairs in one transaction (one commit); for each, what report()
+        would return, a run_id repeated within the batch included."""
+        rows = [_to_row(check_tenant(tenant), report) for tenant, report in items]
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = (dialect.insert(runs).on_conflict_do_nothing(index_elements=["tenant", "run_id"])
+                  .returning(runs.c.id))  # a row back only when inserted
+        results, seen = [], {}
+        with self.engine.begin() as conn:
+            for row in rows:
+                key = (row["tenant"], row["run_id"])
+                if key not in seen:
+                    created = conn.execute(insert.values(row)).first() is not None
+                    if not created:
+                        row = conn.execute(sa.select(runs).where(
+                            runs.c.tenant == key[0], runs.c.run_id == key[1])).mappings().one()
+                    results.append((_from_row(row), created))
+                    seen[key] = results[-1][0]
+                else:
+                    results.append((seen[key], False))
+        return results
 
     def add_many(self, tenant: str, reports: Iterable[RunReport]) -> int:
         """Stores runs in one transaction, skipping run_ids already stored; returns how many

@@ -3,6 +3,7 @@
 import contextvars
 import json
 import logging
+import threading
 import time
 import uuid
 
@@ -50,8 +51,14 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
         self.log = logging.getLogger("hparamrec.rpc")
+        # For the drain (Service.stop): gRPC runs intercept_service when it hands the service a
+        # call, and the returned handler later on a worker thread.
+        self.last_accepted = 0.0  # time.monotonic() of the last call handed over
+        self.running = 0  # handlers executing now
+        self._lock = threading.Lock()
 
     def intercept_service(self, continuation, handler_call_details):
+        self.last_accepted = time.monotonic()
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -65,12 +72,16 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             context.send_initial_metadata((("x-request-id", request_id),))
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            with self._lock:
+                self.running += 1
             try:
                 return inner(request, context)
             except Exception:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
+                with self._lock:
+                    self.running -= 1
                 elapsed = time.perf_counter() - started
                 self.metrics.requests.labels(method, code.name).inc()
                 self.metrics.latency.labels(method).observe(elapsed)

@@ -3,6 +3,7 @@
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -41,14 +42,19 @@ class Service:
         self.health = health.HealthServicer()
         check_auth_configuration(settings, self.store)
         limit = settings.max_message_bytes
+        self.observer = ObservabilityInterceptor(self.metrics)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="hparamrec-rpc"),
-            interceptors=[ObservabilityInterceptor(self.metrics),
+            interceptors=[self.observer,
                           AuthInterceptor(None if settings.auth_disabled else self.store.keys),
                           ErrorInterceptor()],
             options=[("grpc.max_receive_message_length", limit),
-                     ("grpc.max_send_message_length", 4 * limit)],
+                     ("grpc.max_send_message_length", 4 * limit),
+                     # gRPC sheds calls (CANCELLED, never reaching a handler) at random once
+                     # over 1,000 wait for a worker; a burst of launchers must queue instead.
+                     ("grpc.server.max_pending_requests", settings.max_pending_calls),
+                     ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls)],
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(
             RecommenderServicer(self.engine, self.store), self.server)
@@ -77,12 +83,26 @@ class Service:
 
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace` seconds, closes the store."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
-        self.server.stop(self.settings.grace_seconds if grace is None else grace).wait()
+        self._settle(until=deadline - grace / 2)
+        self.server.stop(max(0.0, deadline - time.monotonic())).wait()
         self.refit_poller.stop()
         self.registry.close()
         self.refiner.close()
         self.store.close()
+
+    def _settle(self, until: float) -> None:
+        """server.stop() cancels the calls gRPC has received but not yet handed to a handler
+        (a burst can leave hundreds waiting: the thread that hands them over competes with busy
+        handlers). So first keep taking calls until none has come for a moment (longer while
+        handlers run, as they slow the hand-over), for at most half the grace period."""
+        while time.monotonic() < until:
+            quiet = 0.05 if self.observer.running == 0 else 0.5
+            if time.monotonic() - self.observer.last_accepted >= quiet:
+                return
+            time.sleep(0.01)
 
 
 class ConfigurationError(Exception):

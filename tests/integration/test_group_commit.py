@@ -1,0 +1,69 @@
+"""Reports committed in groups (SQLite) keep report()'s contract: idempotent, acked after commit,
+one bad item failing only itself."""
+
+import threading
+from concurrent import futures
+
+import pytest
+
+from benchmark_db.group_commit import GroupCommitter
+from benchmark_db.store import RunStore
+from tests.factories import make_report
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(database_url):
+    s = RunStore(database_url)
+    yield s
+    s.close()
+
+
+def test_report_many_answers_each_item_like_report(store):
+    store.report("t", make_report("old", loss=2.0))
+    results = store.report_many([("t", make_report("new", loss=2.1)), ("t", make_report("old", loss=9.0)),
+                                 ("t", make_report("new", loss=9.0)), ("u", make_report("old", loss=3.0))])
+    assert [created for _, created in results] == [True, False, False, True]
+    assert [run.outcome.final_loss for run, _ in results] == [2.1, 2.0, 2.1, 3.0]
+    assert store.count("t") == 2 and store.count("u") == 1
+    assert store.get("t", "new") == results[0][0]
+
+
+def test_concurrent_reports_are_each_stored_once(store):
+    run_ids = [f"r{i}" for i in range(150)]
+    with futures.ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda i: store.report("t", make_report(run_ids[i % 150], loss=2 + i / 1000)),
+                                range(450)))
+    for run_id in run_ids:
+        mine = [(run, created) for run, created in answers if run.run_id == run_id]
+        assert sum(created for _, created in mine) == 1
+        assert len({run.outcome.final_loss for run, _ in mine}) == 1  # everyone got the stored one
+    assert store.count("t") == 150
+
+
+def test_a_failing_item_fails_alone():
+    written = []
+
+    def write_batch(items):
+        if "bad" in items:
+            raise ValueError("bad item")
+        written.extend(items)
+        return [f"ok:{item}" for item in items]
+
+    gate = threading.Event()
+    committer = GroupCommitter(lambda items: gate.wait() and write_batch(items))
+    try:
+        with futures.ThreadPoolExecutor(8) as pool:
+            submitted = [pool.submit(committer.submit, item) for item in ("a", "bad", "b", "c")]
+            gate.set()
+            outcomes = []
+            for f in submitted:
+                try:
+                    outcomes.append(f.result(timeout=10))
+                except ValueError:
+                    outcomes.append("error")
+        assert outcomes == ["ok:a", "error", "ok:b", "ok:c"]
+        assert sorted(written) == ["a", "b", "c"]
+    finally:
+        committer.close()
