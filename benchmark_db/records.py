@@ -220,6 +220,13 @@ def validated(model: type[BaseModel], data: dict[str, Any], field_prefix: str = 
         raise InvalidArgument(_violations(exc, field_prefix)) from None
 
 
+def _preview(value: Any, limit: int = 80) -> str:
+    """The rejected input as quoted in an error, cut short: an error echoing a megabyte string
+    would not even fit in the gRPC trailers that carry it."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} characters)"
+
+
 _NAMED_FIELD = re.compile(r"^([A-Za-z_][\w.]*(?:\[[^\]]*\])?): (.*)$", re.S)
 
 
@@ -234,7 +241,7 @@ def _violations(exc: ValidationError, field_prefix: str) -> list[FieldViolation]
             path.append(named.group(1))
             reason = named.group(2)
         elif err["type"] != "missing" and not isinstance(err.get("input"), dict):
-            reason = f"{reason} (got {err['input']!r})"
+            reason = f"{reason} (got {_preview(err['input'])})"
         full = ".".join(p for p in [field_prefix, *path] if p)
         violations.append(FieldViolation(full or "request", reason))
     return violations

@@ -23,14 +23,28 @@ STATUS_OF = {
 }
 
 
+# The status travels in the trailers, which clients cap (8 KiB by default): beyond it a precise
+# INVALID_ARGUMENT would arrive as a bare RESOURCE_EXHAUSTED. Errors are cut to fit.
+MAX_MESSAGE_CHARS = 1000
+MAX_VIOLATIONS = 20
+MAX_DESCRIPTION_CHARS = 300
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def to_status(exc: DomainError) -> grpc.Status:
     code = next((c for t, c in STATUS_OF.items() if isinstance(exc, t)), grpc.StatusCode.INTERNAL)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(exc))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name),
+                               message=_cut(str(exc), MAX_MESSAGE_CHARS))
     if isinstance(exc, InvalidArgument):
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.reason)
-            for v in exc.violations
+            error_details_pb2.BadRequest.FieldViolation(
+                field=_cut(v.field, MAX_DESCRIPTION_CHARS),
+                description=_cut(v.reason, MAX_DESCRIPTION_CHARS))
+            for v in exc.violations[:MAX_VIOLATIONS]
         ]))
         status.details.append(detail)
     return rpc_status.to_status(status)

@@ -1,5 +1,6 @@
 """RecommenderService: each handler converts the request, makes one domain call, converts back."""
 
+from benchmark_db.errors import InvalidArgument
 from benchmark_db.store import RunStore
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -20,6 +21,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self.store = store
 
     def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
+        if request.mode not in pb.Mode.values():  # proto3 enums carry any number
+            raise InvalidArgument.single("mode", f"unknown mode {request.mode}: use MODE_EXPLOIT "
+                                                 "or MODE_EXPLORE")
         spec = converters.spec_from_proto(request.spec)
         pins = converters.pins_from_proto(request.pins)
         if request.mode == pb.MODE_EXPLORE:

@@ -75,6 +75,10 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             with self._lock:
                 self.running += 1
             try:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:  # waited out its deadline in the queue
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  "the deadline passed before the call started")
                 return inner(request, context)
             except Exception:
                 code = context.code() or grpc.StatusCode.UNKNOWN
