@@ -1,5 +1,11 @@
 """The domain operations the service exposes: one call per RPC."""
 
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+
 import numpy as np
 
 from benchmark_db.records import Pins, RunRecord, RunReport, TrainingSpec
@@ -17,13 +23,22 @@ class RecommendationEngine:
     """Recommends from the tenant's current learned model (the published-law prior until it
     has runs) and stores what runs report back, scheduling a refit on each new run."""
 
-    def __init__(self, store: RunStore, registry: ModelRegistry, refiner=None):
+    def __init__(self, store: RunStore, registry: ModelRegistry, refiner=None,
+                 cache_seconds: float = 0.0):
         self.store = store
         self.registry = registry
         self.prior = PriorRecommender()
         self.refiner = refiner  # predictor/refine.py: the studies of EXPLORE; None: exploit only
+        self.cache = RecommendationCache(cache_seconds) if cache_seconds > 0 else None
 
     def recommend(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
+        if self.cache is None:
+            return self._recommend(tenant, spec, pins)
+        stamp = self.cache.stamp(tenant, self.registry.get(tenant))  # before computing: see stamp()
+        return self.cache.get_or_compute((tenant, spec, pins), stamp,
+                                         lambda: self._recommend(tenant, spec, pins))
+
+    def _recommend(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
         if self.refiner is not None:  # conditioned on the spec's study once it has trials
             return self.refiner.exploit(tenant, spec, pins)
         predictor = self.registry.get(tenant)
@@ -49,7 +64,10 @@ class RecommendationEngine:
         """The next trial of the spec's study (Recommendation.trial_id set)."""
         if self.refiner is None:
             raise NotImplementedError("explore needs a refiner (predictor/refine.py)")
-        return self.refiner.explore(tenant, spec, pins)
+        try:
+            return self.refiner.explore(tenant, spec, pins)
+        finally:
+            self._changed(tenant)
 
     def report(self, tenant: str, report: RunReport) -> tuple[RunRecord, bool]:
         if self.refiner is not None:  # an unknown trial_id is refused before anything is stored
@@ -59,4 +77,79 @@ class RecommendationEngine:
             self.registry.schedule_refit(tenant)
         if self.refiner is not None:  # idempotent: a re-sent run is not told twice
             self.refiner.tell(tenant, run)
+        if created:
+            self._changed(tenant)
         return run, created
+
+    def _changed(self, tenant: str) -> None:
+        """The tenant's studies changed: its cached recommendations are stale."""
+        if self.cache is not None:
+            self.cache.invalidate(tenant)
+
+
+class RecommendationCache:
+    """Recent recommendations by (tenant, spec, pins), so a launcher fleet asking for the same
+    spec does not recompute the same argmin. An entry serves only while the tenant's model is
+    the one it was computed with and nothing was reported or explored through this process
+    since (the exploit recommendation is conditioned on the spec's study); runs reported
+    through another replica reach its studies directly, so entries also expire after
+    `ttl_seconds`, the most a replica's answer can lag. Concurrent misses of one key compute
+    it once (the others wait for that result). Each answer is a copy with its own
+    recommendation_id."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int = 10_000):
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, tuple[tuple, float, Recommendation]] = OrderedDict()
+        self._flights: dict[tuple, _Flight] = {}
+        self._epochs: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def stamp(self, tenant: str, predictor) -> tuple:
+        """What a recommendation computed now depends on. Taken before computing, so one that
+        overlaps a report or a model swap is stored already stale, never served as fresh."""
+        return (self._epochs.get(tenant, 0), None if predictor is None else weakref.ref(predictor))
+
+    def get_or_compute(self, key: tuple, stamp: tuple, compute) -> Recommendation:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == stamp and entry[1] >= time.monotonic():
+                self._entries.move_to_end(key)
+                return _fresh_id(entry[2])
+            flight = self._flights.get(key)
+            leader = flight is None or flight.stamp != stamp
+            if leader:
+                flight = self._flights[key] = _Flight(stamp)
+        if not leader:
+            flight.done.wait()
+            if flight.result is not None:
+                return _fresh_id(flight.result)
+            return compute()  # the leader failed: fail (or not) on our own
+        try:
+            flight.result = compute()
+            with self._lock:
+                self._entries[key] = (stamp, time.monotonic() + self.ttl_seconds, flight.result)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+            return flight.result
+        finally:
+            with self._lock:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.done.set()
+
+    def invalidate(self, tenant: str) -> None:
+        with self._lock:
+            self._epochs[tenant] = self._epochs.get(tenant, 0) + 1
+
+
+class _Flight:
+    def __init__(self, stamp: tuple):
+        self.stamp = stamp
+        self.done = threading.Event()
+        self.result: Recommendation | None = None
+
+
+def _fresh_id(rec: Recommendation) -> Recommendation:
+    return rec.model_copy(update={"recommendation_id": uuid.uuid4().hex})

@@ -37,7 +37,8 @@ class Service:
         self.registry = ModelRegistry(self.store, settings.predictor,
                                       settings.refit_debounce_seconds, on_refit=self.metrics.refitted)
         self.refiner = Refiner(self.store, self.registry)  # Optuna studies: EXPLORE and reports
-        self.engine = RecommendationEngine(self.store, self.registry, self.refiner)
+        self.engine = RecommendationEngine(self.store, self.registry, self.refiner,
+                                           cache_seconds=settings.recommend_cache_seconds)
         self.refit_poller = RefitPoller(self.store, self.registry, settings.refit_poll_seconds)
         self.health = health.HealthServicer()
         check_auth_configuration(settings, self.store)

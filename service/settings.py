@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     # How often to look for runs stored through other replicas (or imported) and refit on them;
     # 0 switches the poll off (one replica: its own reports already trigger refits).
     refit_poll_seconds: float = Field(default=5.0, ge=0)
+    # Recommendations are cached per (tenant, spec, pins) until the tenant's model changes or
+    # a run is reported here, and at most this long (the lag behind runs reported through
+    # another replica); 0 switches the cache off.
+    recommend_cache_seconds: float = Field(default=5.0, ge=0)
     # Authentication off: every caller is the default tenant. For local development only;
     # `make run` sets it (on 127.0.0.1). Never implied: see service/server.py.
     auth_disabled: bool = False

@@ -1,0 +1,123 @@
+"""The recommendation cache of predictor/engine.py: served while its stamp holds, unique ids."""
+
+import threading
+import time
+
+import pytest
+
+from benchmark_db.records import Pins, resolve_spec
+from predictor.engine import RecommendationCache
+from predictor.prior import PriorRecommender
+
+SPEC = resolve_spec(n_params=1e9, n_tokens=2e10)
+REC = PriorRecommender().recommend(SPEC, Pins())
+
+
+class Counting:
+    def __init__(self, delay: float = 0.0, fail_first: bool = False):
+        self.calls, self.delay, self.fail_first = 0, delay, fail_first
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+        time.sleep(self.delay)
+        if first and self.fail_first:
+            raise RuntimeError("boom")
+        return REC.model_copy(update={"recommendation_id": f"computed-{self.calls}"})
+
+
+def test_a_hit_is_a_copy_with_its_own_id():
+    cache, compute = RecommendationCache(60), Counting()
+    key, stamp = ("t", SPEC, Pins()), cache.stamp("t", None)
+    answers = [cache.get_or_compute(key, stamp, compute) for _ in range(5)]
+    assert compute.calls == 1
+    assert len({a.recommendation_id for a in answers}) == 5
+    assert all(a.model_dump(exclude={"recommendation_id"}) == REC.model_dump(exclude={"recommendation_id"})
+               for a in answers)
+
+
+def test_a_report_a_model_swap_or_the_ttl_makes_it_recompute():
+    cache, compute = RecommendationCache(0.2), Counting()
+    key = ("t", SPEC, Pins())
+    cache.get_or_compute(key, cache.stamp("t", None), compute)
+    cache.invalidate("t")  # a run reported for this tenant
+    cache.get_or_compute(key, cache.stamp("t", None), compute)
+    assert compute.calls == 2
+    cache.invalidate("other")  # another tenant's report changes nothing here
+    cache.get_or_compute(key, cache.stamp("t", None), compute)
+    assert compute.calls == 2
+
+    class Model:  # stands for a FittedPredictor
+        pass
+
+    first, second = Model(), Model()
+    cache.get_or_compute(key, cache.stamp("t", first), compute)
+    cache.get_or_compute(key, cache.stamp("t", first), compute)
+    cache.get_or_compute(key, cache.stamp("t", second), compute)
+    assert compute.calls == 4
+    time.sleep(0.25)
+    cache.get_or_compute(key, cache.stamp("t", second), compute)
+    assert compute.calls == 5
+
+
+def test_concurrent_misses_compute_once():
+    cache, compute = RecommendationCache(60), Counting(delay=0.2)
+    key, stamp = ("t", SPEC, Pins()), cache.stamp("t", None)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(cache.get_or_compute(key, stamp, compute)))
+               for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert compute.calls == 1 and len(answers) == 16
+    assert len({a.recommendation_id for a in answers}) == 16
+
+
+def test_when_the_computing_call_fails_the_waiting_ones_compute_themselves():
+    cache, compute = RecommendationCache(60), Counting(delay=0.2, fail_first=True)
+    key, stamp = ("t", SPEC, Pins()), cache.stamp("t", None)
+    outcomes = []
+
+    def ask():
+        try:
+            outcomes.append(cache.get_or_compute(key, stamp, compute).lr)
+        except RuntimeError:
+            outcomes.append("failed")
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert outcomes.count("failed") == 1 and outcomes.count(REC.lr) == 3
+
+
+def test_size_is_bounded():
+    cache, compute = RecommendationCache(60, max_entries=3), Counting()
+    stamp = cache.stamp("t", None)
+    specs = [resolve_spec(n_params=n, n_tokens=2e10) for n in (1e8, 2e8, 3e8, 4e8)]
+    for spec in specs:
+        cache.get_or_compute(("t", spec, Pins()), stamp, compute)
+    cache.get_or_compute(("t", specs[0], Pins()), stamp, compute)  # evicted: computed again
+    assert compute.calls == 5
+
+
+@pytest.mark.parametrize("ttl", [0.0])
+def test_the_engine_without_a_cache_computes_every_time(ttl, tmp_path):
+    from benchmark_db.store import RunStore
+    from predictor.engine import RecommendationEngine
+    from predictor.registry import ModelRegistry
+
+    store = RunStore(f"sqlite:///{tmp_path / 'c.db'}")
+    registry = ModelRegistry(store, kind="prior")
+    try:
+        engine = RecommendationEngine(store, registry, cache_seconds=ttl)
+        assert engine.cache is None
+        assert engine.recommend("t", SPEC, Pins()).lr == REC.lr
+    finally:
+        registry.close()
+        store.close()
