@@ -8,6 +8,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from benchmark_db.errors import DomainError, InvalidArgument, NotFound
+from service.observability import request_id_metadata
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             try:
                 return inner(request, context)
             except DomainError as exc:
-                context.abort_with_status(to_status(exc))
+                status = to_status(exc)
+                context.abort_with_status(status._replace(
+                    trailing_metadata=tuple(status.trailing_metadata) + request_id_metadata()))
             except Exception:
                 if context.code() is not None:  # already aborted on purpose
                     raise

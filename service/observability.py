@@ -45,8 +45,9 @@ class Metrics:
 
 class ObservabilityInterceptor(grpc.ServerInterceptor):
     """Outermost interceptor: gives each call a request id (the caller's `x-request-id` or a
-    new one, echoed in the initial metadata: the trailing metadata of a failed call carries
-    its status details), counts it, times it, and logs failures."""
+    new one, echoed in the trailing metadata, which travels with the status in the same batch:
+    sending initial metadata of its own cost a second batch per call, ~0.15 ms of server CPU
+    in the load benchmark), counts it, times it, and logs failures."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
@@ -69,7 +70,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             request_id = (dict(context.invocation_metadata()).get("x-request-id")
                           or uuid.uuid4().hex[:16])[:64]
             token = _request_id.set(request_id)
-            context.send_initial_metadata((("x-request-id", request_id),))
+            context.set_trailing_metadata(request_id_metadata())
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             with self._lock:
@@ -94,6 +95,12 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 _request_id.reset(token)
 
         return handler._replace(unary_unary=observed)
+
+
+def request_id_metadata() -> tuple[tuple[str, str], ...]:
+    """The current call's request id as metadata (ErrorInterceptor adds it to the trailing
+    metadata it replaces with a status's details)."""
+    return (("x-request-id", _request_id.get()),)
 
 
 class RequestIdFilter(logging.Filter):

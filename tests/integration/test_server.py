@@ -161,9 +161,9 @@ def test_request_id_is_echoed(target):
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RecommenderServiceStub(channel)
         _, call = stub.ListRuns.with_call(pb.ListRunsRequest(), metadata=(("x-request-id", "abc123"),))
-        assert ("x-request-id", "abc123") in call.initial_metadata()
+        assert ("x-request-id", "abc123") in call.trailing_metadata()
         _, call = stub.ListRuns.with_call(pb.ListRunsRequest())
-        assert len(dict(call.initial_metadata())["x-request-id"]) == 16
+        assert len(dict(call.trailing_metadata())["x-request-id"]) == 16
 
 
 def test_json_logs_carry_the_request_id(capsys):
