@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 50051
 DB     ?= sqlite:///var/hparamrec.db
 
-.PHONY: run test test-fast stubs bench clean
+.PHONY: run test test-fast stubs bench pfn clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ stubs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.backtest
+
+# Retrains the PFN from its prior (seeded; 30 minutes measured on this shared 2-core box) and
+# overwrites predictor/pfn/checkpoints/pfn.safetensors and pfn.json. CI never runs this.
+pfn: $(STAMP)
+	$(BIN)/python -m predictor.pfn.train
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
