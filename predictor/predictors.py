@@ -1,4 +1,4 @@
-"""Fitted predictors by name: what `--predictor prior|surface|lightgbm|auto` selects."""
+"""Fitted predictors by name: what `--predictor prior|surface|lightgbm|auto|pfn` selects."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +45,12 @@ def _lightgbm() -> LossModel:
     return SurfaceGBM()
 
 
+def _pfn() -> LossModel:
+    from predictor.pfn.predictor import PFNLossModel
+
+    return PFNLossModel()
+
+
 def _auto() -> LossModel:
     from predictor.auto import AutoModel
 
@@ -56,6 +62,7 @@ MODEL_FACTORIES: dict[str, Callable[[], LossModel]] = {
     "surface": _surface,
     "lightgbm": _lightgbm,
     "auto": _auto,
+    "pfn": _pfn,
 }
 
 

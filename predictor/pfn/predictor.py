@@ -1,0 +1,150 @@
+"""The PFN as a LossModel (predictor/loss_model.py): fit() stores the runs; predict() builds,
+for each query spec, the context (the spec's own runs and those of the nearest groups in
+(ln N, ln active N, ln D), at most max_context runs) and reads the loss distribution at every
+query from one forward pass: the mean, and an 80% interval recalibrated on the stored runs
+(see PFNLossModel). With no completed run to condition on, it is the prior.
+
+torch is imported when a model is first needed, not when this module is imported.
+"""
+
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from predictor.loss_model import LossPrediction
+from predictor.pfn.features import Runs, Spec, episode, select_context, targets
+from predictor.prior_model import PriorLossModel
+from predictor.table import RunTable
+
+MAX_CONTEXT = 500
+INTERVAL = (0.1, 0.9)
+# Interval recalibration needs this many groups with completed runs (and runs in them), and
+# uses at most CALIBRATION_MAX_GROUPS of them (evenly spread) to bound the cost of fit().
+CALIBRATION_MIN_GROUPS = 3
+CALIBRATION_MIN_RUNS = 30
+CALIBRATION_MAX_GROUPS = 32
+_LOADED: dict[Path, object] = {}
+_LOCK = threading.Lock()
+
+
+def load_checkpoint(path: Path | None = None):
+    """The checkpoint at path (default: the committed one), loaded once per process."""
+    from predictor.pfn import checkpoint
+
+    path = Path(path or checkpoint.DEFAULT_CHECKPOINT)
+    with _LOCK:
+        if path not in _LOADED:
+            _LOADED[path] = checkpoint.load(path)
+        return _LOADED[path]
+
+
+def runs_from_table(table: RunTable) -> Runs:
+    return Runs(n_params=table.n_params, n_active=table.n_active_params, n_tokens=table.n_tokens,
+                bits=table.weight_bits, lr=table.lr, batch=table.batch_size_tokens,
+                weight_decay=table.weight_decay, qat=table.qat_fraction, loss=table.loss,
+                diverged=table.diverged)
+
+
+class PFNLossModel:
+    """fit() stores the runs and recalibrates the interval: the PFN's 80% interval is
+    calibrated on its prior; on the stored runs, predicting each group from the others (as
+    for a new spec), the quantile levels whose interval holds 80% of the completed runs'
+    losses are found (quantile recalibration of the probability integral transform). Nothing
+    else is fitted: the network conditions on the runs in its forward pass."""
+
+    name = "pfn"
+
+    def __init__(self, checkpoint_path: str | Path | None = None, max_context: int = MAX_CONTEXT,
+                 recalibrate: bool = True):
+        self.checkpoint_path = checkpoint_path
+        self.max_context = max_context
+        self.recalibrate = recalibrate
+
+    def fit(self, runs: RunTable) -> "PFNLossModel":
+        self.runs_ = runs_from_table(runs)
+        self.checkpoint_ = load_checkpoint(self.checkpoint_path)
+        digest = hashlib.sha256()
+        for column in (runs.n_params, runs.n_active_params, runs.n_tokens, runs.weight_bits,
+                       runs.lr, runs.batch_size_tokens, runs.weight_decay, runs.qat_fraction,
+                       runs.loss, runs.diverged):
+            digest.update(np.ascontiguousarray(column).tobytes())
+        self.data_hash_ = digest.hexdigest()[:12]
+        self.interval_levels_ = self._calibrated_levels() if self.recalibrate else INTERVAL
+        return self
+
+    @property
+    def version_(self) -> str:
+        return f"{self.checkpoint_.version}:ctx{self.max_context}:runs-{self.data_hash_}"
+
+    def _forward(self, context: Runs, queries: Runs, spec: Spec):
+        """(logits, episode), or None when the context has no completed run."""
+        import torch
+
+        ep = episode(context, queries, spec) if len(context) else None
+        if ep is None:
+            return None
+        model = self.checkpoint_.model
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(ep.context)[None], torch.from_numpy(ep.queries)[None],
+                           torch.ones(1, len(ep.context), dtype=torch.bool))[0]
+        return logits, ep
+
+    def _calibrated_levels(self) -> tuple[float, float]:
+        import torch
+
+        runs = self.runs_
+        keys = np.stack([runs.n_params, runs.n_active, runs.n_tokens, runs.bits], axis=1)
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        with_completed = [k for k in range(len(unique)) if runs.completed[inverse == k].any()]
+        if len(with_completed) < CALIBRATION_MIN_GROUPS:
+            return INTERVAL
+        chosen = np.array(with_completed)[np.unique(np.linspace(
+            0, len(with_completed) - 1, CALIBRATION_MAX_GROUPS).round().astype(int))]
+        pits = []
+        for k in chosen:
+            held = inverse == k
+            others = runs.take(np.flatnonzero(~held))
+            spec = Spec(*map(float, unique[k]))
+            queries = runs.take(np.flatnonzero(held & runs.completed))
+            out = self._forward(others.take(select_context(others, spec, self.max_context)), queries, spec)
+            if out is None:
+                continue
+            logits, ep = out
+            y = torch.from_numpy(targets(queries, ep))
+            pits.append(self.checkpoint_.model.bar.cdf(logits, y).numpy())
+        if not pits or sum(map(len, pits)) < CALIBRATION_MIN_RUNS:
+            return INTERVAL
+        pit = np.concatenate(pits)
+        lo, hi = np.quantile(pit, INTERVAL)
+        return float(np.clip(lo, 0.001, 0.5)), float(np.clip(hi, 0.5, 0.999))
+
+    def predict(self, queries: RunTable) -> LossPrediction:
+        model = self.checkpoint_.model
+        q_runs = runs_from_table(queries)
+        mean = np.empty(len(queries))
+        lo, hi = np.empty(len(queries)), np.empty(len(queries))
+        keys = np.stack([queries.n_params, queries.n_active_params, queries.n_tokens,
+                         queries.weight_bits], axis=1)
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        fallback = None
+        for k, key in enumerate(unique):
+            rows = np.flatnonzero(inverse.ravel() == k)
+            spec = Spec(*map(float, key))
+            ctx = self.runs_.take(select_context(self.runs_, spec, self.max_context))
+            out = self._forward(ctx, q_runs.take(rows), spec)
+            if out is None:  # nothing completed to condition on: the prior
+                fallback = fallback or PriorLossModel()
+                p = fallback.predict(queries.subset(rows))
+                mean[rows], lo[rows], hi[rows] = p.mean, p.lo, p.hi
+                continue
+            logits, ep = out
+            scale = np.exp(ep.query_log_anchor)
+            mean[rows] = model.bar.mean_exp(logits).numpy() * scale
+            lo[rows] = np.exp(model.bar.quantile(logits, self.interval_levels_[0]).numpy()) * scale
+            hi[rows] = np.exp(model.bar.quantile(logits, self.interval_levels_[1]).numpy()) * scale
+        # The mean counts the chance of divergence; where that pulls it past the interval,
+        # the interval is widened to hold it (LossPrediction: lo <= mean <= hi).
+        return LossPrediction(mean=mean, lo=np.minimum(lo, mean), hi=np.maximum(hi, mean))
