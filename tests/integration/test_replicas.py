@@ -41,12 +41,13 @@ def replicas(database_url, tmp_path):
 
 
 def fitted_on(stub) -> str:
-    rec = stub.Recommend(pb.RecommendRequest(spec=spec(n_params=1e9, n_tokens=2e10)), timeout=10)
+    """The lr source of a spec without a study: names the runs the replica's model was fitted on."""
+    rec = stub.Recommend(pb.RecommendRequest(spec=spec(n_params=5e8, n_tokens=1e10)), timeout=10)
     return next((s.detail for s in rec.recommendation.sources if s.field == "lr"), "")
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_two_replicas_share_runs_and_refits(replicas):
+def test_two_replicas_share_runs_and_refits(replicas, database_url):
     a, b = replicas
     assert "fitted on" not in fitted_on(a) + fitted_on(b)  # the published-law prior serves
 
@@ -55,6 +56,13 @@ def test_two_replicas_share_runs_and_refits(replicas):
     assert stored.created
     assert b.GetRun(pb.GetRunRequest(run_id="first"), timeout=10).run == stored.run
     assert [r.run_id for r in b.ListRuns(pb.ListRunsRequest(), timeout=10).runs] == ["first"]
+
+    # EXPLORE through both at once: one refinement study of the spec, whichever created it.
+    explore = pb.RecommendRequest(spec=spec(n_params=1e9, n_tokens=2e10), mode=pb.MODE_EXPLORE)
+    with futures.ThreadPoolExecutor(4) as pool:
+        trials = [f.result().recommendation.trial_id
+                  for f in [pool.submit(stub.Recommend, explore, timeout=60) for stub in (a, b, a, b)]]
+    assert all(trials) and len(set(trials)) == 4
 
     # The same run_ids through both replicas at once: each stored exactly once, and exactly
     # one of its two reports created it; both answers carry the one stored run.
@@ -79,6 +87,22 @@ def test_two_replicas_share_runs_and_refits(replicas):
             break
         time.sleep(0.2)
     assert all("fitted on 101 runs" in d for d in details), details
+
+    # The study exists once, and holds each run once however many replicas told it.
+    storage = optuna_storage(database_url)
+    studies = storage.get_all_studies()
+    assert len(studies) == 1
+    told = [t.user_attrs["run_id"] for t in storage.get_all_trials(studies[0]._study_id)
+            if "run_id" in t.user_attrs]
+    assert sorted(told) == sorted(run_ids + ["first"])
+
+
+def optuna_storage(database_url: str):
+    import optuna
+    import sqlalchemy as sa
+
+    url = sa.make_url(database_url).set(drivername="postgresql+psycopg")
+    return optuna.storages.RDBStorage(url.render_as_string(hide_password=False))
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
