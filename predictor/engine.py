@@ -94,8 +94,9 @@ class RecommendationCache:
     since (the exploit recommendation is conditioned on the spec's study); runs reported
     through another replica reach its studies directly, so entries also expire after
     `ttl_seconds`, the most a replica's answer can lag. Concurrent misses of one key compute
-    it once (the others wait for that result). Each answer is a copy with its own
-    recommendation_id."""
+    it once (the others wait for that result); when an entry only aged out, the others get it
+    while one call refreshes it, so the fleet does not stall every ttl_seconds. Each answer is
+    a copy with its own recommendation_id."""
 
     def __init__(self, ttl_seconds: float, max_entries: int = 10_000):
         self.ttl_seconds = ttl_seconds
@@ -111,15 +112,20 @@ class RecommendationCache:
         return (self._epochs.get(tenant, 0), None if predictor is None else weakref.ref(predictor))
 
     def get_or_compute(self, key: tuple, stamp: tuple, compute) -> Recommendation:
+        hit = None
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry[0] == stamp and entry[1] >= time.monotonic():
-                self._entries.move_to_end(key)
-                return _fresh_id(entry[2])
             flight = self._flights.get(key)
-            leader = flight is None or flight.stamp != stamp
-            if leader:
-                flight = self._flights[key] = _Flight(stamp)
+            if entry is not None and entry[0] == stamp and (
+                    entry[1] >= time.monotonic() or (flight is not None and flight.stamp == stamp)):
+                self._entries.move_to_end(key)
+                hit = entry[2]  # fresh, or aged out and being refreshed
+            else:
+                leader = flight is None or flight.stamp != stamp
+                if leader:
+                    flight = self._flights[key] = _Flight(stamp)
+        if hit is not None:
+            return _fresh_id(hit)
         if not leader:
             flight.done.wait()
             if flight.result is not None:

@@ -1,5 +1,6 @@
 """Server lifecycle: build_server() for tests and embedding, serve() for the command line."""
 
+import gc
 import logging
 import signal
 import threading
@@ -146,6 +147,7 @@ def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then drains in-flight calls."""
     service = Service(settings)
     service.start()
+    gc.freeze()  # the start-up heap (modules, laws, models) is never garbage: spare the collector
     log.info("hparamrec listening on %s:%d (metrics on %s), database %s, auth %s",
              settings.host, service.port, service.metrics_port or "no port",
              _redacted(settings.database_url), "off" if settings.auth_disabled else "on")

@@ -121,3 +121,21 @@ def test_the_engine_without_a_cache_computes_every_time(ttl, tmp_path):
     finally:
         registry.close()
         store.close()
+
+
+def test_an_aged_out_entry_is_served_while_one_call_refreshes_it():
+    cache, compute = RecommendationCache(0.1), Counting()
+    key, stamp = ("t", SPEC, Pins()), cache.stamp("t", None)
+    cache.get_or_compute(key, stamp, compute)
+    time.sleep(0.15)
+    slow = Counting(delay=0.3)
+    refresher = threading.Thread(target=cache.get_or_compute, args=(key, stamp, slow))
+    refresher.start()
+    time.sleep(0.05)
+    started = time.perf_counter()
+    answer = cache.get_or_compute(key, stamp, compute)  # does not wait for the refresh
+    assert time.perf_counter() - started < 0.1 and answer.lr == REC.lr
+    refresher.join()
+    assert compute.calls == 1 and slow.calls == 1
+    cache.invalidate("t")  # but a stale stamp is never served, refreshing or not
+    assert cache.get_or_compute(key, cache.stamp("t", None), compute) is not None and compute.calls == 2
