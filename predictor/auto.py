@@ -67,8 +67,11 @@ class AutoModel:
         regrets, folds, inner_surfaces = [], [], []
         for k, j in enumerate(np.unique(groups)):
             train, held = runs.subset(groups != j), runs.subset(groups == j)
+            if not held.completed.any():  # only diverged runs: no regret to score it by
+                inner_surfaces.append(None)
+                continue
             inner = model.clone()
-            inner = inner.fit(train, surface=shared[1][k]) if shared else inner.fit(train)
+            inner = inner.fit(train, surface=shared[1][k]) if shared and shared[1][k] else inner.fit(train)
             inner_surfaces.append(inner)
             spec, pins = held_out_spec(held)
             rec = ModelRecommender(inner, train).recommend(spec, pins)

@@ -115,3 +115,12 @@ def test_bootstrap_draws_give_the_optimum_an_interval():
     rec = ModelRecommender(model, train).recommend(spec, Pins(weight_decay=0.1))
     assert rec.lr_interval.lo <= rec.lr <= rec.lr_interval.hi
     assert rec.lr_interval.hi / rec.lr_interval.lo < 3
+
+
+def test_auto_skips_a_group_with_only_diverged_runs():
+    train = without(ALL, HELD_OUT)
+    lone = RunTable.from_runs(synthetic_sweep(groups=((3e8, 3e10),), seed=2))
+    lone = lone.subset(lone.diverged)
+    model = AutoModel().fit(RunTable.concat([train, lone]))
+    assert set(model.inner_regret_) == set(CANDIDATES)
+    assert np.isfinite(list(model.inner_regret_.values())).all()
