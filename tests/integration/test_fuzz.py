@@ -386,7 +386,8 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_not_run(tmp_path):
     try:
         with grpc.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
             stub = pb_grpc.RecommenderServiceStub(channel)
-            pages = [stub.ListRuns.future(pb.ListRunsRequest(page_size=1000), timeout=60) for _ in range(4)]
+            pages = [stub.ListRuns.future(pb.ListRunsRequest(page_size=1000), timeout=120)
+                     for _ in range(16)]  # enough queued work that 50 ms surely passes
             code, _, _ = call(stub.ReportRun, valid_report("too-late"), timeout=0.05)
             assert code == grpc.StatusCode.DEADLINE_EXCEEDED
             assert all(len(p.result().runs) == 1000 for p in pages)  # the queue drained
