@@ -276,19 +276,12 @@ class Refiner:
 
     def _matching_studies(self, tenant: str, spec: TrainingSpec, values: dict[str, float]) -> list[str]:
         """Existing studies of the spec whose pins the values satisfy (to the key's 2%)."""
-        storage = self.studies.storage()
-        names = []
-        for k in range(len(HYPERPARAMETERS) + 1):
-            for pinned in itertools.combinations(HYPERPARAMETERS, k):
-                name = study_name(tenant, spec, Pins(**{n: values[n] for n in pinned}))
-                if name in names:
-                    continue
-                try:
-                    storage.get_study_id_from_name(name)
-                except KeyError:
-                    continue
-                names.append(name)
-        return names
+        candidates = list(dict.fromkeys(
+            study_name(tenant, spec, Pins(**{n: values[n] for n in pinned}))
+            for k in range(len(HYPERPARAMETERS) + 1)
+            for pinned in itertools.combinations(HYPERPARAMETERS, k)))
+        existing = self.studies.existing(candidates)
+        return [name for name in candidates if name in existing]
 
     @staticmethod
     def _add(study, runs: list[RunRecord]) -> None:

@@ -102,6 +102,25 @@ def test_user_configurations_without_a_trial_are_used_once(client, service):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_user_run_reaches_every_study_whose_pins_it_satisfies(client, service):
+    client.recommend(SPEC, mode="explore")  # the unpinned study
+    client.recommend(SPEC, PINS, mode="explore")  # weight decay pinned to 0.1
+    client.recommend(SPEC, ClientPins(weight_decay=0.3), mode="explore")
+    rec = client.recommend(SPEC, PINS)
+    client.report_run(RunReport(run_id="mine", spec=SPEC, hyperparameters=rec.hyperparameters,
+                                outcome=RunOutcome.completed(2.6)))
+    url = service.settings.database_url
+
+    def told(pins):
+        name = study_name("default", resolve_spec(n_params=1e9, n_tokens=2e10), pins)
+        return [t.user_attrs.get("run_id") for t in optuna.load_study(study_name=name, storage=url).trials]
+
+    assert told(Pins()) == [None, "mine"]
+    assert told(Pins(weight_decay=0.1)) == [None, "mine"]
+    assert told(Pins(weight_decay=0.3)) == [None]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_unknown_trial_ids_are_refused_before_storing(client):
     rec = client.recommend(SPEC, PINS)
     for bad in ("999-0", "nonsense"):
