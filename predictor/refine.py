@@ -8,17 +8,19 @@ A run reported with a trial_id closes that trial (COMPLETE with its loss; FAIL w
 outcome=diverged, which the sampler learns from, or outcome=failed, which it ignores). A run
 without one (the user's own configuration), or one whose values or spec differ from its trial's,
 is added as a finished trial with its own values to every existing study of its spec whose pins
-it matches; a study created later starts with the matching stored runs. Telling is idempotent:
-trials carry the run_id they came from, so a re-sent run (or a retry after a failure between
-storing and telling) never adds a second trial. Asks and tells of one study hold its lock (in-process, and
-a PostgreSQL advisory lock across replicas; on SQLite, which serves one replica, in-process).
+it matches. Runs stored without a report (`hparamrec import`) reach a study when it is created
+and when it is next explored or read (predictor/study_sync.py). Telling is idempotent: trials
+carry the run_id they came from, so a re-sent run (or a retry after a failure between storing
+and telling) never adds a second trial. Asks and tells of one study hold its lock (in-process,
+and a PostgreSQL advisory lock across replicas; on SQLite, which serves one replica,
+in-process).
 """
 
 import itertools
 import math
 
 import numpy as np
-from optuna.trial import TrialState, create_trial
+from optuna.trial import TrialState
 
 from benchmark_db.records import Pins, RunRecord, RunReport, RunStatus, TrainingSpec
 from benchmark_db.store import RunStore
@@ -30,6 +32,7 @@ from predictor.recommendation import HYPERPARAMETERS, Interval, Recommendation, 
 from predictor.registry import ModelRegistry
 from predictor.sampler import PredictorGuidedSampler, candidates, space_point
 from predictor.study import SearchSpace, Studies, study_name, trial_id
+from predictor.study_sync import StudySync, add_runs, run_attrs
 
 GP_VERSION = "study-gp@1"
 GRID_POINTS = 41  # per free axis of lr and batch in the exploit search
@@ -54,6 +57,7 @@ class Refiner:
         self.studies = Studies(store.url, store.engine)
         self.store = store
         self.registry = registry
+        self.sync = StudySync(store, self.studies)
         self._prior = PriorRecommender()
 
     def close(self) -> None:
@@ -73,6 +77,7 @@ class Refiner:
         study = self.studies.load(name)
         if study is None:
             return base
+        self.sync.sync(tenant, spec, study)  # one indexed aggregate unless runs were imported
         conditioned = self._conditioned(study, model, spec, pins)
         if not conditioned.trials.n_completed and conditioned.lr_ok(params_of(base))[0]:
             return base
@@ -86,7 +91,7 @@ class Refiner:
             study = self.studies.load(name)
             if study is None:
                 study = self.studies.create(name, SearchSpace.around(base, spec, pins), spec, pins)
-                self._backfill(tenant, study)
+            self.sync.sync(tenant, spec, study, locked=True)  # a new study: every matching run
             conditioned = self._conditioned(study, model, spec, pins)
             if conditioned.trials.n_completed or not conditioned.lr_ok(params_of(base))[0]:
                 best, chosen = self._best(conditioned, base, pins, study)
@@ -222,7 +227,7 @@ class Refiner:
     def tell(self, tenant: str, run: RunRecord) -> None:
         """Tells the run's trial, or adds the run as a trial of every existing study of its
         spec whose pins it matches. (A study created later starts with the matching stored
-        runs: see _backfill.)"""
+        runs: see predictor/study_sync.py.)"""
         if run.trial_id and self._tell_trial(tenant, run):
             return
         values = {n: getattr(run.hyperparameters, n) for n in HYPERPARAMETERS}
@@ -231,18 +236,7 @@ class Refiner:
                 study = self.studies.load(name)
                 if not any(t.user_attrs.get("run_id") == run.run_id
                            for t in study.get_trials(deepcopy=False)):
-                    self._add(study, [run])
-
-    def _backfill(self, tenant: str, study) -> None:
-        """A new study starts with the tenant's stored runs of its spec key and pins (the
-        user's own configurations, and runs of other studies of the spec)."""
-        pinned = tuple(study.user_attrs["pins"])
-        matching = []
-        for run in self.store.all_runs(tenant):
-            values = {n: getattr(run.hyperparameters, n) for n in HYPERPARAMETERS}
-            if study_name(tenant, run.spec, Pins(**{n: values[n] for n in pinned})) == study.study_name:
-                matching.append(run)
-        self._add(study, matching)
+                    add_runs(study, [run])
 
     def _tell_trial(self, tenant: str, run: RunRecord) -> bool:
         """True when the run closed (or had closed) its trial; False when the trial cannot take
@@ -265,7 +259,7 @@ class Refiner:
                 storage.set_trial_user_attr(trial._trial_id, "superseded_by_run", run.run_id)
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 return False
-            for key, value in _attrs(run).items():
+            for key, value in run_attrs(run).items():
                 storage.set_trial_user_attr(trial._trial_id, key, value)
             if run.outcome.status is RunStatus.COMPLETED:
                 storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE,
@@ -282,31 +276,6 @@ class Refiner:
             for pinned in itertools.combinations(HYPERPARAMETERS, k)))
         existing = self.studies.existing(candidates)
         return [name for name in candidates if name in existing]
-
-    @staticmethod
-    def _add(study, runs: list[RunRecord]) -> None:
-        """Runs as finished trials with their own values (the distributions widened to hold
-        them); runs a log-scaled axis cannot hold (weight decay 0) are left out."""
-        space = Studies.space_of(study)
-        trials = []
-        for run in runs:
-            values = {n: getattr(run.hyperparameters, n) for n in HYPERPARAMETERS}
-            if not space.accepts(values):
-                continue
-            completed = run.outcome.status is RunStatus.COMPLETED
-            trials.append(create_trial(
-                state=TrialState.COMPLETE if completed else TrialState.FAIL,
-                value=run.outcome.final_loss if completed else None,
-                params=values, distributions=space.widened(values),
-                user_attrs=_attrs(run) | {"source": "reported configuration"}))
-        study.add_trials(trials)
-
-
-def _attrs(run: RunRecord) -> dict:
-    out = {"run_id": run.run_id, "outcome": run.outcome.status.value}
-    if run.outcome.status is not RunStatus.COMPLETED and run.outcome.final_loss is not None:
-        out["last_loss"] = run.outcome.final_loss
-    return out
 
 
 def _versions(rec: Recommendation, study, conditioned: ConditionedModel) -> tuple[str, ...]:

@@ -46,6 +46,13 @@ def _log_bin(value: float) -> str:
     return f"{math.exp(round(math.log(value) / SIZE_BIN) * SIZE_BIN):.3g}"  # 3 digits tell bins apart
 
 
+def bin_edges(value: float) -> tuple[float, float]:
+    """The values that share `value`'s size bin, a hair wider for float rounding (callers
+    compare the keys exactly): an index range on the runs table instead of a scan."""
+    k = round(math.log(value) / SIZE_BIN)
+    return math.exp((k - 0.5) * SIZE_BIN) * (1 - 1e-9), math.exp((k + 0.5) * SIZE_BIN) * (1 + 1e-9)
+
+
 def _pin_bin(name: str, value: float) -> str:
     return f"{round(value / QAT_STEP) * QAT_STEP:.2f}" if name == "qat_fraction" else _log_bin(value)
 

@@ -5,6 +5,7 @@ import threading
 import optuna
 import pytest
 
+from benchmark_db.importers import import_file
 from benchmark_db.records import Pins, resolve_spec
 from benchmark_db.store import RunStore
 from clients.client import Client
@@ -203,3 +204,40 @@ def test_studies_are_isolated_between_tenants(db_url, keys):  # noqa: F811
         assert [t.state.name for t in study_of(db_url, "bob").trials] == ["RUNNING"]
     finally:
         svc.stop(grace=1)
+
+
+IMPORTED = """run_id,n_params,n_tokens,lr,batch_size_tokens,weight_decay,final_loss
+imp-low,1e9,2e10,{low},{batch},0.1,2.61
+imp-high,1e9,2e10,{high},{batch},0.1,2.58
+imp-other-wd,1e9,2e10,{low},{batch},0.3,2.60
+imp-other-spec,2e9,2e10,{low},{batch},0.1,2.40
+"""
+
+
+def test_runs_imported_after_a_study_exists_reach_it_once(client, service, tmp_path):
+    url = service.settings.database_url
+    trial = client.recommend(SPEC, PINS, mode="explore")  # the study exists from here on
+    path = tmp_path / "runs.csv"
+    path.write_text(IMPORTED.format(low=trial.lr / 2, high=trial.lr * 2, batch=trial.batch_size_tokens))
+    store = RunStore(url)  # what `hparamrec import` does: straight into the database
+    try:
+        assert import_file(store, "default", path, "csv").added == 4
+    finally:
+        store.close()
+
+    exploit = client.recommend(SPEC, PINS)  # reading the study catches it up
+    assert "completed=2" in exploit.model_versions[0]
+    told = [(t.user_attrs.get("run_id"), t.state.name, t.value) for t in study_of(url).trials]
+    assert told == [(None, "RUNNING", None), ("imp-low", "COMPLETE", 2.61), ("imp-high", "COMPLETE", 2.58)]
+
+    store = RunStore(url)  # importing again adds nothing, and nothing is told twice
+    try:
+        assert import_file(store, "default", path, "csv").added == 0
+    finally:
+        store.close()
+    client.recommend(SPEC, PINS, mode="explore")
+    client.recommend(SPEC, PINS)
+    client.report_run(report(trial, 2.59, "reported"))  # the usual way still works alongside
+    client.recommend(SPEC, PINS, mode="explore")
+    runs = [t.user_attrs.get("run_id") for t in study_of(url).trials]
+    assert runs[:3] == ["reported", "imp-low", "imp-high"] and runs[3:] == [None, None]

@@ -8,7 +8,7 @@ import pytest
 from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, resolve_spec
 from predictor.prior import PriorRecommender
-from predictor.study import SearchSpace, spec_key, study_name, tenant_of
+from predictor.study import SIZE_BIN, SearchSpace, bin_edges, spec_key, study_name, tenant_of
 
 
 def key(pins=Pins(), **spec):
@@ -89,3 +89,15 @@ def test_encode_decode_and_widening():
 def test_space_round_trips_through_json():
     space, _ = space_for(Pins(batch_size_tokens=2**20))
     assert SearchSpace.from_json(space.to_json()) == space
+
+
+@pytest.mark.parametrize("value", [1e9, 2e10, 1.37e8, 7.7e12, 1.5e4])
+def test_bin_edges_hold_exactly_the_values_of_the_key_bin(value):
+    lo, hi = bin_edges(value)
+    assert lo < value < hi
+    assert hi / lo == pytest.approx(math.exp(SIZE_BIN), rel=1e-6)  # one bin, 2% wide
+    inside = [lo * (1 + 1e-6), hi * (1 - 1e-6)]
+    outside = [lo * (1 - 1e-6), hi * (1 + 1e-6)]
+    assert all(key(n_params=v) == key(n_params=value) for v in inside)
+    assert all(key(n_params=v) != key(n_params=value) for v in outside)
+

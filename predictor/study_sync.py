@@ -1,0 +1,132 @@
+"""Stored runs reach the studies of their spec, whichever way they were stored.
+
+A run reported through the service is told to its studies at once (Refiner.tell). Runs
+imported with `hparamrec import` go into the database without a server, so a study also
+catches up on the tenant's stored runs of its spec key (and pins) that it has not seen: when
+it is created, and whenever it is explored or read (exploit, PredictLoss) after such runs
+arrived.
+
+Cheap on the hot path (the exploit recommendation is computed on every cache miss): the
+watermark is (count, largest id) of the tenant's stored runs in the spec key's size bins, one
+aggregate over the runs index on (tenant, n_params, n_active_params, n_tokens), compared with
+the watermark this process last synced the study at. Only when it moved are the bins' runs
+read (narrow columns), and only when some are missing from the study is its lock taken. A
+count as well as an id: a run whose id was allocated before another's but committed after it
+still changes the count. Idempotent: a trial made from a run carries its run_id, checked
+under the study's lock, so a run is never added twice (here, by a report, or by a replica).
+"""
+
+from contextlib import nullcontext
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState, create_trial
+
+from benchmark_db.records import Pins, RunRecord, RunStatus, TrainingSpec
+from benchmark_db.schema import runs
+from benchmark_db.store import RunStore
+from predictor.recommendation import HYPERPARAMETERS
+from predictor.study import TRIAL_ID, SearchSpace, Studies, bin_edges, study_name
+
+_SPEC = ("n_params", "n_active_params", "n_tokens", "seq_len", "architecture", "optimizer",
+         "weight_bits")
+
+
+class StudySync:
+    def __init__(self, store: RunStore, studies: Studies):
+        self.store = store
+        self.studies = studies
+        self._synced: dict[str, tuple[int, int]] = {}  # study name -> watermark it was synced at
+
+    def mark(self, tenant: str, spec: TrainingSpec) -> tuple[int, int]:
+        """(count, largest id) of the tenant's stored runs in the spec key's size bins."""
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(runs.c.id), 0)).where(
+            *_in_bins(tenant, spec))
+        with self.store.engine.connect() as conn:
+            count, top = conn.execute(query).one()
+        return int(count), int(top)
+
+    def sync(self, tenant: str, spec: TrainingSpec, study: optuna.Study, locked: bool = False,
+             mark: tuple[int, int] | None = None) -> int:
+        """Adds the stored runs of the study's key and pins that it has not seen; returns how
+        many. `locked`: the caller holds the study's lock. `mark`: the watermark, when the
+        caller already read it for this spec."""
+        name = study.study_name
+        mark = self.mark(tenant, spec) if mark is None else mark  # read first: later runs move it
+        if self._synced.get(name) == mark:
+            return 0
+        added = 0
+        if self._unseen(tenant, spec, study):
+            with nullcontext() if locked else self.studies.lock(name):
+                unseen = self._unseen(tenant, spec, study)  # again, under the lock
+                add_runs(study, [self.store.get(tenant, run_id) for run_id in unseen])
+                added = len(unseen)
+        self._synced[name] = mark
+        return added
+
+    def _unseen(self, tenant: str, spec: TrainingSpec, study: optuna.Study) -> list[str]:
+        """run_ids of the stored runs of the study's key and pins that no trial carries. Runs
+        reported against one of this study's own trials are left to their report, which tells
+        them (closing the trial): added here while that report is in flight, they would be in
+        the study twice."""
+        attrs = study.user_attrs  # one query
+        pinned, space = tuple(attrs.get("pins", {})), SearchSpace.from_json(attrs["space"])
+        seen = {t.user_attrs.get("run_id") for t in study.get_trials(deepcopy=False)}
+        columns = [runs.c[c] for c in ("run_id", "trial_id", *_SPEC, *HYPERPARAMETERS)]
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(*columns).where(*_in_bins(tenant, spec))
+                                .order_by(runs.c.id)).mappings().all()
+        unseen = []
+        for row in rows:
+            if (row["run_id"] in seen or _own_trial(row["trial_id"], study._study_id)
+                    or not space.accepts({n: row[n] for n in HYPERPARAMETERS})):
+                continue
+            run_spec = TrainingSpec(**{c: row[c] for c in _SPEC})
+            if study_name(tenant, run_spec, Pins(**{n: row[n] for n in pinned})) == study.study_name:
+                unseen.append(row["run_id"])
+        return unseen
+
+
+def _in_bins(tenant: str, spec: TrainingSpec) -> list:
+    """WHERE clauses: the tenant's runs whose spec is in the key's bins (a hair wider: the key
+    is compared exactly afterwards)."""
+    c = runs.c
+    clauses = [c.tenant == tenant, c.seq_len == spec.seq_len, c.weight_bits == spec.weight_bits,
+               c.architecture == spec.architecture.value, c.optimizer == spec.optimizer.value]
+    for name in ("n_params", "n_active_params", "n_tokens"):
+        clauses.append(c[name].between(*bin_edges(getattr(spec, name))))
+    return clauses
+
+
+def _own_trial(trial_id: str, study_id: int) -> bool:
+    match = TRIAL_ID.fullmatch(trial_id or "")
+    return match is not None and int(match[1]) == study_id
+
+
+def add_runs(study: optuna.Study, records: list[RunRecord]) -> None:
+    """Runs as finished trials with their own values (the distributions widened to hold
+    them), each with the trial it was reported against, if any (a late report of a trial that
+    timed out, a report with other values, a trial of another study of the spec); runs a
+    log-scaled axis cannot hold (weight decay 0) are left out."""
+    space = Studies.space_of(study)
+    trials = []
+    for run in records:
+        values = {n: getattr(run.hyperparameters, n) for n in HYPERPARAMETERS}
+        if not space.accepts(values):
+            continue
+        completed = run.outcome.status is RunStatus.COMPLETED
+        trials.append(create_trial(
+            state=TrialState.COMPLETE if completed else TrialState.FAIL,
+            value=run.outcome.final_loss if completed else None,
+            params=values, distributions=space.widened(values),
+            user_attrs=run_attrs(run) | {"source": "reported configuration"}
+            | ({"reported_trial_id": run.trial_id} if run.trial_id else {})))
+    study.add_trials(trials)
+
+
+def run_attrs(run: RunRecord) -> dict:
+    """What a trial made from (or closed by) a run records: its run_id and its outcome."""
+    out = {"run_id": run.run_id, "outcome": run.outcome.status.value}
+    if run.outcome.status is not RunStatus.COMPLETED and run.outcome.final_loss is not None:
+        out["last_loss"] = run.outcome.final_loss
+    return out
