@@ -14,10 +14,15 @@ carry the run_id they came from, so a re-sent run (or a retry after a failure be
 and telling) never adds a second trial. Asks and tells of one study hold its lock (in-process,
 and a PostgreSQL advisory lock across replicas; on SQLite, which serves one replica,
 in-process).
+
+An explore trial not reported within `trial_timeout_seconds` is abandoned: the next explore of
+its study closes it as FAIL (user attribute timed_out), so the sampler stops steering around
+it; a late report against it is stored and added as the user's own run.
 """
 
 import itertools
 import math
+from datetime import datetime, timedelta
 
 import numpy as np
 from optuna.trial import TrialState
@@ -53,10 +58,11 @@ def _concat(*parts: Params) -> Params:
 
 
 class Refiner:
-    def __init__(self, store: RunStore, registry: ModelRegistry):
+    def __init__(self, store: RunStore, registry: ModelRegistry, trial_timeout_seconds: float = 0.0):
         self.studies = Studies(store.url, store.engine)
         self.store = store
         self.registry = registry
+        self.trial_timeout_seconds = trial_timeout_seconds  # 0: explore trials never time out
         self.sync = StudySync(store, self.studies)
         self._prior = PriorRecommender()
 
@@ -92,6 +98,7 @@ class Refiner:
             if study is None:
                 study = self.studies.create(name, SearchSpace.around(base, spec, pins), spec, pins)
             self.sync.sync(tenant, spec, study, locked=True)  # a new study: every matching run
+            self._expire(study)
             conditioned = self._conditioned(study, model, spec, pins)
             if conditioned.trials.n_completed or not conditioned.lr_ok(params_of(base))[0]:
                 best, chosen = self._best(conditioned, base, pins, study)
@@ -124,6 +131,23 @@ class Refiner:
             "trial_id": trial_id(study._study_id, trial.number),
             "sources": tuple(s for s in rec.sources if s.field not in space.free) + tuple(sources),
             "model_versions": _versions(rec, study, conditioned)})
+
+    def _expire(self, study) -> None:
+        """Closes the RUNNING trials handed out more than trial_timeout_seconds ago as FAIL
+        with user attribute timed_out: without a report they say nothing (the sampler ignores
+        such a FAIL), and a pending trial would keep repelling suggestions for ever. Called
+        under the study's lock, like the reports that close trials, so a trial is closed by
+        its report or by the time-out, never both. Optuna stamps datetime_start with the
+        local clock of the replica that asked: replicas share a time zone (UTC)."""
+        if not self.trial_timeout_seconds:
+            return
+        cutoff = datetime.now() - timedelta(seconds=self.trial_timeout_seconds)
+        storage = self.studies.storage()
+        why = f"no report within {self.trial_timeout_seconds:g} s of the trial being handed out"
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.datetime_start is not None and trial.datetime_start < cutoff:
+                storage.set_trial_user_attr(trial._trial_id, "timed_out", why)
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
     def _conditioned(self, study, model, spec: TrainingSpec, pins: Pins) -> ConditionedModel:
         space = Studies.space_of(study).with_pins(pins)

@@ -37,7 +37,8 @@ class Service:
         self.metrics = Metrics()
         self.registry = ModelRegistry(self.store, settings.predictor,
                                       settings.refit_debounce_seconds, on_refit=self.metrics.refitted)
-        self.refiner = Refiner(self.store, self.registry)  # Optuna studies: EXPLORE and reports
+        self.refiner = Refiner(self.store, self.registry,  # Optuna studies: EXPLORE and reports
+                               trial_timeout_seconds=settings.trial_timeout_seconds)
         self.engine = RecommendationEngine(self.store, self.registry, self.refiner,
                                            cache_seconds=settings.recommend_cache_seconds)
         self.refit_poller = RefitPoller(self.store, self.registry, settings.refit_poll_seconds)

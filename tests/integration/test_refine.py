@@ -1,9 +1,12 @@
 """The refinement loop through a real server: explore, report, exploit, Optuna's view."""
 
+import math
 import threading
+from datetime import timedelta
 
 import optuna
 import pytest
+import sqlalchemy as sa
 
 from benchmark_db.importers import import_file
 from benchmark_db.records import Pins, resolve_spec
@@ -14,7 +17,8 @@ from clients.models import Pins as ClientPins
 from clients.models import RunOutcome, RunReport, TrainingSpec
 from predictor.refine import Refiner
 from predictor.registry import ModelRegistry
-from predictor.study import study_name
+from predictor.sampler import MIN_DISTANCE
+from predictor.study import _storage_url, study_name
 from service.server import Service
 from service.settings import Settings
 from tests.integration.test_auth import keys, db_url  # noqa: F401  (fixtures)
@@ -202,6 +206,67 @@ def test_studies_are_isolated_between_tenants(db_url, keys):  # noqa: F811
             alice.report_run(report(trial, 2.4, "a1"))
         assert [t.user_attrs.get("run_id") for t in study_of(db_url, "alice").trials] == ["a1"]
         assert [t.state.name for t in study_of(db_url, "bob").trials] == ["RUNNING"]
+    finally:
+        svc.stop(grace=1)
+
+
+def backdate(url: str, trial_id: str, seconds: float) -> None:
+    """Moves a trial's start into the past, as if it had been handed out `seconds` ago."""
+    study_id, number = (int(x) for x in trial_id.split("-"))
+    engine = sa.create_engine(_storage_url(url))
+    trials = sa.table("trials", sa.column("study_id"), sa.column("number"),
+                      sa.column("datetime_start", sa.DateTime))  # Optuna's RDB schema
+    with engine.begin() as conn:
+        start = conn.scalar(sa.select(trials.c.datetime_start).where(
+            trials.c.study_id == study_id, trials.c.number == number))
+        conn.execute(trials.update().where(trials.c.study_id == study_id, trials.c.number == number)
+                     .values(datetime_start=start - timedelta(seconds=seconds)))
+    engine.dispose()
+
+
+def scaled_distance(a, b) -> float:
+    return math.hypot(math.log(a.lr / b.lr), math.log(a.batch_size_tokens / b.batch_size_tokens))
+
+
+def test_an_abandoned_trial_times_out_and_its_late_report_still_counts(client, service):
+    url, timeout = service.settings.database_url, service.settings.trial_timeout_seconds
+    assert timeout > 0  # the default: a week
+    abandoned = client.recommend(SPEC, PINS, mode="explore")
+    backdate(url, abandoned.trial_id, timeout + 60)
+    # No longer pending: the sampler stops avoiding it, and its configuration (the exploit
+    # recommendation, the best guess) is handed out again.
+    again = client.recommend(SPEC, PINS, mode="explore")
+    assert (again.lr, again.batch_size_tokens) == (abandoned.lr, abandoned.batch_size_tokens)
+    live = client.recommend(SPEC, PINS, mode="explore")  # `again` is live: avoided
+    assert scaled_distance(live, again) >= MIN_DISTANCE
+    backdate(url, again.trial_id, timeout - 60)  # old, but not past the time-out: still live
+    third = client.recommend(SPEC, PINS, mode="explore")
+    assert min(scaled_distance(third, again), scaled_distance(third, live)) >= MIN_DISTANCE
+
+    late = client.report_run(report(abandoned, 2.5, "late"))
+    assert late.created and late.run.trial_id == abandoned.trial_id
+    assert not client.report_run(report(abandoned, 2.5, "late")).created  # told once
+    trials = study_of(url).trials
+    assert trials[0].state is optuna.trial.TrialState.FAIL
+    assert "no report within" in trials[0].user_attrs["timed_out"]
+    assert [t.state.name for t in trials[1:4]] == ["RUNNING"] * 3
+    own = trials[4]
+    assert (own.state.name, own.value, own.user_attrs["run_id"]) == ("COMPLETE", 2.5, "late")
+    assert own.user_attrs["reported_trial_id"] == abandoned.trial_id
+    assert own.params["lr"] == abandoned.lr and len(trials) == 5
+
+
+def test_trials_never_time_out_with_a_time_out_of_zero(tmp_path):
+    svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'svc.db'}", port=0,
+                           auth_disabled=True, metrics_port=None, trial_timeout_seconds=0))
+    svc.start()
+    try:
+        with Client(f"127.0.0.1:{svc.port}", retries=0) as c:
+            first = c.recommend(SPEC, PINS, mode="explore")
+            backdate(svc.settings.database_url, first.trial_id, 10 * 365 * 86400)
+            second = c.recommend(SPEC, PINS, mode="explore")
+        assert scaled_distance(first, second) >= MIN_DISTANCE
+        assert [t.state.name for t in study_of(svc.settings.database_url).trials] == ["RUNNING"] * 2
     finally:
         svc.stop(grace=1)
 
