@@ -50,14 +50,20 @@ class RecommendationEngine:
                      weight_decay: np.ndarray, qat_fraction: np.ndarray
                      ) -> tuple[RunTable, LossPrediction, tuple[str, ...]]:
         """Loss at each point; NaN weight decay follows the timescale rule at the point's lr and
-        batch, NaN QAT fraction is the law's. Returns the completed points too."""
-        predictor = self.registry.get(tenant)
-        model = predictor.model if predictor is not None else PriorLossModel()
+        batch, NaN QAT fraction is the law's. Returns the completed points too. Once the spec
+        has a study with completed trials, the model conditioned on them (what the exploit
+        recommendation knows: see Refiner.predict_loss)."""
         timescale_wd = batch_size_tokens / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
         queries = RunTable.queries(
             spec, lr, batch_size_tokens,
             np.where(np.isnan(weight_decay), timescale_wd, weight_decay),
             np.where(np.isnan(qat_fraction), laws.DREMOV_QAT(spec), qat_fraction))
+        if self.refiner is not None:
+            conditioned = self.refiner.predict_loss(tenant, spec, queries)
+            if conditioned is not None:
+                return queries, *conditioned
+        predictor = self.registry.get(tenant)
+        model = predictor.model if predictor is not None else PriorLossModel()
         return queries, model.predict(queries), (model.version_,)
 
     def explore(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:

@@ -17,7 +17,8 @@ in-process).
 
 An explore trial not reported within `trial_timeout_seconds` is abandoned: the next explore of
 its study closes it as FAIL (user attribute timed_out), so the sampler stops steering around
-it; a late report against it is stored and added as the user's own run.
+it; a late report against it is stored and added as the user's own run. PredictLoss answers
+with the exploit's knowledge: the model conditioned on the spec's studies (predict_loss).
 """
 
 import itertools
@@ -31,6 +32,7 @@ from benchmark_db.records import Pins, RunRecord, RunReport, RunStatus, Training
 from benchmark_db.store import RunStore
 from predictor.argmin import ModelRecommender
 from predictor.conditioned import NOISE_SD, ConditionedModel, Params, StudyTrials
+from predictor.loss_model import LossPrediction
 from predictor.prior import NEAR_OPTIMAL_EXCESS, Z80, PriorRecommender
 from predictor.prior_model import PriorLossModel
 from predictor.recommendation import HYPERPARAMETERS, Interval, Recommendation, Source
@@ -38,6 +40,7 @@ from predictor.registry import ModelRegistry
 from predictor.sampler import PredictorGuidedSampler, candidates, space_point
 from predictor.study import SearchSpace, Studies, study_name, trial_id
 from predictor.study_sync import StudySync, add_runs, run_attrs
+from predictor.table import RunTable
 
 GP_VERSION = "study-gp@1"
 GRID_POINTS = 41  # per free axis of lr and batch in the exploit search
@@ -148,6 +151,36 @@ class Refiner:
             if trial.datetime_start is not None and trial.datetime_start < cutoff:
                 storage.set_trial_user_attr(trial._trial_id, "timed_out", why)
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    def predict_loss(self, tenant: str, spec: TrainingSpec,
+                     queries: RunTable) -> tuple[LossPrediction, tuple[str, ...]] | None:
+        """The loss at each query with the exploit's knowledge: the tenant's model conditioned
+        on the completed trials of the spec's studies (each run once). PredictLoss has no pins,
+        so every study of the spec key counts, in coordinates where all hyperparameters are
+        free (with one study, the exploit's own GP at its configurations). None while no
+        study of the spec has a completed trial: the model alone answers, as exploit does."""
+        names = self.studies.of_spec(tenant, spec)
+        if not names:
+            return None
+        model, _ = self._current(tenant)
+        mark = self.sync.mark(tenant, spec)  # one watermark for all the spec's studies
+        trials, ids = {}, []
+        for name in names:
+            study = self.studies.load(name)
+            self.sync.sync(tenant, spec, study, mark=mark)
+            ids.append(str(study._study_id))
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+                trials.setdefault(t.user_attrs.get("run_id") or (name, t.number), t)
+        found = StudyTrials.of(list(trials.values()))
+        if not found.n_completed:
+            return None
+        conditioned = ConditionedModel(model, spec, SearchSpace.unbounded(spec), found)
+        mean, sd = conditioned.predict({n: getattr(queries, n) for n in HYPERPARAMETERS})
+        half = Z80 * np.hypot(sd, NOISE_SD)  # as the exploit's predicted_loss_interval
+        version = (f"{GP_VERSION}:study={','.join(ids)}:completed={found.n_completed}:"
+                   f"diverged={len(found.diverged['lr'])}")
+        return (LossPrediction(mean=np.exp(mean), lo=np.exp(mean - half), hi=np.exp(mean + half)),
+                (version, model.version_))
 
     def _conditioned(self, study, model, spec: TrainingSpec, pins: Pins) -> ConditionedModel:
         space = Studies.space_of(study).with_pins(pins)

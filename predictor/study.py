@@ -38,6 +38,9 @@ SPACE_FACTOR = 10.0  # lr, batch and weight decay are searched from /10 to x10 t
 PREFIX = "hparamrec"
 TRIAL_ID = re.compile(r"(\d{1,18})-(\d{1,18})")
 LOG_SCALE = {"lr": True, "batch_size_tokens": True, "weight_decay": True, "qat_fraction": False}
+# ln of a log axis at 0 (a weight decay of 0, met only when conditioning across studies): far
+# from any positive value in length scales, so it shares only the GP's level with them.
+LOG_FLOOR = 1e-12
 
 
 def _log_bin(value: float) -> str:
@@ -118,6 +121,15 @@ class SearchSpace:
             bounds["batch_size_tokens"] = (min(hi, max(seq, math.ceil(lo / seq) * seq)), hi)
         return cls(bounds, fixed, spec.seq_len)
 
+    @classmethod
+    def unbounded(cls, spec: TrainingSpec) -> "SearchSpace":
+        """Every hyperparameter free (the QAT fraction only with quantization) and unbounded:
+        the coordinates for conditioning on the trials of all the studies of a spec, whatever
+        their pins (PredictLoss). Only encode() is meaningful on it."""
+        free = [n for n in HYPERPARAMETERS if n != "qat_fraction" or spec.quantized]
+        fixed = {} if spec.quantized else {"qat_fraction": 0.0}
+        return cls({n: (0.0, math.inf) for n in free}, fixed, spec.seq_len)
+
     @property
     def free(self) -> tuple[str, ...]:
         return tuple(n for n in HYPERPARAMETERS if n in self.bounds)
@@ -153,7 +165,8 @@ class SearchSpace:
     def encode(self, params: dict[str, np.ndarray | float]) -> np.ndarray:
         """Search coordinates (ln for log-scaled axes) of the free hyperparameters: (n, d)."""
         columns = [np.atleast_1d(np.asarray(params[n], float)) for n in self.free]
-        columns = [np.log(c) if LOG_SCALE[n] else c for n, c in zip(self.free, columns)]
+        columns = [np.log(np.maximum(c, LOG_FLOOR)) if LOG_SCALE[n] else c
+                   for n, c in zip(self.free, columns)]
         if not columns:
             return np.zeros((np.size(params["lr"]), 0))
         return np.column_stack(np.broadcast_arrays(*columns))
@@ -263,6 +276,16 @@ class Studies:
         query = sa.select(studies.c.study_name).where(studies.c.study_name.in_(names))
         with self.storage().engine.connect() as conn:
             return set(conn.scalars(query))
+
+    def of_spec(self, tenant: str, spec: TrainingSpec) -> list[str]:
+        """Names of the tenant's studies of this spec key, whatever their pins, oldest first."""
+        prefix = study_name(tenant, spec, Pins()).removesuffix("none")  # "... pins="
+        studies = sa.table("studies", sa.column("study_id"), sa.column("study_name"))
+        query = (sa.select(studies.c.study_name)
+                 .where(studies.c.study_name.startswith(prefix, autoescape=True))
+                 .order_by(studies.c.study_id))
+        with self.storage().engine.connect() as conn:  # SQLite's LIKE ignores case: recheck
+            return [name for name in conn.scalars(query) if name.startswith(prefix)]
 
     def create(self, name: str, space: SearchSpace, spec: TrainingSpec, pins: Pins,
                sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:

@@ -271,6 +271,34 @@ def test_trials_never_time_out_with_a_time_out_of_zero(tmp_path):
         svc.stop(grace=1)
 
 
+def test_predict_loss_knows_what_the_exploit_knows(client, service):
+    trial = client.recommend(SPEC, PINS, mode="explore")
+    point = trial.hyperparameters
+    before = client.predict_loss(SPEC, [point])
+    assert not before.model_versions[0].startswith("study-gp")  # a study, but nothing reported
+    reported = before.predictions[0].loss * 1.03  # 3% worse than the model expects
+    client.report_run(report(trial, reported, "a"))
+    assert service.registry.wait_idle(60)  # the refit on the run has landed
+
+    after = client.predict_loss(SPEC, [point])
+    assert after.model_versions[0].startswith("study-gp@1:study=")
+    assert "completed=1" in after.model_versions[0]
+    moved = after.predictions[0].loss
+    assert abs(moved - reported) < 0.1 * abs(before.predictions[0].loss - reported)
+    interval = after.predictions[0].loss_interval
+    assert interval.lo < reported < interval.hi
+
+    best = client.recommend(SPEC, PINS)  # the exploit, conditioned on the same study
+    at_best = client.predict_loss(SPEC, [best.hyperparameters]).predictions[0]
+    assert at_best.loss == pytest.approx(best.predicted_loss, rel=1e-9)
+    assert at_best.loss_interval.lo == pytest.approx(best.predicted_loss_interval.lo, rel=1e-9)
+    assert at_best.loss_interval.hi == pytest.approx(best.predicted_loss_interval.hi, rel=1e-9)
+    # A weight decay the pinned study never ran: the study's runs inform it less.
+    other = client.predict_loss(SPEC, [point.model_copy(update={"weight_decay": 1.0})])
+    assert abs(other.predictions[0].loss_interval.hi - other.predictions[0].loss_interval.lo) > \
+        abs(interval.hi - interval.lo)
+
+
 IMPORTED = """run_id,n_params,n_tokens,lr,batch_size_tokens,weight_decay,final_loss
 imp-low,1e9,2e10,{low},{batch},0.1,2.61
 imp-high,1e9,2e10,{high},{batch},0.1,2.58
@@ -306,3 +334,5 @@ def test_runs_imported_after_a_study_exists_reach_it_once(client, service, tmp_p
     client.recommend(SPEC, PINS, mode="explore")
     runs = [t.user_attrs.get("run_id") for t in study_of(url).trials]
     assert runs[:3] == ["reported", "imp-low", "imp-high"] and runs[3:] == [None, None]
+    predicted = client.predict_loss(SPEC, [trial.hyperparameters])
+    assert "completed=3" in predicted.model_versions[0]

@@ -8,7 +8,8 @@ import pytest
 from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, resolve_spec
 from predictor.prior import PriorRecommender
-from predictor.study import SIZE_BIN, SearchSpace, bin_edges, spec_key, study_name, tenant_of
+from predictor.study import (SIZE_BIN, SearchSpace, Studies, bin_edges, spec_key, study_name,
+                             tenant_of)
 
 
 def key(pins=Pins(), **spec):
@@ -101,3 +102,29 @@ def test_bin_edges_hold_exactly_the_values_of_the_key_bin(value):
     assert all(key(n_params=v) == key(n_params=value) for v in inside)
     assert all(key(n_params=v) != key(n_params=value) for v in outside)
 
+
+def test_unbounded_space_frees_everything_and_encodes_a_weight_decay_of_zero():
+    spec = resolve_spec(n_params=1e9, n_tokens=2e10)
+    space = SearchSpace.unbounded(spec)
+    assert space.free == ("lr", "batch_size_tokens", "weight_decay")
+    assert space.fixed == {"qat_fraction": 0.0}
+    assert SearchSpace.unbounded(resolve_spec(n_params=1e9, n_tokens=2e10, weight_bits=4)).free[-1] \
+        == "qat_fraction"
+    z = space.encode({"lr": np.array([1e-3, 1e-3]), "batch_size_tokens": np.array([1e6, 1e6]),
+                      "weight_decay": np.array([0.1, 0.0]), "qat_fraction": np.zeros(2)})
+    assert np.isfinite(z).all() and z[0, 2] - z[1, 2] > 20  # wd 0 is far from any other
+
+
+def test_studies_of_a_spec_are_the_callers_own_with_any_pins(tmp_path):
+    studies = Studies(f"sqlite:///{tmp_path / 'studies.db'}")
+    spec, other = resolve_spec(n_params=1e9, n_tokens=2e10), resolve_spec(n_params=2e9, n_tokens=2e10)
+    space = SearchSpace.around(PriorRecommender().recommend(spec, Pins()), spec, Pins())
+    try:
+        for tenant, s, pins in [("a_b", spec, Pins(weight_decay=0.1)), ("A_B", spec, Pins()),
+                                ("axb", spec, Pins()), ("a_b", other, Pins()), ("a_b", spec, Pins())]:
+            studies.create(study_name(tenant, s, pins), space, s, pins)
+        assert studies.of_spec("a_b", spec) == [study_name("a_b", spec, Pins(weight_decay=0.1)),
+                                                study_name("a_b", spec, Pins())]  # oldest first
+        assert studies.of_spec("nobody", spec) == []
+    finally:
+        studies.close()
