@@ -4,7 +4,8 @@
 Numbers are written in full (Python's shortest round-trip form), so a re-imported run has the
 same values; the spec is written as n_params, n_active_params and n_tokens (compute_flops
 follows from them). Where a run came from (`source`) and when it was stored are not part of
-the format.
+the format. A run's trial_id is written as it is; `hparamrec import` keeps it as the label
+`imported_trial_id`, since a trial id names a trial of the database that issued it.
 """
 
 import csv
@@ -18,7 +19,7 @@ SPEC_COLUMNS = ("n_params", "n_active_params", "n_tokens", "seq_len", "architect
                 "optimizer", "weight_bits")
 HYPERPARAMETER_COLUMNS = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
 COLUMNS = ("run_id", *SPEC_COLUMNS, *HYPERPARAMETER_COLUMNS, "status", "final_loss",
-           "recommendation_id")
+           "recommendation_id", "trial_id")
 CSV_METADATA_PREFIX = "metadata."
 FORMATS = ("jsonl", "csv")
 
@@ -30,6 +31,7 @@ def record(run: Run) -> dict:
     values |= {name: getattr(run.hyperparameters, name) for name in HYPERPARAMETER_COLUMNS}
     values |= {"status": run.outcome.status.value, "final_loss": run.outcome.final_loss,
                "recommendation_id": run.recommendation_id or None,
+               "trial_id": run.trial_id or None,
                "metadata": dict(sorted(run.metadata.items()))}
     return values
 

@@ -17,9 +17,17 @@ _SPEC_INTEGERS = ("seq_len", "weight_bits")
 _SPEC_NAMES = ("architecture", "optimizer")
 _HYPERPARAMETERS = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
 COLUMNS = frozenset({"run_id", *_SPEC_NUMBERS, *_SPEC_INTEGERS, *_SPEC_NAMES, *_HYPERPARAMETERS,
-                     "final_loss", "status", "diverged", "metadata", "recommendation_id"})
+                     "final_loss", "status", "diverged", "metadata", "recommendation_id",
+                     "trial_id"})
 CSV_METADATA_PREFIX = "metadata."
 _CSV_COLUMNS = (COLUMNS - {"metadata"}) | {CSV_METADATA_PREFIX + "KEY"}
+# A trial id ("<study id>-<trial number>") names a trial of the database that issued it, and
+# study ids start at 1 in every database: stored as the run's trial_id in another database, it
+# would claim whatever trial has that id there (the refinement loop takes a run with a trial_id
+# for that trial's, and a report re-sent with the run's run_id is told to it). So an imported
+# trial_id is kept as this metadata label, and the run's trial_id stays empty: to the target's
+# studies the run is one of the user's own configurations.
+IMPORTED_TRIAL_KEY = "imported_trial_id"
 # Validation needs some run_id; a row without one gets the hash of its validated content.
 _PLACEHOLDER_ID = "pending"
 
@@ -113,13 +121,26 @@ def _report(fields: dict, source: str) -> RunReport:
         "spec": spec,
         "hyperparameters": hyperparameters,
         "outcome": {"status": status, "final_loss": loss},
-        "metadata": fields.get("metadata", {}),
+        "metadata": _with_trial_label(fields.get("metadata", {}), fields.get("trial_id")),
         "recommendation_id": fields.get("recommendation_id", ""),
         "source": source,
     })
     if "run_id" not in fields:
         report = report.model_copy(update={"run_id": content_id(report)})
     return report
+
+
+def _with_trial_label(metadata, trial_id):
+    """The metadata, with the row's trial_id as the IMPORTED_TRIAL_KEY label."""
+    if trial_id in (None, "") or not isinstance(metadata, dict):  # a bad metadata: validation's
+        return metadata
+    if not isinstance(trial_id, str):
+        raise InvalidArgument.single("trial_id", f"expected a string (got {trial_id!r})")
+    kept = metadata.get(IMPORTED_TRIAL_KEY)
+    if kept is not None and kept != trial_id:
+        raise InvalidArgument.single(
+            "trial_id", f"{trial_id!r} contradicts metadata {IMPORTED_TRIAL_KEY} {kept!r}")
+    return {**metadata, IMPORTED_TRIAL_KEY: trial_id}
 
 
 def _status(status, diverged: bool | None, loss: float | None):

@@ -74,9 +74,23 @@ def test_export_writes_the_import_format():
     out = io.StringIO()
     write_csv(runs, out)
     header, row_a, row_b = out.getvalue().splitlines()
-    assert header.endswith(",recommendation_id,metadata.cluster,metadata.z")
+    assert header.endswith(",recommendation_id,trial_id,metadata.cluster,metadata.z")
     assert row_a.startswith("a,1300000000.0,1300000000.0,100000000000.0,2048,dense,adamw,16,0.001,")
-    assert row_b.endswith(",diverged,,,,")
+    assert row_b.endswith(",diverged,,,,,")
+
+
+@pytest.mark.parametrize("file_format", ["csv", "jsonl"])
+def test_exported_trial_ids_import_as_labels(tmp_path, file_format):
+    from benchmark_db.importers import read_runs
+    from clients.export import WRITERS
+
+    runs = [run("t").model_copy(update={"trial_id": "2-5"}), run("own")]
+    path = tmp_path / f"runs.{file_format}"
+    with open(path, "w", newline="") as f:
+        WRITERS[file_format](runs, f)
+    imported = {r.run_id: r for r in read_runs(path, file_format)}
+    assert imported["t"].metadata == {"imported_trial_id": "2-5"} and imported["t"].trial_id == ""
+    assert imported["own"].metadata == {}
 
 
 def test_plot_axes_cover_the_recommendation_and_the_runs():

@@ -251,6 +251,44 @@ def test_bad_jsonl_line_names_the_row(tmp_path, line, field):
     assert violation_fields(exc) == [field]
 
 
+# --- trial ids: kept as a label, never as a claim on the target database's trials -----------
+
+TRIAL_ROW = {"n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3, "batch_size_tokens": 1e6,
+             "weight_decay": 0.1, "final_loss": 2.5}
+
+
+def test_a_trial_id_is_kept_as_the_imported_trial_id_label(tmp_path):
+    path = write_csv(tmp_path / "r.csv", ["run_id", *TRIAL_ROW, "trial_id", "metadata.cluster"],
+                     [["t", *TRIAL_ROW.values(), "3-1", "a100"],
+                      ["own", *TRIAL_ROW.values(), "", ""]])
+    runs = by_id(read_runs(path, "csv"))
+    assert runs["t"].trial_id == "" and runs["own"].trial_id == ""
+    assert runs["t"].metadata == {"cluster": "a100", "imported_trial_id": "3-1"}
+    assert runs["own"].metadata == {}
+
+
+def test_a_trial_id_and_its_label_are_one_run_and_must_agree(tmp_path):
+    as_column, as_label = ({**TRIAL_ROW, "trial_id": "3-1"},
+                           {**TRIAL_ROW, "metadata": {"imported_trial_id": "3-1"}})
+    both = {**as_column, "metadata": {"imported_trial_id": "3-1"}}
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in (as_column, as_label, both)))
+    first, second, third = read_runs(path, "jsonl")
+    assert first == second == third  # the same content id: importing it again adds nothing
+    path.write_text(json.dumps({**both, "trial_id": "3-2"}) + "\n")
+    with pytest.raises(InvalidArgument, match="contradicts metadata imported_trial_id") as exc:
+        read_runs(path, "jsonl")
+    assert violation_fields(exc) == ["row 1: trial_id"]
+
+
+def test_a_trial_id_that_is_not_a_string_names_the_column(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({**TRIAL_ROW, "trial_id": 7}) + "\n")
+    with pytest.raises(InvalidArgument) as exc:
+        read_runs(path, "jsonl")
+    assert violation_fields(exc) == ["row 1: trial_id"]
+
+
 def test_identical_rows_are_one_run_read_twice(tmp_path):
     row = ["a", "1e9", "2e10", "1e-3", "1e6", "0.1", "2.5"]
     header = ["run_id", "n_params", "n_tokens", "lr", "batch_size_tokens", "weight_decay",
@@ -314,6 +352,7 @@ def test_doc_examples_import_as_described(tmp_path):
     moe, quantized, blown_up = runs["jsonl"]
     assert moe.spec.architecture == "moe" and moe.metadata == {"team": "moe", "commit": "ab12f"}
     assert quantized.spec.weight_bits == 4 and quantized.hyperparameters.qat_fraction == 0.3
+    assert quantized.metadata == {"imported_trial_id": "12-3"} and quantized.trial_id == ""
     assert blown_up.outcome.status == "diverged" and blown_up.run_id.startswith("sha256:")
 
     assert [r.outcome.status for r in runs["steplaw"]] == ["completed", "completed", "diverged"]
