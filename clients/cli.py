@@ -337,18 +337,27 @@ def runs_export(file_format, out, client, as_json) -> None:
 @pin_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False, writable=True),
               help="Image file to write (PNG; the format follows the extension).")
+@click.option("--study", is_flag=True,
+              help="Plot the refinement history of the spec's study (its runs in the order "
+                   "reported, and the exploit recommendation) instead of the loss landscape.")
 @click.option("--grid", "points", type=click.IntRange(5, 100), default=25, show_default=True,
-              help="Points per axis.")
+              help="Points per axis of the landscape.")
 @client_options
-@json_option(help='Print {"out": FILE, "grid": [N, N], "runs": N, "recommendation": {...}}.')
-def plot(out, points, client, as_json, **kw) -> None:
+@json_option(help='Print {"out": FILE, "grid": [N, N], "runs": N, "recommendation": {...}}; '
+                  'with --study {"out": FILE, "runs": N, "trials": N, "diverged": N, '
+                  '"failed": N, "best": {run} or null, "recommendation": {...}}.')
+def plot(out, study, points, client, as_json, **kw) -> None:
     """The predicted loss over learning rate x batch size for a spec, with the recommendation,
     its 80% interval and the stored runs of the spec marked. Pin --weight-decay or
-    --qat-fraction to hold them fixed; --lr and --batch-size-tokens move the recommendation."""
+    --qat-fraction to hold them fixed; --lr and --batch-size-tokens move the recommendation.
+    With --study: the runs of the spec's study (the spec and its pins) in the order reported,
+    explore trials and your own runs, the best loss so far and the exploit recommendation."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CliError("plot needs matplotlib: pip install 'hparamrec[plot]'", 1) from None
+    if study:
+        return _plot_study(out, _spec(kw), _pins(kw), client, as_json)
     from clients import plot as plotting
 
     pins = _pins(kw)
@@ -366,6 +375,37 @@ def plot(out, points, client, as_json, **kw) -> None:
     else:
         click.echo(f"wrote {out}: predicted loss on a {points} x {points} grid, "
                    f"{len(found)} stored runs of this spec marked")
+
+
+def _plot_study(out, spec, pins, client, as_json) -> None:
+    from clients import study_plot
+    from clients.models import RunStatus
+
+    with client() as c:
+        h = study_plot.history(c, spec, pins)
+    if not h.runs:
+        pinned = study_plot.describe_pins(pins)
+        raise CliError(f"no stored runs of {h.rec.spec.describe()}, seq len {h.rec.spec.seq_len}"
+                       + (f" with {pinned}" if pinned else "") + ": report runs of it (`hparamrec "
+                       "recommend --mode explore` suggests the next one) before plotting its study",
+                       4)
+    study_plot.draw(out, h)
+    best = h.best
+    diverged, failed = len(h.with_status(RunStatus.DIVERGED)), len(h.with_status(RunStatus.FAILED))
+    if as_json:
+        _print_json({"out": out, "runs": len(h.runs), "trials": len(h.trials),
+                     "diverged": diverged, "failed": failed,
+                     "best": to_dict(best) if best else None, "recommendation": to_dict(h.rec)})
+        return
+    best_text = (f"best loss {best.outcome.final_loss:.3f} (run {best.run_id})" if best
+                 else "no completed run yet")
+    click.echo(f"wrote {out}: {_count(len(h.runs), 'run')} of the study "
+               f"({_count(len(h.trials), 'explore trial')}, {diverged} diverged), {best_text}; "
+               f"the exploit recommendation predicts {h.rec.predicted_loss:.3f}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 IMPORT_FORMATS = ("steplaw", "csv", "jsonl")  # benchmark_db.importers.FORMATS, without its imports
