@@ -12,7 +12,10 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/hparamrec.db"
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
-    max_workers: int = Field(default=32, ge=1)
+    # Handler threads. Python runs one at a time (the GIL), so more threads add switching, not
+    # throughput: on 2 cores 8 served more repeated-spec Recommends than 32, with a shorter tail
+    # (docs/benchmarks.md, load), and leave room beside a few slow calls (explore).
+    max_workers: int = Field(default=8, ge=1)
     # Calls received but waiting for a worker; beyond this many, new ones are refused.
     max_pending_calls: int = Field(default=10_000, ge=1)
     # Requests above this size get RESOURCE_EXHAUSTED before any handler runs.
