@@ -189,8 +189,9 @@ class Refiner:
     def _best(self, conditioned: ConditionedModel, base: Recommendation, pins: Pins,
               study) -> tuple[Recommendation, Params]:
         """The argmin of the conditioned mean among the configurations the model allows, and
-        the recommendation for it (lr and batch intervals: the band of the conditioned mean
-        within NEAR_OPTIMAL_EXCESS of its minimum)."""
+        the recommendation for it (lr and batch intervals: the band of the grid where the
+        conditioned mean is within NEAR_OPTIMAL_EXCESS of the grid's minimum, widened to hold the
+        argmin)."""
         space, spec = conditioned.space, conditioned.spec
         rng = np.random.default_rng(0)
         grid = self._grid(space, spec, base, pins)
@@ -211,8 +212,11 @@ class Refiner:
         mean = np.where(conditioned.lr_ok(pool), mean, np.inf)
         i = int(np.argmin(mean))
         chosen = _take(pool, i)
-        n_grid = len(grid["lr"])
-        near = mean[:n_grid] <= mean[i] + math.log1p(NEAR_OPTIMAL_EXCESS)
+        # The band is read off the grid against the grid's own minimum: measured against an
+        # argmin found between grid points (a dip the GP puts at a tried run), no grid point
+        # would be near and the interval would shrink to the point.
+        on_grid = mean[:len(grid["lr"])]
+        near = np.isfinite(on_grid) & (on_grid <= on_grid.min() + math.log1p(NEAR_OPTIMAL_EXCESS))
         band = {n: (min(grid[n][near].min(initial=chosen[n][0]), chosen[n][0]),
                     max(grid[n][near].max(initial=chosen[n][0]), chosen[n][0]))
                 for n in ("lr", "batch_size_tokens")}

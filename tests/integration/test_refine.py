@@ -336,3 +336,15 @@ def test_runs_imported_after_a_study_exists_reach_it_once(client, service, tmp_p
     assert runs[:3] == ["reported", "imp-low", "imp-high"] and runs[3:] == [None, None]
     predicted = client.predict_loss(SPEC, [trial.hyperparameters])
     assert "completed=3" in predicted.model_versions[0]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_conditioned_exploit_keeps_an_interval_around_its_values(client):
+    pinned = ClientPins(batch_size_tokens=1e6)  # one free axis: the band cannot borrow width
+    for k, loss in enumerate([2.43, 2.41, 2.42]):
+        trial = client.recommend(SPEC, pinned, mode="explore")
+        client.report_run(report(trial, loss, f"r{k}"))
+    best = client.recommend(SPEC, pinned)
+    assert any(s.name == "refine" for s in best.sources)
+    assert best.lr_interval.lo <= best.lr <= best.lr_interval.hi
+    assert best.lr_interval.hi > 1.1 * best.lr_interval.lo
