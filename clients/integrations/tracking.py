@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from clients import convert
 from clients.client import Client
 from clients.errors import HparamrecError
-from clients.models import (Hyperparameters, Pins, Recommendation, ReportResult, RunOutcome,
+from clients.models import (Hyperparameters, Mode, Pins, Recommendation, ReportResult, RunOutcome,
                             RunReport, RunStatus, TrainingSpec)
 
 log = logging.getLogger("hparamrec.integrations")
@@ -49,6 +49,8 @@ class TrackedRun:
     spec: the TrainingSpec (a model, dict or proto message; sizes accept "1.3B").
     hyperparameters: what the run uses; if None, start() fetches a recommendation (with pins)
         and uses it. Change what the trainer actually ended up using with use().
+    mode: "exploit" (the best configuration known) or "explore" (the next trial of the spec's
+        study: the run then reports against its trial_id, and the sweep refines itself).
     client: a Client to use (not closed here); else one is made from server/api_key (and their
         HPARAMREC_* variables) and closed after the report.
     reporting: False on the ranks of a distributed job that must not report.
@@ -58,7 +60,7 @@ class TrackedRun:
                  pins: Pins | dict | None = None, client: Client | None = None,
                  server: str | None = None, api_key: str | None = None, run_id: str | None = None,
                  metadata: dict[str, str] | None = None, integration: str = "tracked_run",
-                 reporting: bool = True):
+                 reporting: bool = True, mode: str = "exploit"):
         self.spec = convert.coerce(spec, TrainingSpec)
         self.pins = convert.coerce(pins, Pins) if pins is not None else Pins()
         self.hyperparameters = (convert.coerce(hyperparameters, Hyperparameters)
@@ -66,6 +68,7 @@ class TrackedRun:
         self.run_id = run_id or os.environ.get("HPARAMREC_RUN_ID") or uuid.uuid4().hex
         self.metadata = {"integration": integration, **(metadata or {})}
         self.reporting = reporting
+        self.mode = Mode(mode)  # a typo fails here, before any training
         self.recommendation: Recommendation | None = None
         self.last_loss: float | None = None
         self.steps_logged = 0
@@ -90,7 +93,7 @@ class TrackedRun:
                                                      convert.coerce(pins, Pins).model_dump().items()
                                                      if v is not None})
         if self.hyperparameters is None or pins is not None:
-            self.recommendation = self.client.recommend(self.spec, self.pins)
+            self.recommendation = self.client.recommend(self.spec, self.pins, mode=self.mode)
             self.hyperparameters = self.recommendation.hyperparameters
         return self.hyperparameters
 

@@ -80,6 +80,23 @@ def test_tracked_run_trains_with_the_recommendation_and_reports_the_last_loss(ta
     assert stored.metadata == {"integration": "tracked_run", "team": "a", "steps_logged": "5"}
 
 
+def test_tracked_runs_in_explore_mode_run_and_report_distinct_trials(target):
+    runs = []
+    for k in range(2):
+        with tracked_run(SPEC, server=target, run_id=f"sweep-{k}", mode="explore") as run:
+            run.log(1.0 - 0.1 * k)
+        runs.append(run)
+    first, second = (r.recommendation for r in runs)
+    assert first.trial_id and second.trial_id and first.trial_id != second.trial_id
+    assert first.hyperparameters != second.hyperparameters
+    with Client(target) as client:
+        stored = [client.get_run(f"sweep-{k}") for k in range(2)]
+    assert [s.trial_id for s in stored] == [first.trial_id, second.trial_id]
+    assert [s.hyperparameters for s in stored] == [first.hyperparameters, second.hyperparameters]
+    with pytest.raises(ValueError):
+        TrackedRun(SPEC, server=target, mode="explroe")
+
+
 def test_tracked_run_reports_a_nan_loss_as_diverged_at_once(target):
     hp = Hyperparameters(lr=1e-3, batch_size_tokens=64, weight_decay=0.1)
     with Client(target) as client:
