@@ -1,4 +1,5 @@
-"""Fitted predictors by name: what `--predictor prior|surface|lightgbm|auto|pfn` selects."""
+"""Fitted predictors by name: what `--predictor prior|surface|lightgbm|auto|pfn|ensemble`
+selects."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,12 +58,19 @@ def _auto() -> LossModel:
     return AutoModel()
 
 
+def _ensemble() -> LossModel:
+    from predictor.ensemble import EnsembleModel
+
+    return EnsembleModel()
+
+
 MODEL_FACTORIES: dict[str, Callable[[], LossModel]] = {
     "prior": _prior,
     "surface": _surface,
     "lightgbm": _lightgbm,
     "auto": _auto,
     "pfn": _pfn,
+    "ensemble": _ensemble,
 }
 
 

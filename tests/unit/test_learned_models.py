@@ -124,3 +124,22 @@ def test_auto_skips_a_group_with_only_diverged_runs():
     model = AutoModel().fit(RunTable.concat([train, lone]))
     assert set(model.inner_regret_) == set(CANDIDATES)
     assert np.isfinite(list(model.inner_regret_.values())).all()
+
+
+def test_the_ensemble_averages_its_members_in_log_loss_and_learns_an_unseen_group():
+    from predictor.ensemble import EnsembleModel
+
+    train = without(ALL, HELD_OUT)
+    model = EnsembleModel().fit(train)
+    spec = TrainingSpec(n_params=HELD_OUT[0], n_active_params=HELD_OUT[0], n_tokens=HELD_OUT[1])
+    true_lr, true_batch = true_optimum(*HELD_OUT)
+    queries = RunTable.queries(spec, true_lr * np.array([0.5, 1.0, 2.0]), true_batch, 0.1, 0.0)
+    members = [m.predict(queries) for m in model.models_]
+    prediction = model.predict(queries)
+    assert prediction.mean == pytest.approx(np.exp(np.mean([np.log(p.mean) for p in members], axis=0)))
+    assert np.all((prediction.lo <= prediction.mean) & (prediction.mean <= prediction.hi))
+    assert model.mean(queries) == pytest.approx(prediction.mean)
+    assert model.version_.startswith("ensemble[") and "pfn" in model.version_
+    lr, batch = recommend(model, train, HELD_OUT)
+    assert lr == pytest.approx(true_lr, rel=0.25)
+    assert batch == pytest.approx(true_batch, rel=0.35)
