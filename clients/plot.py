@@ -91,13 +91,14 @@ def _rows(values: list[float], width: int) -> list[list[float]]:
 
 
 def same_spec(a: TrainingSpec, b: TrainingSpec, rel: float = 1e-6) -> bool:
-    """The same model and data (sizes within rel; architecture and weight bits equal)."""
+    """The same model and data (sizes within rel; architecture, weight bits and sequence
+    length equal)."""
     def close(x, y):
         return x is not None and y is not None and abs(x - y) <= rel * max(abs(x), abs(y))
 
     return (close(a.n_params, b.n_params) and close(a.n_active_params, b.n_active_params)
             and close(a.n_tokens, b.n_tokens) and a.architecture == b.architecture
-            and a.weight_bits == b.weight_bits)
+            and a.weight_bits == b.weight_bits and a.seq_len == b.seq_len)
 
 
 def runs_of(spec: TrainingSpec, runs: Iterable[Run]) -> list[Run]:

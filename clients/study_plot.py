@@ -65,8 +65,7 @@ def matches_pins(run: Run, spec: TrainingSpec, pins: Pins) -> bool:
 def study_runs(spec: TrainingSpec, pins: Pins, runs: Iterable[Run]) -> list[Run]:
     """The runs of the spec's study, in the order given: same sizes, architecture, weight bits
     and sequence length as the resolved spec, and values matching the pins."""
-    return [r for r in runs if same_spec(r.spec, spec) and r.spec.seq_len == spec.seq_len
-            and matches_pins(r, spec, pins)]
+    return [r for r in runs if same_spec(r.spec, spec) and matches_pins(r, spec, pins)]
 
 
 def history(client: Client, spec: TrainingSpec, pins: Pins) -> History:

@@ -105,5 +105,7 @@ def test_plot_axes_cover_the_recommendation_and_the_runs():
 def test_plot_marks_runs_of_the_same_spec_only():
     other = SPEC.model_copy(update={"n_tokens": 2e11})
     quantized = SPEC.model_copy(update={"weight_bits": 4})
-    runs = [run("same"), run("other", spec=other), run("q", spec=quantized)]
+    longer = SPEC.model_copy(update={"seq_len": 2 * (SPEC.seq_len or 2048)})
+    runs = [run("same"), run("other", spec=other), run("q", spec=quantized),
+            run("long", spec=longer)]
     assert [r.run_id for r in plot.runs_of(SPEC, runs)] == ["same"]
