@@ -167,6 +167,8 @@ class Refiner:
         trials, ids = {}, []
         for name in names:
             study = self.studies.load(name)
+            if study is None:  # being created
+                continue
             self.sync.sync(tenant, spec, study, mark=mark)
             ids.append(str(study._study_id))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
@@ -295,8 +297,8 @@ class Refiner:
         for name in self._matching_studies(tenant, run.spec, values):
             with self.studies.lock(name):
                 study = self.studies.load(name)
-                if not any(t.user_attrs.get("run_id") == run.run_id
-                           for t in study.get_trials(deepcopy=False)):
+                if study is not None and not any(t.user_attrs.get("run_id") == run.run_id
+                                                 for t in study.get_trials(deepcopy=False)):
                     add_runs(study, [run])
 
     def _tell_trial(self, tenant: str, run: RunRecord) -> bool:

@@ -266,7 +266,11 @@ class Studies:
             storage.get_study_id_from_name(name)
         except KeyError:
             return None
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        # Created but without its search space yet: another replica is creating it under the
+        # study's lock (or died doing so; the next explore finishes the creation). Until then
+        # it has no trials to learn from: as if it did not exist.
+        return study if "space" in study.user_attrs else None
 
     def existing(self, names: list[str]) -> set[str]:
         """Which of these studies exist, in one query (a report checks up to 16 names)."""

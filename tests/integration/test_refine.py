@@ -348,3 +348,21 @@ def test_the_conditioned_exploit_keeps_an_interval_around_its_values(client):
     assert any(s.name == "refine" for s in best.sources)
     assert best.lr_interval.lo <= best.lr <= best.lr_interval.hi
     assert best.lr_interval.hi > 1.1 * best.lr_interval.lo
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_study_caught_half_created_is_ignored_until_an_explore_completes_it(client, service):
+    """Another replica creates a study, then sets its search space, under the study's lock;
+    callers that do not take the lock may see it in between (or after that replica died)."""
+    name = study_name("default", resolve_spec(n_params=1e9, n_tokens=2e10), Pins(weight_decay=0.1))
+    optuna.create_study(study_name=name, storage=service.settings.database_url)  # no space yet
+    rec = client.recommend(SPEC, PINS)
+    assert not any(s.name == "refine" for s in rec.sources)
+    client.report_run(RunReport(run_id="mine", spec=SPEC, hyperparameters=rec.hyperparameters,
+                                outcome=RunOutcome.completed(2.6)))
+    assert client.predict_loss(SPEC, [rec.hyperparameters]).predictions[0].loss > 0
+    trial = client.recommend(SPEC, PINS, mode="explore")
+    assert trial.trial_id
+    study = study_of(service.settings.database_url)
+    assert "space" in study.user_attrs
+    assert [t.user_attrs.get("run_id") for t in study.trials] == ["mine", None]
