@@ -64,9 +64,25 @@ def test_examples_run(doc, tmp_path):
     try:
         for block in found:
             reader.run(block)
+        # Shown trial values are copied into the `report --trial-id` lines after them; were
+        # they stale, the report would not close its trial (and any-numbers would hide it).
+        assert not superseded_trials(service.settings.database_url), \
+            f"{doc}: a report --trial-id example sent values other than its trial's"
     finally:
         reader.close()
         service.stop(grace=0)
+
+
+def superseded_trials(url: str) -> list[str]:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        return [f"{study.study_name} #{trial.number}" for study in storage.get_all_studies()
+                for trial in storage.get_all_trials(study._study_id, deepcopy=False)
+                if "superseded_by_run" in trial.user_attrs]
+    finally:
+        storage.engine.dispose()
 
 
 def test_the_docs_have_examples_and_few_skips():
