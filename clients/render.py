@@ -67,18 +67,21 @@ def _join(items: list[str]) -> str:
 def recommendation(rec: Recommendation, explain: bool = False) -> None:
     table = Table(title=rec.spec.describe() + f", seq len {rec.spec.seq_len}",
                   title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("", no_wrap=True)
-    table.add_column("value", no_wrap=True)
-    table.add_column("80% interval", no_wrap=True)
-    table.add_column("source", no_wrap=True)
+    rows = []
     for field in RECOMMENDED_FIELDS:
         interval = rec.interval(field)
         value = _fmt(field, getattr(rec, field))
         if field == "batch_size_tokens":
             value += f" ({rec.batch_size_sequences} x {rec.spec.seq_len})"
-        table.add_row(LABELS[field], value,
-                      f"{_fmt(field, interval.lo)} - {_fmt(field, interval.hi)}",
-                      "\n".join(escape(s.name) for s in rec.sources_for(field)))
+        rows.append((LABELS[field], value, f"{_fmt(field, interval.lo)} - {_fmt(field, interval.hi)}",
+                     "\n".join(escape(s.name) for s in rec.sources_for(field))))
+    # Numbers are never cut short: on a narrow screen (or 80 columns in a pipe) the source
+    # names wrap instead.
+    for k, header in enumerate(("", "value", "80% interval")):
+        table.add_column(header, no_wrap=True, min_width=max(len(row[k]) for row in rows))
+    table.add_column("source", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     for warning in rec.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)

@@ -53,6 +53,23 @@ def test_why_when_everything_is_pinned():
     assert render.explanation(rec) == "why: every value was pinned by the caller"
 
 
+@pytest.mark.parametrize("width", [60, 80])
+def test_the_table_never_cuts_a_number_short(monkeypatch, width):
+    from rich.console import Console
+
+    out = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=out, width=width))
+    rec = recommendation([law("lr", "a_source_name_long_enough_to_need_a_wide_column"),
+                          law("batch_size_tokens", "steplaw_batch")])
+    rec = rec.model_copy(update={"lr": 0.000893214, "lr_interval": Interval(lo=0.000612345,
+                                                                            hi=0.00205123)})
+    render.recommendation(rec)
+    text = out.getvalue()
+    assert "…" not in text.split("why:")[0]
+    for shown in ("0.000893", "0.000612 - 0.00205", "500K - 2M"):
+        assert shown in text
+
+
 def run(run_id, lr=1e-3, status=RunStatus.COMPLETED, loss=2.5, metadata=None, spec=SPEC):
     return Run(run_id=run_id, spec=spec,
                hyperparameters=Hyperparameters(lr=lr, batch_size_tokens=1e6, weight_decay=0.1,
