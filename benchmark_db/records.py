@@ -89,6 +89,58 @@ class Pins(_Model):
     qat_fraction: Finite | None = Field(default=None, ge=0, le=1)
 
 
+# A run is of a spec (ListRuns' filter) when its sizes are within this relative distance of the
+# spec's: equal up to float noise, as clients/plot.py same_spec compares them (not the 2% size
+# bins of the study key, predictor/study.py: specs in one bin may still differ by 2%).
+SPEC_MATCH_TOLERANCE = 1e-6
+_SPEC_EXACT_FIELDS = ("seq_len", "architecture", "optimizer", "weight_bits")
+
+
+class SpecFilter(_Model):
+    """The runs of a spec: n_params, n_active_params and n_tokens within SPEC_MATCH_TOLERANCE
+    of the resolved spec's; seq_len, architecture, optimizer and weight_bits equal where given
+    (None matches any)."""
+
+    n_params: float
+    n_active_params: float
+    n_tokens: float
+    seq_len: int | None = None
+    architecture: Architecture | None = None
+    optimizer: Optimizer | None = None
+    weight_bits: int | None = None
+
+    @classmethod
+    def of(cls, spec: TrainingSpec, given: frozenset[str] = frozenset(_SPEC_EXACT_FIELDS)
+           ) -> "SpecFilter":
+        """The filter of a resolved spec, comparing only the `given` of seq_len, architecture,
+        optimizer and weight_bits (default all: the runs of exactly this spec)."""
+        return cls(n_params=spec.n_params, n_active_params=spec.n_active_params,
+                   n_tokens=spec.n_tokens,
+                   **{name: getattr(spec, name) for name in _SPEC_EXACT_FIELDS if name in given})
+
+    @staticmethod
+    def size_range(value: float) -> tuple[float, float]:
+        """The sizes y with |y - value| <= SPEC_MATCH_TOLERANCE * max(y, value)."""
+        return value * (1 - SPEC_MATCH_TOLERANCE), value / (1 - SPEC_MATCH_TOLERANCE)
+
+    def exact(self) -> dict[str, Any]:
+        """The fields compared for equality, as stored (enum values as strings)."""
+        out = {}
+        for name in _SPEC_EXACT_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.value if isinstance(value, StrEnum) else value
+        return out
+
+    def matches(self, spec: TrainingSpec) -> bool:
+        for name in ("n_params", "n_active_params", "n_tokens"):
+            lo, hi = self.size_range(getattr(self, name))
+            if not lo <= getattr(spec, name) <= hi:
+                return False
+        stored = SpecFilter.of(spec).exact()
+        return all(stored[name] == value for name, value in self.exact().items())
+
+
 # A completed run's loss in nats per token is far below this; a diverged one may be anything.
 MAX_COMPLETED_LOSS = 1e3
 

@@ -13,7 +13,7 @@ from benchmark_db.engine import create_engine
 from benchmark_db.errors import InvalidArgument, NotFound
 from benchmark_db.group_commit import GroupCommitter
 from benchmark_db.keys import KeyStore
-from benchmark_db.records import RunRecord, RunReport, check_tenant
+from benchmark_db.records import RunRecord, RunReport, SpecFilter, check_tenant
 from benchmark_db.schema import runs
 
 DEFAULT_TENANT = "default"
@@ -107,12 +107,15 @@ class RunStore:
             raise NotFound(f"no run with run_id {run_id!r}")
         return found
 
-    def page(self, tenant: str, page_size: int = 100, page_token: str = "") -> tuple[list[RunRecord], str]:
-        """Newest first. Returns the runs and the token of the next page ('' on the last)."""
+    def page(self, tenant: str, page_size: int = 100, page_token: str = "",
+             spec: SpecFilter | None = None) -> tuple[list[RunRecord], str]:
+        """Newest first, only the runs of `spec` if given. Returns the runs and the token of the
+        next page ('' on the last); the next page takes the same filter."""
         if not 0 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument.single("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
         page_size = page_size or 100
-        query = sa.select(runs).where(runs.c.tenant == tenant).order_by(runs.c.id.desc())
+        query = sa.select(runs).where(runs.c.tenant == tenant, *_matching(spec))
+        query = query.order_by(runs.c.id.desc())
         if page_token:
             query = query.where(runs.c.id < _decode_token(page_token))
         with self.engine.connect() as conn:
@@ -149,6 +152,16 @@ class RunStore:
             row = conn.execute(sa.select(runs).where(
                 runs.c.tenant == tenant, runs.c.run_id == run_id)).mappings().first()
         return _from_row(row) if row else None
+
+
+def _matching(spec: SpecFilter | None) -> list:
+    """WHERE clauses: the runs of the filter's spec; the size ranges use the runs index on
+    (tenant, n_params, n_active_params, n_tokens)."""
+    if spec is None:
+        return []
+    clauses = [runs.c[name].between(*SpecFilter.size_range(getattr(spec, name)))
+               for name in ("n_params", "n_active_params", "n_tokens")]
+    return clauses + [runs.c[name] == value for name, value in spec.exact().items()]
 
 
 def _to_row(tenant: str, report: RunReport) -> dict:

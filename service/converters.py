@@ -4,8 +4,8 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
-from benchmark_db.records import (Pins, RunRecord, RunReport, RunStatus, TrainingSpec,
-                                  resolve_spec, validated)
+from benchmark_db.records import (Pins, RunRecord, RunReport, RunStatus, SpecFilter,
+                                  TrainingSpec, resolve_spec, validated)
 from hparamrec.v1 import recommender_pb2 as pb
 from predictor.recommendation import Interval, Recommendation
 
@@ -33,6 +33,17 @@ def spec_from_proto(spec: pb.TrainingSpec, field: str = "spec") -> TrainingSpec:
         weight_bits=_optional(spec, "weight_bits"),
         field_prefix=field,
     )
+
+
+def spec_filter_from_proto(request: pb.ListRunsRequest) -> SpecFilter | None:
+    """ListRuns' spec filter: None when unset; the spec resolved as in Recommend, comparing
+    seq_len, architecture, optimizer and weight_bits only where given."""
+    if not request.HasField("spec"):
+        return None
+    spec = request.spec
+    given = frozenset(name for name in ("seq_len", "weight_bits") if spec.HasField(name)) | \
+        frozenset(name for name in ("architecture", "optimizer") if getattr(spec, name))
+    return SpecFilter.of(spec_from_proto(spec), given)
 
 
 def spec_to_proto(spec: TrainingSpec) -> pb.TrainingSpec:

@@ -40,7 +40,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         return pb.ReportRunResponse(run=converters.run_to_proto(run), created=created)
 
     def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
-        runs, token = self.store.page(tenant_of(context), request.page_size, request.page_token)
+        runs, token = self.store.page(tenant_of(context), request.page_size, request.page_token,
+                                      converters.spec_filter_from_proto(request))
         return pb.ListRunsResponse(runs=[converters.run_to_proto(r) for r in runs],
                                    next_page_token=token)
 

@@ -81,7 +81,7 @@ class RecommenderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """Stored runs, newest first, in pages.
+        """Stored runs, newest first, in pages; optionally only those of one spec.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
