@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 
 from clients import convert
-from clients.client import (RETRYABLE, Settings, backoff, predict_loss_request, recommend_request,
-                            report_request)
+from clients.client import (RETRYABLE, Settings, backoff, list_runs_request, predict_loss_request,
+                            recommend_request, report_request)
 from clients.errors import from_rpc_error
 from clients.models import (Hyperparameters, LossPredictions, Mode, Pins, Recommendation,
                             ReportResult, Run, RunPage, RunReport, TrainingSpec)
@@ -61,15 +61,18 @@ class AsyncClient:
         return convert.from_proto(response)
 
     async def list_runs(self, page_size: int = 100, page_token: str = "", *,
+                        spec: TrainingSpec | dict | pb.TrainingSpec | None = None,
                         timeout: float | None = None) -> RunPage:
-        request = pb.ListRunsRequest(page_size=page_size, page_token=page_token)
+        request = list_runs_request(page_size, page_token, spec)
         return convert.from_proto(await self._call(self.stub.ListRuns, request, timeout))
 
-    async def iter_runs(self, limit: int | None = None, page_size: int = 500) -> AsyncIterator[Run]:
+    async def iter_runs(self, limit: int | None = None, page_size: int = 500, *,
+                        spec: TrainingSpec | dict | pb.TrainingSpec | None = None
+                        ) -> AsyncIterator[Run]:
         token, seen = "", 0
         while limit is None or seen < limit:
             size = page_size if limit is None else min(page_size, limit - seen)
-            page = await self.list_runs(size, token)
+            page = await self.list_runs(size, token, spec=spec)
             for run in page.runs:
                 yield run
                 seen += 1

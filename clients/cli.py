@@ -112,6 +112,23 @@ def _spec(kw: dict):
                         weight_bits=kw.pop("bits"))
 
 
+_SIZE_OPTIONS = ("params", "active_params", "tokens", "compute")
+
+
+def _spec_filter(kw: dict):
+    """The spec a runs command filters by: None when no size is given (every run). Sequence
+    length, architecture and bits narrow the filter only when given."""
+    if all(kw[name] is None for name in _SIZE_OPTIONS):
+        given = [name for name in ("seq_len", "architecture", "bits") if kw.pop(name) is not None]
+        if given:
+            raise CliError(f"--{given[0].replace('_', '-')}: filters only with a spec's sizes; "
+                           "give two of --params, --tokens and --compute")
+        for name in _SIZE_OPTIONS:
+            kw.pop(name)
+        return None
+    return _spec(kw)
+
+
 def pin_options(f):
     """--lr, --batch-size-tokens, --weight-decay and --qat-fraction as pins."""
     options = [
@@ -274,14 +291,19 @@ def runs() -> None:
 @runs.command("list")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="At most this many runs, newest first.")
+@spec_options
 @client_options
 @json_option
-def runs_list(limit, client, as_json) -> None:
-    """Stored runs, newest first."""
+def runs_list(limit, client, as_json, **kw) -> None:
+    """Stored runs, newest first. With --params and --tokens (or --compute), only the runs of
+    that spec: sizes equal, and sequence length, architecture and bits where given."""
+    spec = _spec_filter(kw)
     with client() as c:
-        found = list(c.iter_runs(limit=limit))
+        found = list(c.iter_runs(limit=limit, spec=spec))
     if as_json:
         _print_json({"runs": [to_dict(r) for r in found]})
+    elif spec is not None and not found:
+        click.echo(f"no stored runs of {spec.describe()}")
     else:
         from clients import render
 
@@ -309,17 +331,20 @@ def runs_show(run_id, client, as_json) -> None:
               show_default=True, help="The generic import format of docs/import-format.md.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True),
               help="File to write (default: standard output).")
+@spec_options
 @client_options
 @json_option(help='Print {"runs": N, "format": ..., "out": FILE} (needs --out).')
-def runs_export(file_format, out, client, as_json) -> None:
+def runs_export(file_format, out, client, as_json, **kw) -> None:
     """Every stored run, oldest first, in the generic import format: the file re-imports with
-    `hparamrec import --format csv|jsonl`."""
+    `hparamrec import --format csv|jsonl`. With --params and --tokens (or --compute), only the
+    runs of that spec, as in `runs list`."""
     from clients.export import WRITERS
 
+    spec = _spec_filter(kw)
     if as_json and not out:
         raise CliError("--json needs --out: without it the runs themselves go to standard output")
     with client() as c:
-        found = list(c.iter_runs(page_size=1000))
+        found = list(c.iter_runs(page_size=1000, spec=spec))
     found.reverse()
     if out:
         with open(out, "w", encoding="utf-8", newline="") as f:

@@ -97,6 +97,13 @@ def report_request(report, fields: dict) -> pb.ReportRunRequest:
     return convert.to_proto(report)
 
 
+def list_runs_request(page_size: int, page_token: str, training_spec) -> pb.ListRunsRequest:
+    request = pb.ListRunsRequest(page_size=page_size, page_token=page_token)
+    if training_spec is not None:
+        request.spec.CopyFrom(convert.to_proto(convert.coerce(training_spec, TrainingSpec)))
+    return request
+
+
 def predict_loss_request(training_spec, points: Iterable) -> pb.PredictLossRequest:
     return pb.PredictLossRequest(
         spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec)),
@@ -150,17 +157,22 @@ class Client:
         return convert.from_proto(response)
 
     def list_runs(self, page_size: int = 100, page_token: str = "", *,
+                  spec: TrainingSpec | dict | pb.TrainingSpec | None = None,
                   timeout: float | None = None) -> RunPage:
-        """One page of stored runs, newest first."""
-        request = pb.ListRunsRequest(page_size=page_size, page_token=page_token)
+        """One page of stored runs, newest first; with `spec`, only the runs of that spec
+        (sizes equal to float noise; seq_len, architecture and weight_bits where given). Pass
+        the same spec with every page_token. A server from before the filter ignores it."""
+        request = list_runs_request(page_size, page_token, spec)
         return convert.from_proto(self._call(self.stub.ListRuns, request, timeout))
 
-    def iter_runs(self, limit: int | None = None, page_size: int = 500) -> Iterator[Run]:
-        """Stored runs, newest first, fetched page by page; at most `limit` if given."""
+    def iter_runs(self, limit: int | None = None, page_size: int = 500, *,
+                  spec: TrainingSpec | dict | pb.TrainingSpec | None = None) -> Iterator[Run]:
+        """Stored runs, newest first, fetched page by page; at most `limit` if given; with
+        `spec`, only the runs of that spec (as list_runs)."""
         token, seen = "", 0
         while limit is None or seen < limit:
             size = page_size if limit is None else min(page_size, limit - seen)
-            page = self.list_runs(size, token)
+            page = self.list_runs(size, token, spec=spec)
             for run in page.runs:
                 yield run
                 seen += 1

@@ -105,6 +105,14 @@ def runs_of(spec: TrainingSpec, runs: Iterable[Run]) -> list[Run]:
     return [run for run in runs if same_spec(run.spec, spec)]
 
 
+def stored_runs_of(client: Client, spec: TrainingSpec) -> list[Run]:
+    """The stored runs of a resolved spec, newest first: the server filters them (ListRuns'
+    spec), and they are filtered here again, for servers from before that filter, which
+    ignore it and return every run."""
+    wanted = spec.model_copy(update={"compute_flops": None})  # the sizes say it all
+    return runs_of(spec, client.iter_runs(page_size=1000, spec=wanted))
+
+
 def landscape(client: Client, spec: TrainingSpec, pins: Pins, points: int = 25,
               progress: Callable[[str], None] | None = None
               ) -> tuple[Recommendation, list[Run], Landscape]:
@@ -112,7 +120,7 @@ def landscape(client: Client, spec: TrainingSpec, pins: Pins, points: int = 25,
     say = progress or (lambda message: None)
     rec = client.recommend(spec, pins)
     say("reading stored runs")
-    runs = runs_of(rec.spec, client.iter_runs(page_size=1000))
+    runs = stored_runs_of(client, rec.spec)
     lrs, batches = axes(rec, runs, points)
     say(f"predicting the loss at {points} x {points} points")
     return rec, runs, loss_grid(client, rec.spec, lrs, batches, pins)

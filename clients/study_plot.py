@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from clients.client import Client
 from clients.models import Pins, Recommendation, Run, RunStatus, TrainingSpec
-from clients.plot import same_spec
+from clients.plot import same_spec, stored_runs_of
 from clients.units import format_quantity
 
 # The metadata label under which `hparamrec import` keeps a trial id from another database
@@ -71,7 +71,7 @@ def study_runs(spec: TrainingSpec, pins: Pins, runs: Iterable[Run]) -> list[Run]
 def history(client: Client, spec: TrainingSpec, pins: Pins) -> History:
     """The exploit recommendation (which resolves the spec) and the study's runs, oldest first."""
     rec = client.recommend(spec, pins)
-    runs = list(client.iter_runs(page_size=1000))
+    runs = stored_runs_of(client, rec.spec)
     runs.reverse()  # ListRuns is newest first, in the order the runs were stored
     return History(rec, pins, study_runs(rec.spec, pins, runs))
 
