@@ -11,7 +11,7 @@ import pytest
 from benchmark_db.errors import InvalidArgument
 from benchmark_db.importers import FORMATS, read_runs
 from benchmark_db.importers.rows import PROGRESS_EVERY
-from clients.cli import IMPORT_FORMATS
+from clients.cli_admin import IMPORT_FORMATS
 
 DOC = Path(__file__).parents[2] / "docs" / "import-format.md"
 STEPLAW_HEADER = ["h", "ffnh", "numh", "numl", "lr", "bs", "ti", "loss", "smooth loss",

@@ -1,0 +1,155 @@
+"""What the `hparamrec` commands share: errors with exit codes, human units, the option sets
+(server, database, spec, pins, --json) and JSON output."""
+
+import functools
+import json
+
+import click
+
+from clients.client import DEFAULT_TARGET
+from clients.units import parse_quantity
+
+
+class CliError(Exception):
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Quantity(click.ParamType):
+    """A number in human units: 1.3B, 100B, 1M, 5e10."""
+
+    name = "quantity"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_quantity(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+QUANTITY = Quantity()
+
+
+def client_options(f):
+    """--server, --api-key and --tls-ca, handed to the command as a `client()` factory."""
+
+    @click.option("--server", envvar="HPARAMREC_SERVER", default=DEFAULT_TARGET,
+                  show_default=True, help="Service address HOST:PORT (or HPARAMREC_SERVER).")
+    @click.option("--api-key", envvar="HPARAMREC_API_KEY", help="API key (or HPARAMREC_API_KEY).")
+    @click.option("--tls-ca", envvar="HPARAMREC_TLS_CA", type=click.Path(dir_okay=False),
+                  help="PEM file of the CA that signed the server certificate: connect with TLS.")
+    @functools.wraps(f)
+    def wrapper(*args, server, api_key, tls_ca, **kwargs):
+        def client():
+            from clients.client import Client
+
+            return Client(server, api_key=api_key, tls_ca=tls_ca)
+
+        return f(*args, client=client, **kwargs)
+
+    return wrapper
+
+
+def db_option(f):
+    return click.option("--db", envvar="HPARAMREC_DATABASE_URL", default="sqlite:///var/hparamrec.db",
+                        show_default=True, help="SQLAlchemy URL of the database "
+                        "(or HPARAMREC_DATABASE_URL).")(f)
+
+
+def open_store(db: str):
+    """The store behind --db, with unusable URLs and unreachable databases as one-line errors."""
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    from benchmark_db.store import RunStore
+
+    try:
+        return RunStore(db)
+    except (ArgumentError, ValueError) as exc:
+        raise CliError(f"--db: {exc}") from None
+    except OperationalError as exc:  # unreachable, like a server that cannot be reached
+        reason = str(exc.orig).strip().splitlines()[0]
+        raise CliError(f"cannot open the database: {reason}", 3) from None
+
+
+def json_option(f=None, *, help="Print one JSON object whose keys are the proto field names."):
+    """--json; json_option(help=...) for commands whose JSON is not a proto message."""
+    if f is None:
+        return lambda g: json_option(g, help=help)
+    return click.option("--json", "as_json", is_flag=True, help=help)(f)
+
+
+def spec_options(f):
+    """The TrainingSpec options, shared by every command that takes a spec."""
+    options = [
+        click.option("--params", type=QUANTITY, help="Non-embedding parameters, e.g. 1.3B."),
+        click.option("--active-params", type=QUANTITY, help="Active parameters per token (MoE)."),
+        click.option("--tokens", type=QUANTITY, help="Training tokens, e.g. 100B."),
+        click.option("--compute", type=QUANTITY, help="Training FLOPs, e.g. 2.5e21."),
+        click.option("--seq-len", type=int, help="Sequence length in tokens (default 2048)."),
+        click.option("--architecture", help="dense (default) or moe."),
+        click.option("--bits", type=int, help="Target weight bits; 16 (default) = no QAT."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def spec_of(kw: dict):
+    from clients.models import TrainingSpec
+
+    return TrainingSpec(n_params=kw.pop("params"), n_active_params=kw.pop("active_params"),
+                        n_tokens=kw.pop("tokens"), compute_flops=kw.pop("compute"),
+                        seq_len=kw.pop("seq_len"), architecture=kw.pop("architecture") or "",
+                        weight_bits=kw.pop("bits"))
+
+
+SIZE_OPTIONS = ("params", "active_params", "tokens", "compute")
+
+
+def spec_filter_of(kw: dict):
+    """The spec a runs command filters by: None when no size is given (every run). Sequence
+    length, architecture and bits narrow the filter only when given."""
+    if all(kw[name] is None for name in SIZE_OPTIONS):
+        given = [name for name in ("seq_len", "architecture", "bits") if kw.pop(name) is not None]
+        if given:
+            raise CliError(f"--{given[0].replace('_', '-')}: filters only with a spec's sizes; "
+                           "give two of --params, --tokens and --compute")
+        for name in SIZE_OPTIONS:
+            kw.pop(name)
+        return None
+    return spec_of(kw)
+
+
+def pin_options(f):
+    """--lr, --batch-size-tokens, --weight-decay and --qat-fraction as pins."""
+    options = [
+        click.option("--lr", type=float, help="Pin the learning rate."),
+        click.option("--batch-size-tokens", type=QUANTITY,
+                     help="Pin the batch size in tokens, e.g. 1M."),
+        click.option("--weight-decay", type=float, help="Pin the weight decay."),
+        click.option("--qat-fraction", type=float, help="Pin the QAT fraction."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def pins_of(kw: dict):
+    from clients.models import Pins
+
+    return Pins(**{name: kw.pop(name) for name in
+                   ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")})
+
+
+def to_dict(model) -> dict:
+    """The proto JSON form of a model or message: keys are the proto field names."""
+    from clients.convert import as_dict
+
+    return as_dict(model)
+
+
+def print_json(data) -> None:
+    click.echo(json.dumps(data if isinstance(data, dict) else to_dict(data), indent=2))
