@@ -75,9 +75,12 @@ def recommendation(rec: Recommendation, explain: bool = False) -> None:
             value += f" ({rec.batch_size_sequences} x {rec.spec.seq_len})"
         rows.append((LABELS[field], value, f"{_fmt(field, interval.lo)} - {_fmt(field, interval.hi)}",
                      "\n".join(escape(s.name) for s in rec.sources_for(field))))
+    # A trial's values are what to run next, not the best estimate; its intervals still say
+    # where the optimum is believed to be, so they need not hold the trial's values.
+    headers = ("", "trial", "optimum's 80% interval") if rec.trial_id else ("", "value", "80% interval")
     # Numbers are never cut short: on a narrow screen (or 80 columns in a pipe) the source
     # names wrap instead.
-    for k, header in enumerate(("", "value", "80% interval")):
+    for k, header in enumerate(headers):
         table.add_column(header, no_wrap=True, min_width=max(len(row[k]) for row in rows))
     table.add_column("source", overflow="fold")
     for row in rows:

@@ -126,3 +126,13 @@ def test_plot_marks_runs_of_the_same_spec_only():
     runs = [run("same"), run("other", spec=other), run("q", spec=quantized),
             run("long", spec=longer)]
     assert [r.run_id for r in plot.runs_of(SPEC, runs)] == ["same"]
+
+
+def test_a_trial_is_shown_as_a_trial_with_the_optimum_s_interval(monkeypatch):
+    from rich.console import Console
+
+    out = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=out, width=100))
+    render.recommendation(recommendation([law("lr", "refine")]).model_copy(update={"trial_id": "1-2"}))
+    header = out.getvalue().splitlines()[2]
+    assert header.split() == ["trial", "optimum's", "80%", "interval", "source"]
