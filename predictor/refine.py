@@ -43,6 +43,13 @@ from predictor.study_sync import StudySync, add_runs, run_attrs
 from predictor.table import RunTable
 
 GP_VERSION = "study-gp@1"
+# What the exploit recommendation is once the study has completed trials: the argmin of the
+# conditioned mean over the search (mean), of its upper 80% bound (upper), the tried
+# configuration with the lowest conditioned mean (tried_mean) or lowest reported loss (best_run).
+EXPLOIT_RULES = ("mean", "upper", "tried_mean", "best_run")
+# Chosen on closed loops over sweeps drawn from the PFN's prior (benchmarks/exploit_rules.py),
+# never on the real sweep: best_run had the lowest regret at every k there.
+EXPLOIT_RULE = "best_run"
 GRID_POINTS = 41  # per free axis of lr and batch in the exploit search
 FINE_SD = 0.1  # in length scales: the local search around the best candidate
 MATCH_TOLERANCE = 0.01  # values within 1% of the trial's are its own (printed values are rounded)
@@ -79,7 +86,10 @@ class Refiner:
         return predictor.model, predictor.recommender
 
     # ----- recommendations -----
-    def exploit(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
+    def exploit(self, tenant: str, spec: TrainingSpec, pins: Pins,
+                rule: str = EXPLOIT_RULE) -> Recommendation:
+        """The best configuration given everything reported; `rule` (EXPLOIT_RULES) says what
+        "best" means once the study has completed trials."""
         model, recommender = self._current(tenant)
         base = recommender.recommend(spec, pins)
         name = study_name(tenant, spec, pins)
@@ -90,7 +100,7 @@ class Refiner:
         conditioned = self._conditioned(study, model, spec, pins)
         if not conditioned.trials.n_completed and conditioned.lr_ok(params_of(base))[0]:
             return base
-        return self._best(conditioned, base, pins, study)[0]
+        return self._best(conditioned, base, pins, study, rule)[0]
 
     def explore(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
         model, recommender = self._current(tenant)
@@ -189,7 +199,7 @@ class Refiner:
         return ConditionedModel(model, spec, space, StudyTrials.of(study.get_trials(deepcopy=False)))
 
     def _best(self, conditioned: ConditionedModel, base: Recommendation, pins: Pins,
-              study) -> tuple[Recommendation, Params]:
+              study, rule: str = "mean") -> tuple[Recommendation, Params]:
         """The argmin of the conditioned mean among the configurations the model allows, and
         the recommendation for it (lr and batch intervals: the band of the grid where the
         conditioned mean is within NEAR_OPTIMAL_EXCESS of the grid's minimum, widened to hold the
@@ -212,7 +222,8 @@ class Refiner:
         pool = _concat(pool, fine)
         mean, sd = conditioned.predict(pool)
         mean = np.where(conditioned.lr_ok(pool), mean, np.inf)
-        i = int(np.argmin(mean))
+        i = _choose(rule, mean, sd, conditioned.trials, tried=slice(len(grid["lr"]),
+                                                                    len(grid["lr"]) + len(tried["lr"])))
         chosen = _take(pool, i)
         # The band is read off the grid against the grid's own minimum: measured against an
         # argmin found between grid points (a dip the GP puts at a tried run), no grid point
@@ -339,6 +350,20 @@ class Refiner:
             for pinned in itertools.combinations(HYPERPARAMETERS, k)))
         existing = self.studies.existing(candidates)
         return [name for name in candidates if name in existing]
+
+
+
+
+def _choose(rule: str, mean: np.ndarray, sd: np.ndarray, trials: StudyTrials, tried: slice) -> int:
+    if rule == "mean" or not trials.n_completed:
+        return int(np.argmin(mean))
+    if rule == "upper":
+        return int(np.argmin(mean + Z80 * np.hypot(sd, NOISE_SD)))
+    if rule == "tried_mean":
+        return tried.start + int(np.argmin(mean[tried]))
+    if rule == "best_run":
+        return tried.start + int(np.argmin(trials.ln_loss))
+    raise ValueError(f"unknown exploit rule {rule!r}; choose from {', '.join(EXPLOIT_RULES)}")
 
 
 def _versions(rec: Recommendation, study, conditioned: ConditionedModel) -> tuple[str, ...]:
