@@ -29,6 +29,7 @@ from benchmarks.backtest import DEFAULT_DATA
 from clients.client import Client
 from clients.models import Pins, RunOutcome, RunReport, TrainingSpec
 from predictor.backtest import held_out_spec
+from predictor.refine import EXPLOIT_RULE
 from predictor.scoring import nearest_point, regret
 from predictor.table import RunTable
 from service.server import Service
@@ -204,7 +205,10 @@ def render(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
         f"(median {np.median([o['fit_seconds'] for o in ours]):.0f} s), conditioned on the "
         "study's trials by the GP; the loop does not wait for the refit each report schedules "
         f"(loop median {np.median([o['loop_seconds'] for o in ours]):.1f} s), and "
-        f"{100 * refit_share:.0f}% of exploit calls were served by a refitted model.",
+        f"{100 * refit_share:.0f}% of exploit calls were served by a refitted model. "
+        f"Exploit rule: `{EXPLOIT_RULE}`, chosen on sweeps drawn from the prior after real "
+        "figures had suggested the candidates, so the exploit figures are not an untouched "
+        "held-out measurement (docs/refinement.md says how).",
         "",
         "Per-group exploit regret (%) after k runs:",
         "",
