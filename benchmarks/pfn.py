@@ -11,7 +11,6 @@
 """
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -82,27 +81,14 @@ def prior_section(table: RunTable, n_tasks: int, seed: int) -> str:
 def latency_section() -> str:
     import torch
 
-    from predictor.pfn.predictor import load_checkpoint
+    from predictor.pfn.predictor import load_checkpoint, timed_forward
 
     ck = load_checkpoint()
-    cfg = ck.config.model
-    gen = torch.Generator().manual_seed(0)
-    ctx = torch.randn(1, 500, cfg.n_context_features, generator=gen)
-    qry = torch.randn(1, 1000, cfg.n_query_features, generator=gen)
-    mask = torch.ones(1, 500, dtype=torch.bool)
     rows = []
     before = torch.get_num_threads()
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        times = []
-        with torch.inference_mode():
-            for _ in range(50):
-                started = time.perf_counter()
-                logits = ck.model(ctx, qry, mask)
-                ck.model.bar.mean_exp(logits)
-                ck.model.bar.quantile(logits, 0.1)
-                ck.model.bar.quantile(logits, 0.9)
-                times.append(time.perf_counter() - started)
+        times = [timed_forward(ck) for _ in range(50)]
         t = 1000 * np.array(times[5:])
         rows.append(f"| {threads} | {np.median(t):.1f} ms | {np.percentile(t, 10):.1f} ms | "
                     f"{np.percentile(t, 90):.1f} ms |")

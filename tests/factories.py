@@ -14,6 +14,21 @@ def make_report(run_id="run-1", *, n_params=1e9, n_tokens=2e10, lr=1e-3, batch=1
     })
 
 
+def all_runs(stub, max_pages: int = 100) -> list:
+    """Every stored run through ListRuns (a RecommenderService stub), page by page; bounded,
+    so a server whose pages never end fails the test instead of hanging it."""
+    from hparamrec.v1 import recommender_pb2 as pb
+
+    runs, token = [], ""
+    for _ in range(max_pages):
+        page = stub.ListRuns(pb.ListRunsRequest(page_size=1000, page_token=token), timeout=30)
+        runs += page.runs
+        token = page.next_page_token
+        if not token:
+            return runs
+    raise AssertionError("ListRuns never reached its last page")
+
+
 # A known world for the learned models: its optimum sits at TRUE_LR_FACTOR x Step Law's lr,
 # so a model that only echoes the prior is visibly wrong.
 TRUE_LR_FACTOR = 1.5

@@ -40,6 +40,27 @@ def load_checkpoint(path: Path | None = None):
         return _LOADED[path]
 
 
+def timed_forward(checkpoint, n_context: int = 500, n_queries: int = 1000, seed: int = 0) -> float:
+    """Seconds of one forward pass on random features with the mean and both interval
+    quantiles, as a prediction costs: the inference latency the PFN issue sets a target for."""
+    import time
+
+    import torch
+
+    cfg = checkpoint.config.model
+    gen = torch.Generator().manual_seed(seed)
+    ctx = torch.randn(1, n_context, cfg.n_context_features, generator=gen)
+    qry = torch.randn(1, n_queries, cfg.n_query_features, generator=gen)
+    mask = torch.ones(1, n_context, dtype=torch.bool)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        logits = checkpoint.model(ctx, qry, mask)
+        checkpoint.model.bar.mean_exp(logits)
+        checkpoint.model.bar.quantile(logits, INTERVAL[0])
+        checkpoint.model.bar.quantile(logits, INTERVAL[1])
+        return time.perf_counter() - started
+
+
 def runs_from_table(table: RunTable) -> Runs:
     return Runs(n_params=table.n_params, n_active=table.n_active_params, n_tokens=table.n_tokens,
                 bits=table.weight_bits, lr=table.lr, batch=table.batch_size_tokens,

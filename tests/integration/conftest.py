@@ -1,8 +1,17 @@
 import pytest
 
+from benchmark_db.store import RunStore
 from clients.client import Client
 from service.server import Service
 from service.settings import Settings
+
+
+@pytest.fixture
+def store(database_url):
+    """The store alone on a fresh database of each kind."""
+    s = RunStore(database_url)
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 from service.server import Service
 from service.settings import Settings
+from tests.factories import all_runs
 
 pytestmark = pytest.mark.integration
 FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, database=None,
@@ -53,17 +54,6 @@ def valid_report(run_id: str, lr: float = 1e-3) -> pb.ReportRunRequest:
         hyperparameters=pb.Hyperparameters(lr=lr, batch_size_tokens=1e6, weight_decay=0.1),
         outcome=pb.RunOutcome(status=pb.RUN_STATUS_COMPLETED, final_loss=2.5),
         metadata={"cluster": "a"})
-
-
-def all_runs(stub) -> list[pb.Run]:
-    runs, token = [], ""
-    for _ in range(100):
-        page = stub.ListRuns(pb.ListRunsRequest(page_size=1000, page_token=token), timeout=30)
-        runs += page.runs
-        token = page.next_page_token
-        if not token:
-            return runs
-    raise AssertionError("ListRuns never reached its last page")
 
 
 def call(method, request, timeout: float = 30):

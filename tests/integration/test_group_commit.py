@@ -7,17 +7,9 @@ from concurrent import futures
 import pytest
 
 from benchmark_db.group_commit import GroupCommitter
-from benchmark_db.store import RunStore
 from tests.factories import make_report
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(database_url):
-    s = RunStore(database_url)
-    yield s
-    s.close()
 
 
 def test_report_many_answers_each_item_like_report(store):

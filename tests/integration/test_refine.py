@@ -28,27 +28,6 @@ SPEC = TrainingSpec(n_params=1e9, n_tokens=2e10)
 PINS = ClientPins(weight_decay=0.1)
 
 
-@pytest.fixture
-def service(database_url):
-    """A real server (auth off, fast refits) on a fresh database of each kind."""
-    svc = Service(Settings(database_url=database_url, port=0, auth_disabled=True, metrics_port=None,
-                           refit_debounce_seconds=0.1))
-    svc.start()
-    yield svc
-    svc.stop(grace=1)
-
-
-@pytest.fixture
-def target(service) -> str:
-    return f"127.0.0.1:{service.port}"
-
-
-@pytest.fixture
-def client(target):
-    with Client(target, retries=0) as c:
-        yield c
-
-
 def study_of(url: str, tenant: str = "default") -> optuna.Study:
     name = study_name(tenant, resolve_spec(n_params=1e9, n_tokens=2e10), Pins(weight_decay=0.1))
     return optuna.load_study(study_name=name, storage=url)

@@ -15,13 +15,6 @@ from tests.factories import make_report
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def store(database_url):
-    s = RunStore(database_url)
-    yield s
-    s.close()
-
-
 def ours(name, type_, parent_names) -> bool:
     """Our tables only: the version table and Optuna's tables share the database."""
     return type_ != "table" or name in metadata.tables

@@ -12,6 +12,7 @@ import pytest
 from clients.client import spec
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+from tests.factories import all_runs
 from tests.integration.server_process import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -98,15 +99,7 @@ def stored_run_ids(db_path) -> set[str]:
 
 def list_all(target: str) -> list[pb.Run]:
     with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.RecommenderServiceStub(channel)
-        runs, token = [], ""
-        for _ in range(N_RUNS):  # bounded: at most one page per run
-            page = stub.ListRuns(pb.ListRunsRequest(page_size=1000, page_token=token), timeout=30)
-            runs += page.runs
-            token = page.next_page_token
-            if not token:
-                return runs
-    raise AssertionError("ListRuns never reached its last page")
+        return all_runs(pb_grpc.RecommenderServiceStub(channel), max_pages=N_RUNS)
 
 
 def test_sigkill_mid_burst_then_resend_everything_stores_each_run_once(tmp_path):
