@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 import numpy as np
 from optuna.trial import TrialState
 
-from benchmark_db.records import Pins, RunRecord, RunReport, RunStatus, TrainingSpec
+from benchmark_db.records import Pins, RunRecord, RunReport, TrainingSpec
 from benchmark_db.store import RunStore
 from predictor.argmin import ModelRecommender
 from predictor.conditioned import NOISE_SD, ConditionedModel, Params, StudyTrials
@@ -39,7 +39,7 @@ from predictor.recommendation import HYPERPARAMETERS, Interval, Recommendation, 
 from predictor.registry import ModelRegistry
 from predictor.sampler import PredictorGuidedSampler, candidates, space_point
 from predictor.study import SearchSpace, Studies, study_name, trial_id
-from predictor.study_sync import StudySync, add_runs, run_attrs
+from predictor.study_sync import StudySync, add_runs, close_trial
 from predictor.table import RunTable
 
 GP_VERSION = "study-gp@1"
@@ -52,7 +52,6 @@ EXPLOIT_RULES = ("mean", "upper", "tried_mean", "best_run")
 EXPLOIT_RULE = "best_run"
 GRID_POINTS = 41  # per free axis of lr and batch in the exploit search
 FINE_SD = 0.1  # in length scales: the local search around the best candidate
-MATCH_TOLERANCE = 0.01  # values within 1% of the trial's are its own (printed values are rounded)
 
 
 def params_of(rec) -> Params:
@@ -319,28 +318,9 @@ class Refiner:
         name, study_id, trial = self.studies.find_trial(tenant, run.trial_id)
         storage = self.studies.storage()
         with self.studies.lock(name):
-            trial = storage.get_trial(trial._trial_id)
-            if trial.user_attrs.get("run_id") == run.run_id:
-                return True
-            if trial.state is not TrialState.RUNNING:
-                return False
             study_pins = Pins(**storage.get_study_user_attrs(study_id).get("pins", {}))
             same_spec = study_name(tenant, run.spec, study_pins) == name
-            same_values = all(math.isclose(trial.params[n], getattr(run.hyperparameters, n),
-                                           rel_tol=MATCH_TOLERANCE, abs_tol=1e-12)
-                              for n in HYPERPARAMETERS)
-            if not (same_spec and same_values):
-                storage.set_trial_user_attr(trial._trial_id, "superseded_by_run", run.run_id)
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-                return False
-            for key, value in run_attrs(run).items():
-                storage.set_trial_user_attr(trial._trial_id, key, value)
-            if run.outcome.status is RunStatus.COMPLETED:
-                storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE,
-                                               [run.outcome.final_loss])
-            else:
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            return True
+            return close_trial(storage, trial._trial_id, run, same_spec)
 
     def _matching_studies(self, tenant: str, spec: TrainingSpec, values: dict[str, float]) -> list[str]:
         """Existing studies of the spec whose pins the values satisfy (to the key's 2%)."""

@@ -16,6 +16,7 @@ still changes the count. Idempotent: a trial made from a run carries its run_id,
 under the study's lock, so a run is never added twice (here, by a report, or by a replica).
 """
 
+import math
 from contextlib import nullcontext
 
 import optuna
@@ -28,6 +29,7 @@ from benchmark_db.store import RunStore
 from predictor.recommendation import HYPERPARAMETERS
 from predictor.study import TRIAL_ID, SearchSpace, Studies, bin_edges, study_name
 
+MATCH_TOLERANCE = 0.01  # values within 1% of the trial's are its own (printed values are rounded)
 _SPEC = ("n_params", "n_active_params", "n_tokens", "seq_len", "architecture", "optimizer",
          "weight_bits")
 
@@ -101,6 +103,37 @@ def _in_bins(tenant: str, spec: TrainingSpec) -> list:
 def _own_trial(trial_id: str, study_id: int) -> bool:
     match = TRIAL_ID.fullmatch(trial_id or "")
     return match is not None and int(match[1]) == study_id
+
+
+def close_trial(storage: optuna.storages.BaseStorage, trial_id: int, run: RunRecord,
+                same_spec: bool) -> bool:
+    """Tells a trial the run reported against it; under the study's lock (the trial is read
+    under it: the lock's previous holder may have closed it). `trial_id`: Optuna's id of the
+    trial; `same_spec`: the run's spec and pins are the study's key. True when the run closed
+    (or had closed) the trial: COMPLETE with its loss; FAIL with outcome=diverged or failed.
+    False when the trial cannot take it (finished by another run or by the time-out, or run
+    with another spec or other values): a trial still running is then closed as FAIL with
+    superseded_by_run, and the run belongs in the study as a configuration of its own
+    (add_runs)."""
+    trial = storage.get_trial(trial_id)
+    if trial.user_attrs.get("run_id") == run.run_id:
+        return True
+    if trial.state is not TrialState.RUNNING:
+        return False
+    same_values = all(math.isclose(trial.params[n], getattr(run.hyperparameters, n),
+                                   rel_tol=MATCH_TOLERANCE, abs_tol=1e-12)
+                      for n in HYPERPARAMETERS)
+    if not (same_spec and same_values):
+        storage.set_trial_user_attr(trial_id, "superseded_by_run", run.run_id)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        return False
+    for key, value in run_attrs(run).items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    if run.outcome.status is RunStatus.COMPLETED:
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [run.outcome.final_loss])
+    else:
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    return True
 
 
 def add_runs(study: optuna.Study, records: list[RunRecord]) -> None:
