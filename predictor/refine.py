@@ -9,11 +9,12 @@ outcome=diverged, which the sampler learns from, or outcome=failed, which it ign
 without one (the user's own configuration), or one whose values or spec differ from its trial's,
 is added as a finished trial with its own values to every existing study of its spec whose pins
 it matches. Runs stored without a report (`hparamrec import`) reach a study when it is created
-and when it is next explored or read (predictor/study_sync.py). Telling is idempotent: trials
-carry the run_id they came from, so a re-sent run (or a retry after a failure between storing
-and telling) never adds a second trial. Asks and tells of one study hold its lock (in-process,
-and a PostgreSQL advisory lock across replicas; on SQLite, which serves one replica,
-in-process).
+and when it is next explored or read (predictor/study_sync.py); so does a reported run whose
+tell never happened (a failure between storing and telling). Telling is idempotent: trials
+carry the run_id they came from, so a re-sent run (or a retry after such a failure, or a tell
+that finds the run told by a sync) never adds a second trial. Asks and tells of one study hold
+its lock (in-process, and a PostgreSQL advisory lock across replicas; on SQLite, which serves
+one replica, in-process).
 
 An explore trial not reported within `trial_timeout_seconds` is abandoned: the next explore of
 its study closes it as FAIL (user attribute timed_out), so the sampler stops steering around
@@ -313,8 +314,11 @@ class Refiner:
 
     def _tell_trial(self, tenant: str, run: RunRecord) -> bool:
         """True when the run closed (or had closed) its trial; False when the trial cannot take
-        it (finished by another run, or run with another spec or other values): the trial is
-        then closed as FAIL, and the run is added like a user's own configuration."""
+        it (finished by another run or by the time-out, or run with another spec or other
+        values): the trial is then closed as FAIL, and the run is added like a user's own
+        configuration. A sync may have told the run first (its tell never came, or is this one
+        retried): close_trial, under the lock, finds the trial carrying the run_id, or the
+        caller finds a trial made from it, and nothing is told twice."""
         name, study_id, trial = self.studies.find_trial(tenant, run.trial_id)
         storage = self.studies.storage()
         with self.studies.lock(name):

@@ -14,10 +14,19 @@ read (narrow columns), and only when some are missing from the study is its lock
 count as well as an id: a run whose id was allocated before another's but committed after it
 still changes the count. Idempotent: a trial made from a run carries its run_id, checked
 under the study's lock, so a run is never added twice (here, by a report, or by a replica).
+
+A run reported against one of the study's own trials is stored before it is told; if the tell
+never happens (the process died in between, or the tell raised), the study catches up here as
+the report would have: a trial still RUNNING is closed from the stored run (close_trial, the
+report's own code), and a trial that cannot take it any more (closed by the time-out, or by
+another run) gets the run as a trial of its own (add_runs, as a late report). Both under the
+study's lock, which the report's tell holds too, and both see what the other did: a trial
+closed by a run carries its run_id. So whichever of the report and a sync (of this replica or
+another) comes first tells the run, and the other finds it told.
 """
 
 import math
-from contextlib import nullcontext
+from typing import NamedTuple
 
 import optuna
 import sqlalchemy as sa
@@ -50,43 +59,86 @@ class StudySync:
 
     def sync(self, tenant: str, spec: TrainingSpec, study: optuna.Study, locked: bool = False,
              mark: tuple[int, int] | None = None) -> int:
-        """Adds the stored runs of the study's key and pins that it has not seen; returns how
-        many. `locked`: the caller holds the study's lock. `mark`: the watermark, when the
-        caller already read it for this spec."""
+        """Tells the study the stored runs of its key and pins that it has not seen; returns
+        how many. `locked`: the caller holds the study's lock. `mark`: the watermark, when the
+        caller already read it for this spec.
+
+        Why a watermark that moves only when runs are stored is enough, a run whose tell failed
+        included: it is read before the runs are, so every run it counts is among the rows read
+        next, and every row read is settled for good by this sync (told, closing its trial or
+        as a trial of its own; or carried by a trial already; or not this study's: another
+        key, or values its space cannot hold). None is left for later, so a sync that finds
+        the same mark has nothing to do. A run committed after the mark was read (its tell
+        still to come, or failed) moves the count: the next sync reads the rows again."""
         name = study.study_name
         mark = self.mark(tenant, spec) if mark is None else mark  # read first: later runs move it
         if self._synced.get(name) == mark:
             return 0
-        added = 0
-        if self._unseen(tenant, spec, study):
-            with nullcontext() if locked else self.studies.lock(name):
-                unseen = self._unseen(tenant, spec, study)  # again, under the lock
-                add_runs(study, [self.store.get(tenant, run_id) for run_id in unseen])
-                added = len(unseen)
+        told = 0
+        if locked:
+            told = self._tell(tenant, study, self._missing(tenant, spec, study))
+        elif self._missing(tenant, spec, study):
+            with self.studies.lock(name):
+                told = self._tell(tenant, study, self._missing(tenant, spec, study))  # again, locked
         self._synced[name] = mark
-        return added
+        return told
 
-    def _unseen(self, tenant: str, spec: TrainingSpec, study: optuna.Study) -> list[str]:
-        """run_ids of the stored runs of the study's key and pins that no trial carries. Runs
-        reported against one of this study's own trials are left to their report, which tells
-        them (closing the trial): added here while that report is in flight, they would be in
-        the study twice."""
+    def _tell(self, tenant: str, study: optuna.Study, missing: list["Missing"]) -> int:
+        """Under the study's lock: what the runs' reports would have told the study (see
+        Missing); returns how many runs reached it."""
+        storage = self.studies.storage()
+        added, closed = [], 0
+        for run_id, trial_id, ours in missing:
+            run = self.store.get(tenant, run_id)
+            if trial_id is not None and close_trial(storage, trial_id, run, same_spec=ours):
+                closed += 1
+            elif ours:
+                added.append(run)
+        add_runs(study, added)
+        return closed + len(added)
+
+    def _missing(self, tenant: str, spec: TrainingSpec, study: optuna.Study) -> list["Missing"]:
+        """What the study has not been told of the tenant's stored runs in its key's bins, in
+        the order they were stored. Called again under the lock before acting on it: a run
+        found here may be told by its report in the meantime."""
         attrs = study.user_attrs  # one query
         pinned, space = tuple(attrs.get("pins", {})), SearchSpace.from_json(attrs["space"])
-        seen = {t.user_attrs.get("run_id") for t in study.get_trials(deepcopy=False)}
         columns = [runs.c[c] for c in ("run_id", "trial_id", *_SPEC, *HYPERPARAMETERS)]
         with self.store.engine.connect() as conn:
             rows = conn.execute(sa.select(*columns).where(*_in_bins(tenant, spec))
                                 .order_by(runs.c.id)).mappings().all()
-        unseen = []
+        # The trials after the runs: a trial a run was reported against existed before the run
+        # was stored, so it is among them, and a report that told its run meanwhile shows.
+        trials = study.get_trials(deepcopy=False)
+        seen = {t.user_attrs.get("run_id") for t in trials}
+        running = {t.number: t._trial_id for t in trials if t.state is TrialState.RUNNING}
+        missing = []
         for row in rows:
-            if (row["run_id"] in seen or _own_trial(row["trial_id"], study._study_id)
-                    or not space.accepts({n: row[n] for n in HYPERPARAMETERS})):
+            if row["run_id"] in seen:
                 continue
+            number = _own_trial(row["trial_id"], study._study_id)
+            trial_id = running.get(number) if number is not None else None
             run_spec = TrainingSpec(**{c: row[c] for c in _SPEC})
-            if study_name(tenant, run_spec, Pins(**{n: row[n] for n in pinned})) == study.study_name:
-                unseen.append(row["run_id"])
-        return unseen
+            ours = (study_name(tenant, run_spec, Pins(**{n: row[n] for n in pinned})) == study.study_name
+                    and space.accepts({n: row[n] for n in HYPERPARAMETERS}))
+            if ours or trial_id is not None:
+                missing.append(Missing(row["run_id"], trial_id, ours))
+        return missing
+
+
+class Missing(NamedTuple):
+    """A stored run the study has not been told, and what its report would have told it.
+
+    trial_id: Optuna's id of the study's RUNNING trial the run was reported against, closed
+    from the run (close_trial), or None. ours: the run's key and pins are the study's (and its
+    space can hold its values), so the run becomes a trial of its own when it has no such
+    trial (a user's configuration, an imported run; or a late report: its trial timed out or
+    was closed by another run) or when the trial cannot take it (other values). A run of
+    another key reported against a running trial only closes it as superseded."""
+
+    run_id: str
+    trial_id: int | None
+    ours: bool
 
 
 def _in_bins(tenant: str, spec: TrainingSpec) -> list:
@@ -100,9 +152,10 @@ def _in_bins(tenant: str, spec: TrainingSpec) -> list:
     return clauses
 
 
-def _own_trial(trial_id: str, study_id: int) -> bool:
+def _own_trial(trial_id: str, study_id: int) -> int | None:
+    """The number of the trial of this study that the id names; None for another study's."""
     match = TRIAL_ID.fullmatch(trial_id or "")
-    return match is not None and int(match[1]) == study_id
+    return int(match[2]) if match is not None and int(match[1]) == study_id else None
 
 
 def close_trial(storage: optuna.storages.BaseStorage, trial_id: int, run: RunRecord,
