@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from predictor.bowl import Bowl
 from predictor.pfn.bar import BarDistribution, borders_from_samples
@@ -61,6 +62,41 @@ def test_queries_see_only_the_context_and_padding_is_ignored():
     torch.testing.assert_close(alone[0, 0], full[0, 0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(padded, full, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(shuffled, full, rtol=1e-4, atol=1e-5)
+
+
+def joint_forward(model, ctx, qry, ctx_mask):
+    """The forward pass as first written, context and query tokens in one attention call per
+    layer (before the split into encode_context and answer): the reference the split and the
+    predictor's context cache are checked against."""
+    c, q = model.encode_ctx(ctx), model.encode_qry(qry)
+    mask = ctx_mask[:, None, None, :]
+    for layer in model.layers:
+        b, n, d = c.shape
+        qc, k, v = layer.qkv(layer.norm_attn(c)).chunk(3, dim=-1)
+        qq = F.linear(layer.norm_attn(q), layer.qkv.weight[:d], layer.qkv.bias[:d])
+        att = F.scaled_dot_product_attention(layer._heads(torch.cat([qc, qq], dim=1)),
+                                             layer._heads(k), layer._heads(v), attn_mask=mask)
+        x = torch.cat([c, q], dim=1) + layer.out(att.transpose(1, 2).reshape(b, -1, d))
+        x = x + layer.ff(layer.norm_ff(x))
+        c, q = x[:, :n], x[:, n:]
+    return model.head(model.norm(q))
+
+
+def test_an_encoded_context_answers_any_queries_as_the_full_forward_pass():
+    """encode_context once, answer several query sets: the logits of the joint forward pass,
+    for a padded batch of tasks of different context lengths."""
+    model = small_model(seed=2)
+    rng = np.random.default_rng(4)
+    examples = [make_example(rng, PriorConfig(), n_queries=12, max_context=m) for m in (40, 90, 25)]
+    ctx, mask, qry, _ = (torch.from_numpy(a) for a in collate(examples))
+    assert not mask.all()  # padded
+    with torch.no_grad():
+        encoding = model.encode_context(ctx, mask)
+        for part in (qry, qry[:, :5], qry[:, 7:].flip(1)):
+            expected = joint_forward(model, ctx, part, mask)
+            torch.testing.assert_close(model.answer(part, encoding), expected, rtol=0, atol=1e-5)
+            torch.testing.assert_close(model(ctx, part, mask), expected, rtol=0, atol=1e-5)
+    assert len(encoding.keys) == len(encoding.values) == len(model.layers)
 
 
 def test_a_few_training_steps_lower_the_loss():
