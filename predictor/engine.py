@@ -81,10 +81,14 @@ class RecommendationEngine:
         run, created = self.store.report(tenant, report)
         if created:
             self.registry.schedule_refit(tenant)
-        if self.refiner is not None:  # idempotent: a re-sent run is not told twice
-            self.refiner.tell(tenant, run)
-        if created:
-            self._changed(tenant)
+        try:
+            if self.refiner is not None:  # idempotent: a re-sent run is not told twice
+                self.refiner.tell(tenant, run)
+        finally:
+            # Also when the tell failed (the run is stored, and the study's next sync tells
+            # it), and for a re-sent run, which may be told only now if its first tell failed.
+            if created or self.refiner is not None:
+                self._changed(tenant)
         return run, created
 
     def _changed(self, tenant: str) -> None:

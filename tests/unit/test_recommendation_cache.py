@@ -139,3 +139,47 @@ def test_an_aged_out_entry_is_served_while_one_call_refreshes_it():
     assert compute.calls == 1 and slow.calls == 1
     cache.invalidate("t")  # but a stale stamp is never served, refreshing or not
     assert cache.get_or_compute(key, cache.stamp("t", None), compute) is not None and compute.calls == 2
+
+
+class FlakyRefiner:
+    """Exploits by counting; its first tell fails after the run was stored (a refiner error)."""
+
+    def __init__(self):
+        self.exploits, self.tells = 0, 0
+
+    def check_report(self, tenant, report):
+        pass
+
+    def exploit(self, tenant, spec, pins):
+        self.exploits += 1
+        return REC
+
+    def tell(self, tenant, run):
+        self.tells += 1
+        if self.tells == 1:
+            raise RuntimeError("tell failed")
+
+
+def test_a_report_whose_tell_fails_still_makes_the_cache_recompute(tmp_path):
+    from benchmark_db.store import RunStore
+    from predictor.engine import RecommendationEngine
+    from predictor.registry import ModelRegistry
+    from tests.factories import make_report
+
+    store = RunStore(f"sqlite:///{tmp_path / 'c.db'}")
+    registry = ModelRegistry(store, kind="prior")
+    refiner = FlakyRefiner()
+    try:
+        engine = RecommendationEngine(store, registry, refiner=refiner, cache_seconds=60)
+        engine.recommend("t", SPEC, Pins())
+        with pytest.raises(RuntimeError):
+            engine.report("t", make_report("run-1"))  # stored, not told: the next sync tells it
+        engine.recommend("t", SPEC, Pins())
+        assert refiner.exploits == 2
+        _, created = engine.report("t", make_report("run-1"))  # the re-send is told now
+        assert not created and refiner.tells == 2
+        engine.recommend("t", SPEC, Pins())
+        assert refiner.exploits == 3
+    finally:
+        registry.close()
+        store.close()
