@@ -48,8 +48,10 @@ class Layer(nn.Module):
         """(keys, values, next ctx) of the context tokens ctx (B, C, d): keys and values (B,
         heads, C, d / heads) after the norm and projection, which is all the queries read of
         this layer; the next layer's context tokens (None for the last layer: nothing reads
-        them). mask (B, 1, 1, C): True where a context token is real."""
+        them). mask (B, 1, 1, C): True where a context token is real. Keys and values are
+        copied out of the projection's output, so that a kept encoding holds only them."""
         qc, k, v = (self._heads(t) for t in self.qkv(self.norm_attn(ctx)).chunk(3, dim=-1))
+        k, v = k.contiguous(), v.contiguous()
         return k, v, None if last else self._attend(ctx, qc, k, v, mask)
 
     def answer(self, qry, k, v, mask):
