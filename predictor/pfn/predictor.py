@@ -4,17 +4,29 @@ for each query spec, the context (the spec's own runs and those of the nearest g
 query from one forward pass: the mean, and an 80% interval recalibrated on the stored runs
 (see PFNLossModel). With no completed run to condition on, it is the prior.
 
+A recommendation asks several query sets of one spec (predictor/argmin.py: a coarse grid, a
+fine grid, the chosen point, the intervals), all against the same context: a fitted model
+keeps, per query spec, the encoded context (the network's per-layer keys and values) and the
+normalisation the query features are relative to, in a small LRU cache (ContextCache).
+
 torch is imported when a model is first needed, not when this module is imported.
 """
 
 import hashlib
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from predictor.loss_model import LossPrediction
-from predictor.pfn.features import Runs, Spec, episode, select_context, targets
+from predictor.pfn.features import (OFFSETS, SHIFTED, Y_INPUT_SCALE, Runs, Spec, _hyper_features,
+                                    episode, law_point, select_context, targets)
+from predictor.pfn.summary import summarise
 from predictor.prior_model import PriorLossModel
 from predictor.table import RunTable
 
@@ -25,6 +37,9 @@ INTERVAL = (0.1, 0.9)
 CALIBRATION_MIN_GROUPS = 3
 CALIBRATION_MIN_RUNS = 30
 CALIBRATION_MAX_GROUPS = 32
+# Query specs whose encoded context a fitted model keeps: a recommendation uses one spec; an
+# entry of 500 context runs is about 1 MB (4 layers' keys and values).
+CONTEXT_CACHE_SIZE = 8
 _LOADED: dict[Path, object] = {}
 _LOCK = threading.Lock()
 
@@ -41,8 +56,9 @@ def load_checkpoint(path: Path | None = None):
 
 
 def timed_forward(checkpoint, n_context: int = 500, n_queries: int = 1000, seed: int = 0) -> float:
-    """Seconds of one forward pass on random features with the mean and both interval
-    quantiles, as a prediction costs: the inference latency the PFN issue sets a target for."""
+    """Seconds of one full forward pass (the context encoded, then the queries answered) on
+    random features with the mean and both interval quantiles, as a prediction with no cached
+    context costs: the inference latency the PFN issue sets a target for."""
     import time
 
     import torch
@@ -68,20 +84,102 @@ def runs_from_table(table: RunTable) -> Runs:
                 diverged=table.diverged)
 
 
+@dataclass(frozen=True)
+class EncodedContext:
+    """What predict() needs of one query spec's context: the network's encoding of it
+    (model.ContextEncoding) and the episode's normalisation (features.episode) that query
+    features and losses are relative to: the context summary's reference level and optimum."""
+
+    encoding: object
+    ref: float
+    u0: float
+    v0: float
+
+    def query_inputs(self, queries: Runs, spec: Spec) -> tuple[np.ndarray, np.ndarray]:
+        """(query features, query_log_anchor) exactly as features.episode builds them from
+        this context (a test checks they are equal)."""
+        q_x, _ = _hyper_features(queries, spec, self.u0, self.v0)
+        law = law_point(queries.n_active, queries.n_tokens, queries.bits)
+        anchor = self.ref + np.log(law.base_loss) + q_x[:, SHIFTED] / Y_INPUT_SCALE
+        return q_x.astype(np.float32), anchor
+
+
+def encode_context(model, runs: Runs, max_context: int, spec: Spec) -> EncodedContext | None:
+    """The spec's context (select_context) encoded; None when it has no completed run."""
+    import torch
+
+    context = runs.take(select_context(runs, spec, max_context))
+    ep = episode(context, context.take(np.zeros(0, dtype=int)), spec) if len(context) else None
+    if ep is None:
+        return None
+    # The episode keeps the summary's level (ep.ref) but not its optimum, which the query
+    # features are relative to: the summary again, from the same inputs as in episode().
+    x, r = _hyper_features(context, spec)
+    s = summarise(x[:, OFFSETS], context.completed & np.isfinite(r), x[:, 0], x[:, 1], r)
+    with torch.inference_mode():
+        encoding = model.encode_context(torch.from_numpy(ep.context)[None],
+                                        torch.ones(1, len(ep.context), dtype=torch.bool))
+    return EncodedContext(encoding=encoding, ref=ep.ref, u0=s.u0, v0=s.v0)
+
+
+class CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    entries: int
+    size: int
+
+
+class ContextCache:
+    """Encoded contexts by query spec for one fitted state (its runs, network and context cap,
+    bound into `encode`), the least recently used dropped past `size`. Thread-safe: the gRPC
+    server predicts from several threads. A miss encodes outside the lock, so other specs are
+    not held up; two threads missing the same spec both encode it, to the same result."""
+
+    def __init__(self, encode: Callable[[Spec], EncodedContext | None], size: int = CONTEXT_CACHE_SIZE):
+        self._encode = encode
+        self.size = size
+        self._entries: OrderedDict[Spec, EncodedContext | None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = self._misses = 0
+
+    def get(self, spec: Spec) -> EncodedContext | None:
+        with self._lock:
+            if spec in self._entries:
+                self._hits += 1
+                self._entries.move_to_end(spec)
+                return self._entries[spec]
+            self._misses += 1
+        value = self._encode(spec)
+        with self._lock:
+            self._entries[spec] = value
+            self._entries.move_to_end(spec)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return value
+
+    def info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, len(self._entries), self.size)
+
+
 class PFNLossModel:
     """fit() stores the runs and recalibrates the interval: the PFN's 80% interval is
     calibrated on its prior; on the stored runs, predicting each group from the others (as
     for a new spec), the quantile levels whose interval holds 80% of the completed runs'
     losses are found (quantile recalibration of the probability integral transform). Nothing
-    else is fitted: the network conditions on the runs in its forward pass."""
+    else is fitted: the network conditions on the runs in its forward pass.
+
+    A fitted model does not change (fit() makes a new state, cache included): predict() keeps
+    each query spec's encoded context in a ContextCache of context_cache_size specs."""
 
     name = "pfn"
 
     def __init__(self, checkpoint_path: str | Path | None = None, max_context: int = MAX_CONTEXT,
-                 recalibrate: bool = True):
+                 recalibrate: bool = True, context_cache_size: int = CONTEXT_CACHE_SIZE):
         self.checkpoint_path = checkpoint_path
         self.max_context = max_context
         self.recalibrate = recalibrate
+        self.context_cache_size = context_cache_size
 
     def fit(self, runs: RunTable) -> "PFNLossModel":
         self.runs_ = runs_from_table(runs)
@@ -93,14 +191,21 @@ class PFNLossModel:
             digest.update(np.ascontiguousarray(column).tobytes())
         self.data_hash_ = digest.hexdigest()[:12]
         self.interval_levels_ = self._calibrated_levels() if self.recalibrate else INTERVAL
+        self.contexts_ = ContextCache(partial(encode_context, self.checkpoint_.model, self.runs_,
+                                              self.max_context), self.context_cache_size)
         return self
+
+    def context_cache_info(self) -> CacheInfo:
+        return self.contexts_.info()
 
     @property
     def version_(self) -> str:
         return f"{self.checkpoint_.version}:ctx{self.max_context}:runs-{self.data_hash_}"
 
     def _forward(self, context: Runs, queries: Runs, spec: Spec):
-        """(logits, episode), or None when the context has no completed run."""
+        """(logits, episode) of the full forward pass, or None when the context has no
+        completed run. For the recalibration's contexts (the stored runs less one group), which
+        predict() never sees: not cached."""
         import torch
 
         ep = episode(context, queries, spec) if len(context) else None
@@ -143,7 +248,10 @@ class PFNLossModel:
         return float(np.clip(lo, 0.001, 0.5)), float(np.clip(hi, 0.5, 0.999))
 
     def predict(self, queries: RunTable) -> LossPrediction:
+        import torch
+
         model = self.checkpoint_.model
+        contexts = self.contexts_
         q_runs = runs_from_table(queries)
         mean = np.empty(len(queries))
         lo, hi = np.empty(len(queries)), np.empty(len(queries))
@@ -154,15 +262,16 @@ class PFNLossModel:
         for k, key in enumerate(unique):
             rows = np.flatnonzero(inverse.ravel() == k)
             spec = Spec(*map(float, key))
-            ctx = self.runs_.take(select_context(self.runs_, spec, self.max_context))
-            out = self._forward(ctx, q_runs.take(rows), spec)
-            if out is None:  # nothing completed to condition on: the prior
+            encoded = contexts.get(spec)
+            if encoded is None:  # nothing completed to condition on: the prior
                 fallback = fallback or PriorLossModel()
                 p = fallback.predict(queries.subset(rows))
                 mean[rows], lo[rows], hi[rows] = p.mean, p.lo, p.hi
                 continue
-            logits, ep = out
-            scale = np.exp(ep.query_log_anchor)
+            features, log_anchor = encoded.query_inputs(q_runs.take(rows), spec)
+            with torch.inference_mode():
+                logits = model.answer(torch.from_numpy(features)[None], encoded.encoding)[0]
+            scale = np.exp(log_anchor)
             mean[rows] = model.bar.mean_exp(logits).numpy() * scale
             lo[rows] = np.exp(model.bar.quantile(logits, self.interval_levels_[0]).numpy()) * scale
             hi[rows] = np.exp(model.bar.quantile(logits, self.interval_levels_[1]).numpy()) * scale

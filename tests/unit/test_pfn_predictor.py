@@ -2,6 +2,9 @@
 
 import subprocess
 import sys
+import threading
+import time
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -9,12 +12,14 @@ import pytest
 from benchmark_db.records import TrainingSpec
 from predictor.pfn import checkpoint
 from predictor.pfn.config import CHECKPOINT_FORMAT
-from predictor.pfn.features import CONTEXT_FEATURES, QUERY_FEATURES
-from predictor.pfn.predictor import PFNLossModel, load_checkpoint, timed_forward
+from predictor.pfn.features import CONTEXT_FEATURES, QUERY_FEATURES, Spec, episode, select_context
+from predictor.pfn.predictor import (ContextCache, PFNLossModel, load_checkpoint, runs_from_table,
+                                     timed_forward)
 from predictor.pfn.prior import PRIOR_VERSION, PriorConfig, sample_task
 from predictor.pfn.train import default_config
 from predictor.predictors import MODEL_FACTORIES, fit_predictor
 from predictor.table import RunTable
+from tests.unit.test_pfn_model import joint_forward
 
 MAX_CHECKPOINT_BYTES = 20 * 2**20
 
@@ -107,3 +112,235 @@ def test_500_context_runs_and_1000_queries_in_one_forward_pass_are_fast():
     because tests share the machine."""
     times = [timed_forward(load_checkpoint()) for _ in range(5)]
     assert min(times) < 0.5
+
+
+# The context cache: predict() keeps each query spec's encoded context (predictor.py).
+
+def group_specs(table: RunTable) -> list[Spec]:
+    keys = np.stack([table.n_params, table.n_active_params, table.n_tokens, table.weight_bits], 1)
+    return [Spec(*map(float, k)) for k in np.unique(keys, axis=0)]
+
+
+def random_queries(spec: Spec, n=40, seed=0) -> RunTable:
+    """Configurations over the recommender's search range at one spec."""
+    rng = np.random.default_rng(seed)
+    return RunTable.queries(
+        TrainingSpec(n_params=spec.n_params, n_active_params=spec.n_active, n_tokens=spec.n_tokens,
+                     weight_bits=int(spec.bits)),
+        10 ** rng.uniform(-4.5, -1.5, n), 2 ** rng.uniform(16, 23, n), 10 ** rng.uniform(-2, -0.5, n),
+        rng.uniform(0, 1, n))
+
+
+def uncached_predict(model: PFNLossModel, queries: RunTable) -> np.ndarray:
+    """(mean, lo, hi) as predict() computed them before the cache: per spec, the episode and
+    the forward pass as first written, context and queries together."""
+    import torch
+
+    net, runs, q = model.checkpoint_.model, model.runs_, runs_from_table(queries)
+    out = np.full((3, len(queries)), np.nan)
+    keys = np.stack([queries.n_params, queries.n_active_params, queries.n_tokens, queries.weight_bits], 1)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    for k, key in enumerate(unique):
+        rows = np.flatnonzero(inverse.ravel() == k)
+        spec = Spec(*map(float, key))
+        ep = episode(runs.take(select_context(runs, spec, model.max_context)), q.take(rows), spec)
+        with torch.inference_mode():
+            logits = joint_forward(net, torch.from_numpy(ep.context)[None], torch.from_numpy(ep.queries)[None],
+                                   torch.ones(1, len(ep.context), dtype=torch.bool))[0]
+            scale = np.exp(ep.query_log_anchor)
+            mean = net.bar.mean_exp(logits).numpy() * scale
+            lo, hi = (np.exp(net.bar.quantile(logits, level).numpy()) * scale for level in model.interval_levels_)
+        out[:, rows] = mean, np.minimum(lo, mean), np.maximum(hi, mean)
+    return out
+
+
+def predicted(model, queries) -> np.ndarray:
+    p = model.predict(queries)
+    return np.stack([p.mean, p.lo, p.hi])
+
+
+@pytest.fixture(scope="module")
+def store() -> RunTable:
+    """Five groups of a prior task (grids, some diverged runs)."""
+    return synthetic_table(seed=2, n_groups=5)
+
+
+def test_an_encoded_context_gives_the_full_forward_pass_on_the_checkpoint(store):
+    """On the committed network, with a store's runs as context: the cached encoding and
+    normalisation give the query features, anchors and logits of the episode and the full
+    forward pass, for the spec of a stored group (its own runs in the context), a new size,
+    and a context thinned to the cap."""
+    import torch
+
+    net = load_checkpoint().model
+    stored = group_specs(store)[1]
+    new = Spec(stored.n_params * 1.7, stored.n_active * 1.7, stored.n_tokens * 0.6, stored.bits)
+    for spec, cap in ((stored, 500), (new, 500), (new, 70)):
+        model = PFNLossModel(max_context=cap).fit(store)
+        encoded = model.contexts_.get(spec)
+        runs = runs_from_table(store)
+        context = runs.take(select_context(runs, spec, cap))
+        assert 0 < len(context) <= cap
+        for seed in (0, 1):  # two query sets against one encoding
+            q = runs_from_table(random_queries(spec, seed=seed))
+            ep = episode(context, q, spec)
+            features, anchor = encoded.query_inputs(q, spec)
+            np.testing.assert_array_equal(features, ep.queries)
+            np.testing.assert_allclose(anchor, ep.query_log_anchor, rtol=0, atol=1e-12)
+            with torch.inference_mode():
+                expected = joint_forward(net, torch.from_numpy(ep.context)[None],
+                                         torch.from_numpy(ep.queries)[None],
+                                         torch.ones(1, len(ep.context), dtype=torch.bool))
+                cached = net.answer(torch.from_numpy(features)[None], encoded.encoding)
+            torch.testing.assert_close(cached, expected, rtol=0, atol=1e-5)
+
+
+def test_a_second_predict_for_a_spec_reuses_its_encoded_context(store):
+    model = PFNLossModel().fit(store)
+    spec = group_specs(store)[0]
+    coarse, fine = random_queries(spec, 60, seed=3), random_queries(spec, 25, seed=4)
+    first = predicted(model, coarse)
+    assert model.context_cache_info()[:3] == (0, 1, 1)  # hits, misses, entries
+    np.testing.assert_allclose(first, uncached_predict(model, coarse), rtol=1e-5, atol=0)
+    np.testing.assert_allclose(predicted(model, fine), uncached_predict(model, fine), rtol=1e-5, atol=0)
+    np.testing.assert_array_equal(predicted(model, coarse), first)
+    assert model.context_cache_info()[:3] == (2, 1, 1)
+
+
+def test_specs_differing_in_one_size_do_not_share_an_encoded_context(store):
+    """Specs equal but for D, or but for N, or but for the weight bits, each predicted with
+    its own context, alone or mixed in one call."""
+    model = PFNLossModel().fit(store)
+    base = group_specs(store)[0]
+    specs = [base, Spec(base.n_params, base.n_active, base.n_tokens * 3.3, base.bits),
+             Spec(base.n_params * 2.2, base.n_active * 2.2, base.n_tokens, base.bits),
+             Spec(base.n_params, base.n_active, base.n_tokens, 4.0 if base.bits != 4 else 8.0)]
+    tables = [random_queries(spec, 20, seed=5) for spec in specs]  # same hyperparameters
+    alone = [predicted(model, t) for t in tables]
+    for a, t in zip(alone, tables):
+        np.testing.assert_allclose(a, uncached_predict(model, t), rtol=1e-5, atol=0)
+    for i in range(len(alone)):
+        for j in range(i):
+            assert not np.allclose(alone[i], alone[j], rtol=1e-4, atol=0), (i, j)
+    mixed = predicted(model, RunTable.concat(tables))
+    np.testing.assert_array_equal(mixed, np.concatenate(alone, axis=1))
+    assert model.context_cache_info()[:3] == (4, 4, 4)
+
+
+def test_the_context_cache_keeps_the_most_recently_used_specs():
+    encoded: list[Spec] = []
+    cache = ContextCache(lambda spec: encoded.append(spec) or ("encoding of", spec), size=2)
+    a, b, c = (Spec(n, n, 20 * n, 16.0) for n in (1e8, 2e8, 4e8))
+    for spec in (a, b, a, c, a, b):  # c pushes out b (a was used since); b pushes out c
+        assert cache.get(spec) == ("encoding of", spec)
+    assert encoded == [a, b, c, b]
+    assert cache.info() == (2, 4, 2, 2)
+
+
+def test_the_context_cache_is_safe_under_concurrent_predicts(store):
+    """Server threads predicting different specs at once, with evictions (a cache of 2 for
+    3 specs): every answer is the one a lone caller gets."""
+    model = PFNLossModel(context_cache_size=2).fit(store)
+    specs = group_specs(store)[:3]
+    tables = [random_queries(spec, 15, seed=6) for spec in specs]
+    expected = [uncached_predict(model, t) for t in tables]
+    failures, start = [], threading.Barrier(4)
+
+    def worker(offset):
+        start.wait()
+        for i in range(9):
+            k = (i + offset) % 3
+            got = predicted(model, tables[k])
+            if not np.allclose(got, expected[k], rtol=1e-5, atol=0):
+                failures.append((offset, i, k))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    hits, misses, entries, size = model.context_cache_info()
+    assert hits + misses == 36 and entries <= size == 2
+
+
+class LockedOnly(OrderedDict):
+    """An OrderedDict that fails when used without the given lock held."""
+
+    def __init__(self, lock):
+        super().__init__()
+        self.lock = lock
+
+    def _held(self):
+        if not self.lock.locked():
+            raise AssertionError("the cache's entries used without its lock")
+
+    def __contains__(self, key):
+        self._held()
+        return super().__contains__(key)
+
+    def __getitem__(self, key):
+        self._held()
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        self._held()
+        super().__setitem__(key, value)
+
+    def __len__(self):
+        self._held()
+        return super().__len__()
+
+    def move_to_end(self, key, last=True):
+        self._held()
+        super().move_to_end(key, last)
+
+    def popitem(self, last=True):
+        self._held()
+        return super().popitem(last)
+
+
+def test_the_context_cache_lookup_is_thread_safe():
+    """Every use of the entries holds the cache's lock (checked on each access: a race is too
+    rare under the GIL to rely on), and many threads with slow encodings and constant
+    eviction lose no entry and no count."""
+    def slow(spec):
+        time.sleep(0.0005)
+        return spec
+
+    cache = ContextCache(slow, size=2)
+    cache._entries = LockedOnly(cache._lock)
+    specs = [Spec(float(n), float(n), 1e10, 16.0) for n in range(1, 6)]
+    failures, start = [], threading.Barrier(8)
+
+    def worker(offset):
+        start.wait()
+        for i in range(200):
+            spec = specs[(i * (offset + 1)) % len(specs)]
+            try:
+                if cache.get(spec) != spec:
+                    failures.append(spec)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    hits, misses, entries, _ = cache.info()
+    assert hits + misses == 8 * 200 and entries <= 2
+
+
+def test_refitting_a_model_drops_its_encoded_contexts(store):
+    ids = store.group_ids()
+    spec = group_specs(store)[0]
+    queries = random_queries(spec, 20, seed=7)
+    model = PFNLossModel().fit(store.subset(ids != 4))
+    before = predicted(model, queries)
+    model.fit(store.subset(ids != 3))
+    assert model.context_cache_info()[:3] == (0, 0, 0)
+    after = predicted(model, queries)
+    np.testing.assert_array_equal(after, predicted(PFNLossModel().fit(store.subset(ids != 3)), queries))
+    assert not np.allclose(before, after, rtol=1e-4, atol=0)
