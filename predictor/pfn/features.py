@@ -193,17 +193,28 @@ class Episode:
     query_log_anchor: np.ndarray  # ref + ln(base loss) + ln(1 + shifted_excess), per query
 
 
-def episode(context: Runs, queries: Runs, spec: Spec) -> Episode | None:
-    """None when the context has no completed run to normalise losses by."""
+@dataclass(frozen=True)
+class Normalisation:
+    """What an episode's features and losses are relative to, from its context: the context
+    summary's reference level and optimum (u0, v0)."""
+
+    ref: float
+    u0: float
+    v0: float
+
+
+def context_features(context: Runs, spec: Spec) -> tuple[np.ndarray, Normalisation] | None:
+    """The context's features (C, 19) and its normalisation; None when the context has no
+    completed run to normalise losses by."""
     ctx_x, ctx_r = _hyper_features(context, spec)
     ok = context.completed & np.isfinite(ctx_r)
     if not ok.any():
         return None
     s = summarise(ctx_x[:, OFFSETS], ok, ctx_x[:, 0], ctx_x[:, 1], ctx_r)
-    ref = s.level
+    norm = Normalisation(ref=s.level, u0=s.u0, v0=s.v0)
     if s.u0 or s.v0:
         ctx_x, _ = _hyper_features(context, spec, s.u0, s.v0)
-    y = ctx_r - ref
+    y = ctx_r - norm.ref
     unknown = ~np.isfinite(y)
     y = np.where(unknown, DIVERGED_Y_FILL, y)
     resid = y - ctx_x[:, SHIFTED] / Y_INPUT_SCALE
@@ -211,11 +222,25 @@ def episode(context: Runs, queries: Runs, spec: Spec) -> Episode | None:
                                            Y_INPUT_SCALE * np.clip(resid, *Y_INPUT_CLIP),
                                            context.diverged.astype(float),
                                            unknown.astype(float)], axis=1)], axis=1)
-    q_x, _ = _hyper_features(queries, spec, s.u0, s.v0)
+    return ctx.astype(np.float32), norm
+
+
+def query_features(queries: Runs, spec: Spec, norm: Normalisation) -> tuple[np.ndarray, np.ndarray]:
+    """The queries' features (Q, 15) and query_log_anchor, relative to a context's norm."""
+    q_x, _ = _hyper_features(queries, spec, norm.u0, norm.v0)
     law = law_point(queries.n_active, queries.n_tokens, queries.bits)
-    anchor = ref + np.log(law.base_loss) + q_x[:, SHIFTED] / Y_INPUT_SCALE
-    return Episode(context=ctx.astype(np.float32), queries=q_x.astype(np.float32), ref=ref,
-                   query_log_anchor=anchor)
+    anchor = norm.ref + np.log(law.base_loss) + q_x[:, SHIFTED] / Y_INPUT_SCALE
+    return q_x.astype(np.float32), anchor
+
+
+def episode(context: Runs, queries: Runs, spec: Spec) -> Episode | None:
+    """None when the context has no completed run to normalise losses by."""
+    encoded = context_features(context, spec)
+    if encoded is None:
+        return None
+    ctx, norm = encoded
+    q_x, anchor = query_features(queries, spec, norm)
+    return Episode(context=ctx, queries=q_x, ref=norm.ref, query_log_anchor=anchor)
 
 
 def targets(queries: Runs, ep: Episode) -> np.ndarray:

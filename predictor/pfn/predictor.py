@@ -24,9 +24,8 @@ from typing import NamedTuple
 import numpy as np
 
 from predictor.loss_model import LossPrediction
-from predictor.pfn.features import (OFFSETS, SHIFTED, Y_INPUT_SCALE, Runs, Spec, _hyper_features,
-                                    episode, law_point, select_context, targets)
-from predictor.pfn.summary import summarise
+from predictor.pfn.features import (Normalisation, Runs, Spec, context_features, episode,
+                                    query_features, select_context, targets)
 from predictor.prior_model import PriorLossModel
 from predictor.table import RunTable
 
@@ -87,21 +86,14 @@ def runs_from_table(table: RunTable) -> Runs:
 @dataclass(frozen=True)
 class EncodedContext:
     """What predict() needs of one query spec's context: the network's encoding of it
-    (model.ContextEncoding) and the episode's normalisation (features.episode) that query
-    features and losses are relative to: the context summary's reference level and optimum."""
+    (model.ContextEncoding) and the normalisation query features and losses are relative to."""
 
     encoding: object
-    ref: float
-    u0: float
-    v0: float
+    norm: Normalisation
 
     def query_inputs(self, queries: Runs, spec: Spec) -> tuple[np.ndarray, np.ndarray]:
-        """(query features, query_log_anchor) exactly as features.episode builds them from
-        this context (a test checks they are equal)."""
-        q_x, _ = _hyper_features(queries, spec, self.u0, self.v0)
-        law = law_point(queries.n_active, queries.n_tokens, queries.bits)
-        anchor = self.ref + np.log(law.base_loss) + q_x[:, SHIFTED] / Y_INPUT_SCALE
-        return q_x.astype(np.float32), anchor
+        """(query features, query_log_anchor), as features.episode builds them."""
+        return query_features(queries, spec, self.norm)
 
 
 def encode_context(model, runs: Runs, max_context: int, spec: Spec) -> EncodedContext | None:
@@ -109,17 +101,14 @@ def encode_context(model, runs: Runs, max_context: int, spec: Spec) -> EncodedCo
     import torch
 
     context = runs.take(select_context(runs, spec, max_context))
-    ep = episode(context, context.take(np.zeros(0, dtype=int)), spec) if len(context) else None
-    if ep is None:
+    encoded = context_features(context, spec) if len(context) else None
+    if encoded is None:
         return None
-    # The episode keeps the summary's level (ep.ref) but not its optimum, which the query
-    # features are relative to: the summary again, from the same inputs as in episode().
-    x, r = _hyper_features(context, spec)
-    s = summarise(x[:, OFFSETS], context.completed & np.isfinite(r), x[:, 0], x[:, 1], r)
+    features, norm = encoded
     with torch.inference_mode():
-        encoding = model.encode_context(torch.from_numpy(ep.context)[None],
-                                        torch.ones(1, len(ep.context), dtype=torch.bool))
-    return EncodedContext(encoding=encoding, ref=ep.ref, u0=s.u0, v0=s.v0)
+        encoding = model.encode_context(torch.from_numpy(features)[None],
+                                        torch.ones(1, len(features), dtype=torch.bool))
+    return EncodedContext(encoding=encoding, norm=norm)
 
 
 class CacheInfo(NamedTuple):
