@@ -236,14 +236,26 @@ class PFNLossModel:
         lo, hi = np.quantile(pit, INTERVAL)
         return float(np.clip(lo, 0.001, 0.5)), float(np.clip(hi, 0.5, 0.999))
 
+    def mean(self, queries: RunTable) -> np.ndarray:
+        """predict(queries).mean without the interval's quantiles: what the argmin's grids
+        need (predictor/argmin.py)."""
+        return self._predict(queries, interval=False)[0]
+
     def predict(self, queries: RunTable) -> LossPrediction:
+        mean, lo, hi = self._predict(queries, interval=True)
+        # The mean counts the chance of divergence; where that pulls it past the interval,
+        # the interval is widened to hold it (LossPrediction: lo <= mean <= hi).
+        return LossPrediction(mean=mean, lo=np.minimum(lo, mean), hi=np.maximum(hi, mean))
+
+    def _predict(self, queries: RunTable, interval: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, lo, hi); lo and hi stay NaN unless `interval`."""
         import torch
 
         model = self.checkpoint_.model
         contexts = self.contexts_
         q_runs = runs_from_table(queries)
         mean = np.empty(len(queries))
-        lo, hi = np.empty(len(queries)), np.empty(len(queries))
+        lo, hi = np.full(len(queries), np.nan), np.full(len(queries), np.nan)
         keys = np.stack([queries.n_params, queries.n_active_params, queries.n_tokens,
                          queries.weight_bits], axis=1)
         unique, inverse = np.unique(keys, axis=0, return_inverse=True)
@@ -262,8 +274,7 @@ class PFNLossModel:
                 logits = model.answer(torch.from_numpy(features)[None], encoded.encoding)[0]
             scale = np.exp(log_anchor)
             mean[rows] = model.bar.mean_exp(logits).numpy() * scale
-            lo[rows] = np.exp(model.bar.quantile(logits, self.interval_levels_[0]).numpy()) * scale
-            hi[rows] = np.exp(model.bar.quantile(logits, self.interval_levels_[1]).numpy()) * scale
-        # The mean counts the chance of divergence; where that pulls it past the interval,
-        # the interval is widened to hold it (LossPrediction: lo <= mean <= hi).
-        return LossPrediction(mean=mean, lo=np.minimum(lo, mean), hi=np.maximum(hi, mean))
+            if interval:
+                lo[rows] = np.exp(model.bar.quantile(logits, self.interval_levels_[0]).numpy()) * scale
+                hi[rows] = np.exp(model.bar.quantile(logits, self.interval_levels_[1]).numpy()) * scale
+        return mean, lo, hi

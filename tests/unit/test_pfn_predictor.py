@@ -344,3 +344,14 @@ def test_refitting_a_model_drops_its_encoded_contexts(store):
     after = predicted(model, queries)
     np.testing.assert_array_equal(after, predicted(PFNLossModel().fit(store.subset(ids != 3)), queries))
     assert not np.allclose(before, after, rtol=1e-4, atol=0)
+
+
+def test_the_mean_alone_is_the_predictions_mean(store):
+    """argmin's grids ask mean() (no quantiles); it must be what predict() says, for stored
+    sizes, a new size, and a spec with nothing to condition on (the prior)."""
+    model = PFNLossModel().fit(store)
+    specs = group_specs(store)[:2] + [Spec(8e8, 8e8, 3e10, 16.0)]
+    queries = RunTable.concat([random_queries(s, seed=i) for i, s in enumerate(specs)])
+    np.testing.assert_allclose(model.mean(queries), model.predict(queries).mean, rtol=0, atol=0)
+    empty = PFNLossModel().fit(store.subset(np.zeros(len(store), dtype=bool)))
+    np.testing.assert_allclose(empty.mean(queries), empty.predict(queries).mean, rtol=0, atol=0)
