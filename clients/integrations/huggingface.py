@@ -18,8 +18,9 @@ trains with the arguments as they are (the run is still reported).
 It turns off args.logging_nan_inf_filter (which would hide a NaN loss behind the mean of the
 previous ones), watches every logged training loss, and on the first NaN/inf reports the run as
 diverged and stops training (stop_on_divergence). At the end of training it reports the run as
-completed with the last logged loss (so log often enough: logging_steps). Only the main process
-reports. An exception inside Trainer.train() is not seen by callbacks: wrap train() in a
+completed with the mean of the losses logged over the last final_loss_window (default 2%) of the
+steps run, at least the last one (so log often enough: logging_steps); final_loss_window=0
+reports the last logged loss. Only the main process reports. An exception inside Trainer.train() is not seen by callbacks: wrap train() in a
 `tracked_run` if you want those reported.
 """
 
@@ -38,7 +39,8 @@ class HparamrecCallback(TrainerCallback):
     """spec: the TrainingSpec (seq_len must be the sequence length of the training data).
     fit_steps_to_tokens: when the batch is applied and args.max_steps is set, set max_steps so
     that training sees spec.n_tokens at the applied batch.
-    Other options (pins, client, server, api_key, run_id, metadata) as for TrackedRun."""
+    Other options (pins, client, server, api_key, run_id, metadata, mode, final_loss_window)
+    as for TrackedRun: losses are logged at state.global_step."""
 
     def __init__(self, spec: TrainingSpec | dict, *, apply: bool = True,
                  fit_steps_to_tokens: bool = True, stop_on_divergence: bool = True, **options):
@@ -100,10 +102,10 @@ class HparamrecCallback(TrainerCallback):
                         "optimizer?); reporting %g", lr, recommended.lr, lr)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs and not self.run.log(logs["loss"]):
+        if logs and "loss" in logs and not self.run.log(logs["loss"], step=state.global_step):
             if self.stop_on_divergence:
                 control.should_training_stop = True
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.run.finish()
+        self.run.finish(last_step=state.global_step)

@@ -14,8 +14,10 @@ that batch pinned if it differs, and (with max_steps set) sets max_steps so trai
 spec's n_tokens at that batch. apply=False trains as configured (the run is still reported).
 
 Every training step's loss is checked: the first NaN/inf reports the run as diverged and stops
-training (stop_on_divergence). At the end of fit the run is reported as completed with the last
-loss; an exception during fit reports it as diverged (failed for interruptions and
+training (stop_on_divergence). At the end of fit the run is reported as completed with the mean
+of the training losses of the last final_loss_window (default 2%) of the optimizer steps run
+(every micro-batch's loss, at the step it counts towards); final_loss_window=0 reports the last
+loss. An exception during fit reports it as diverged (failed for interruptions and
 out-of-memory). The hyperparameters reported are read from the optimizer and the train
 dataloader when training starts. Only global rank 0 reports.
 """
@@ -38,7 +40,8 @@ class HparamrecLightningCallback(Callback):
     """spec: the TrainingSpec (seq_len must be the sequence length of the training data).
     fit_steps_to_tokens: when the batch is applied and the trainer has max_steps, set max_steps
     so that training sees spec.n_tokens at the applied batch.
-    Other options (pins, client, server, api_key, run_id, metadata) as for TrackedRun."""
+    Other options (pins, client, server, api_key, run_id, metadata, mode, final_loss_window)
+    as for TrackedRun."""
 
     def __init__(self, spec: TrainingSpec | dict, *, apply: bool = True,
                  fit_steps_to_tokens: bool = True, stop_on_divergence: bool = True, **options):
@@ -46,6 +49,7 @@ class HparamrecLightningCallback(Callback):
         self.apply = apply
         self.fit_steps_to_tokens = fit_steps_to_tokens
         self.stop_on_divergence = stop_on_divergence
+        self._step = 0
 
     def _seq_len(self) -> int:
         if self.run.spec.seq_len:
@@ -101,17 +105,22 @@ class HparamrecLightningCallback(Callback):
         self.run.use(lr=lr, weight_decay=weight_decay, batch_size_tokens=batch,
                      qat_fraction=recommended.qat_fraction if recommended else None)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # The optimizer step this batch counts towards (under gradient accumulation, several
+        # batches do; trainer.global_step moves on after the last of them).
+        self._step = trainer.global_step + 1
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:
             return
         # Lightning hands over the loss divided by the accumulation steps.
-        if not self.run.log(float(loss) * trainer.accumulate_grad_batches):
+        if not self.run.log(float(loss) * trainer.accumulate_grad_batches, step=self._step):
             if self.stop_on_divergence:
                 trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.run.finish()
+        self.run.finish(last_step=trainer.global_step)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.run.fail(exception)

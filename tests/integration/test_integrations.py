@@ -22,6 +22,13 @@ SPEC = {"n_params": 2e4, "n_tokens": 1e4, "seq_len": SEQ_LEN}
 MICRO_BATCH = 4
 
 
+def window_mean(losses: list[tuple[int, float]], last_step: int) -> tuple[float, int]:
+    """The mean of the losses logged at steps in the last 2% of last_step (the default
+    final_loss_window), and how many there were."""
+    kept = [loss for step, loss in losses if step > last_step - 0.02 * last_step]
+    return sum(kept) / len(kept), len(kept)
+
+
 @pytest.fixture
 def database_url(tmp_path):
     """The client side does not depend on the database kind: SQLite only."""
@@ -58,26 +65,41 @@ class Regression(torch.nn.Module):
 
 # tracked_run
 
-def test_tracked_run_trains_with_the_recommendation_and_reports_the_last_loss(target):
+def test_tracked_run_trains_with_the_recommendation_and_reports_the_mean_loss(target):
     model = Regression()
     with tracked_run(SPEC, server=target, run_id="loop-1", metadata={"team": "a"}) as run:
         hp = run.hyperparameters
         assert hp == run.recommendation.hyperparameters
         optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         loader = torch.utils.data.DataLoader(Samples(), batch_size=MICRO_BATCH)
+        losses = []
         for step, batch in zip(range(5), loader):
             loss = model(**batch)["loss"]
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-            assert run.log(loss)
+            assert run.log(loss)  # no step: the final loss is the mean of the last 100 logged
+            losses.append(loss.item())
     with Client(target) as client:
         stored = client.get_run("loop-1")
     assert stored.outcome.status is RunStatus.COMPLETED
-    assert stored.outcome.final_loss == pytest.approx(loss.item())
+    assert stored.outcome.final_loss == pytest.approx(sum(losses) / 5)
+    assert stored.outcome.final_loss != pytest.approx(losses[-1])
     assert stored.hyperparameters.lr == hp.lr
     assert stored.recommendation_id == run.recommendation.recommendation_id
-    assert stored.metadata == {"integration": "tracked_run", "team": "a", "steps_logged": "5"}
+    assert stored.metadata == {"integration": "tracked_run", "team": "a", "steps_logged": "5",
+                               "final_loss": "mean of the last 5 losses logged (no steps given)"}
+
+
+def test_tracked_run_with_steps_reports_the_mean_loss_of_the_last_steps(target):
+    losses = [(step, 3.0 - 0.01 * step + 0.05 * (-1) ** step) for step in range(1, 101)]
+    with tracked_run(SPEC, server=target, run_id="loop-steps") as run:
+        for step, loss in losses:
+            assert run.log(loss, step=step)
+    with Client(target) as client:
+        stored = client.get_run("loop-steps")
+    assert stored.outcome.final_loss == pytest.approx((losses[-2][1] + losses[-1][1]) / 2)
+    assert stored.metadata["final_loss"] == "mean of 2 losses over steps 99-100 (the last 2% of 100)"
 
 
 def test_tracked_runs_in_explore_mode_run_and_report_distinct_trials(target):
@@ -108,6 +130,7 @@ def test_tracked_run_reports_a_nan_loss_as_diverged_at_once(target):
             stored = client.get_run("nan-1")
             assert stored.outcome.status is RunStatus.DIVERGED
             assert stored.outcome.final_loss == 2.5
+            assert stored.metadata["final_loss"] == "last finite loss logged"
             assert not run.log(1.0)  # later losses change nothing
         assert client.get_run("nan-1") == stored
         assert len(client.list_runs().runs) == 1
@@ -175,9 +198,12 @@ def test_transformers_callback_applies_the_recommendation_and_reports(target, tm
     assert trainer.optimizer.param_groups[0]["initial_lr"] == rec.lr
     with Client(target) as client:
         stored = client.get_run("hf-1")
-    last_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e][-1]
+    logged = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    mean, n = window_mean(logged, trainer.state.global_step)  # 79 steps: 78 and 79
+    assert n == 2 and mean != pytest.approx(logged[-1][1])
     assert stored.outcome.status is RunStatus.COMPLETED
-    assert stored.outcome.final_loss == pytest.approx(last_loss)
+    assert stored.outcome.final_loss == pytest.approx(mean)
+    assert stored.metadata["final_loss"] == "mean of 2 losses over steps 78-79 (the last 2% of 79)"
     assert stored.hyperparameters.model_dump() == {
         "lr": rec.lr, "batch_size_tokens": rec.batch_size_tokens,
         "weight_decay": rec.weight_decay, "qat_fraction": 0.0}
@@ -195,7 +221,11 @@ def test_transformers_callback_reports_divergence_and_stops(target, tmp_path):
     with Client(target) as client:
         stored = client.get_run("hf-nan")
     assert stored.outcome.status is RunStatus.DIVERGED
-    assert math.isfinite(stored.outcome.final_loss)
+    # The last finite loss logged, not a mean.
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert math.isfinite(logged[1]) and not math.isfinite(logged[2])
+    assert stored.outcome.final_loss == pytest.approx(logged[1])
+    assert stored.metadata["final_loss"] == "last finite loss logged (step 2)"
     # apply=False: what the arguments said, reported as used.
     assert stored.hyperparameters.lr == trainer.args.learning_rate
     assert stored.hyperparameters.batch_size_tokens == MICRO_BATCH * SEQ_LEN
@@ -211,11 +241,15 @@ def _lightning_module(nan_from=None, fail_at=None):
             super().__init__()
             self.model = Regression()
             self.lr, self.weight_decay, self.batch_size = 1e-3, 0.0, MICRO_BATCH
+            self.losses = []
 
         def training_step(self, batch, batch_idx):
             if fail_at is not None and batch_idx == fail_at:
                 raise RuntimeError("CUDA error: an illegal memory access")
-            return self.model(**batch)["loss"]
+            loss = self.model(**batch)["loss"]
+            # The optimizer step this micro-batch counts towards, and its loss.
+            self.losses.append((self.global_step + 1, loss.item()))
+            return loss
 
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -248,8 +282,12 @@ def test_lightning_callback_applies_the_recommendation_and_reports(target):
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == rec.weight_decay
     with Client(target) as client:
         stored = client.get_run("pl-1")
+    # 79 steps of 2 micro-batches: the 4 micro-batch losses of steps 78 and 79.
+    mean, n = window_mean(module.losses, trainer.global_step)
+    assert n == 4 and mean != pytest.approx(module.losses[-1][1])
     assert stored.outcome.status is RunStatus.COMPLETED
-    assert stored.outcome.final_loss == pytest.approx(callback.run.last_loss)
+    assert stored.outcome.final_loss == pytest.approx(mean)
+    assert stored.metadata["final_loss"] == "mean of 4 losses over steps 78-79 (the last 2% of 79)"
     assert stored.hyperparameters.lr == rec.lr
     assert stored.hyperparameters.batch_size_tokens == rec.batch_size_tokens
     assert stored.metadata["integration"] == "lightning"
@@ -260,11 +298,13 @@ def test_lightning_callback_reports_divergence_and_stops(target):
 
     callback = HparamrecLightningCallback(SPEC, server=target, run_id="pl-nan", apply=False)
     trainer = _lightning_trainer(callback, max_steps=50)
-    trainer.fit(_lightning_module(nan_from=2 * MICRO_BATCH))
+    module = _lightning_module(nan_from=2 * MICRO_BATCH)
+    trainer.fit(module)
     assert trainer.global_step == 3
     with Client(target) as client:
         stored = client.get_run("pl-nan")
     assert stored.outcome.status is RunStatus.DIVERGED
+    assert stored.outcome.final_loss == pytest.approx(module.losses[1][1])  # the last finite one
     assert stored.hyperparameters.lr == 1e-3 and stored.hyperparameters.batch_size_tokens == 64
 
 
@@ -276,3 +316,15 @@ def test_lightning_callback_reports_an_exception(target):
         _lightning_trainer(callback).fit(_lightning_module(fail_at=2))
     with Client(target) as client:
         assert client.get_run("pl-crash").outcome.status is RunStatus.DIVERGED
+
+
+def test_the_callbacks_take_the_final_loss_options():
+    pytest.importorskip("transformers")
+    pytest.importorskip("lightning")
+    from clients.integrations import HparamrecCallback, HparamrecLightningCallback
+
+    for cls in (HparamrecCallback, HparamrecLightningCallback):
+        callback = cls(SPEC, final_loss_window=0, final_loss_count=7)
+        assert (callback.run.final_losses.window, callback.run.final_losses.count) == (0, 7)
+        with pytest.raises(ValueError, match="final_loss_window"):
+            cls(SPEC, final_loss_window=2)
