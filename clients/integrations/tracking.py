@@ -14,7 +14,7 @@ The final loss reported for a completed run is not one step's loss, whose per-ba
 the Step Law sweep about 1.2% of the loss, 6-8x the run-to-run noise the refinement assumes)
 would make a worse configuration look best: it is the mean of the losses logged over the last
 `final_loss_window` (default 2%) of the steps run, at least the last loss logged. With cosine
-decay the loss is nearly flat at the end, so so short a window adds little bias, while a run
+decay the loss is nearly flat at the end, so a window this short adds little bias, while a run
 logged every step averages a few hundred losses (10,000 steps: 200). Losses logged without a
 step fall back to the mean of the last `final_loss_count` (default 100) logged.
 `final_loss_window=0` reports the last loss logged. A diverged run reports its last finite loss.
@@ -49,8 +49,8 @@ _INTERRUPTIONS = (KeyboardInterrupt, SystemExit, MemoryError)
 # steps run, at the end. The per-batch noise of one step's loss (sd ~1.2% of the loss on the
 # Step Law sweep) averages down by sqrt(losses): 200 losses (a 10,000-step run logged every
 # step) leave ~0.085%, under the 0.15% run-to-run noise the refinement's GP assumes. With cosine
-# decay the learning rate over the last 2% is under 0.1% of its peak, so the loss hardly moves
-# there and the mean sits close to the end value. Schedules that end in a steep decay (WSD,
+# decay the learning rate changes by under 0.1% of its peak over the last 2% of the steps (to
+# zero: it is that small there), so the loss hardly moves and the mean sits close to the end. Schedules that end in a steep decay (WSD,
 # linear to zero) move more: lower it, or report an evaluation loss yourself.
 FINAL_LOSS_WINDOW = 0.02
 # Losses logged without a step: the mean of the last this many. 100 losses of 1.2% noise leave
