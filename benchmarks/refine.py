@@ -244,7 +244,7 @@ def render(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
     exploit = np.array([o["exploit"] for o in ours])
     lines += [
         "",
-        f"After 4 reported runs: exploit regret {100 * ours_k[k4]:.3f}% (target at most 0.04%), "
+        f"After {k4 + 1} reported runs: exploit regret {100 * ours_k[k4]:.3f}% (target at most 0.04%), "
         f"{ours_k[k4] / tpe_k[k4]:.2f} of TPE's {100 * tpe_k[k4]:.3f}% (target at most 0.2); "
         f"largest excess over the zero-shot recommendation at any k: "
         f"{100 * max(0.0, (ours_k - zero).max()):.3f}% (target at most 0.02%).",
