@@ -241,7 +241,6 @@ def render(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
     ]
     for k in range(rounds):
         lines.append(f"| {k + 1} | " + " | ".join(f"{100 * v[k]:.3f}" for v in table.values()) + " |")
-    exploit = np.array([o["exploit"] for o in ours])
     lines += [
         "",
         f"After {k4 + 1} reported runs: exploit regret {100 * ours_k[k4]:.3f}% (target at most 0.04%), "
@@ -258,16 +257,21 @@ def render(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
         "figures had suggested the candidates, so the exploit figures are not an untouched "
         "held-out measurement (docs/refinement.md says how).",
         "",
-        "Per-group exploit regret (%) after k runs:",
-        "",
-        "| group | zero-shot | " + " | ".join(f"k={k + 1}" for k in range(rounds)) + " |",
-        "|---|---|" + "---|" * rounds,
     ]
-    for j, o in enumerate(ours):
-        lines.append(f"| {j + 1} | {100 * o['zero_shot']:.3f} | "
-                     + " | ".join(f"{100 * r:.3f}" for r in exploit[j]) + " |")
+    lines += per_group_exploit(ours, rounds)
     lines += ["", "![regret vs k](refine.png)"]
     return "\n".join(lines)
+
+
+def per_group_exploit(ours, rounds: int) -> list[str]:
+    """The table of each group's exploit regret after k runs."""
+    lines = ["Per-group exploit regret (%) after k runs:", "",
+             "| group | zero-shot | " + " | ".join(f"k={k + 1}" for k in range(rounds)) + " |",
+             "|---|---|" + "---|" * rounds]
+    for j, o in enumerate(ours):
+        lines.append(f"| {j + 1} | {100 * o['zero_shot']:.3f} | "
+                     + " | ".join(f"{100 * r:.3f}" for r in o["exploit"]) + " |")
+    return lines
 
 
 def render_raw(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
@@ -283,7 +287,6 @@ def render_raw(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
     tpe_k = table["TPE (3 random startup trials, multivariate)"]
     zero = np.mean([o["zero_shot"] for o in ours])
     k4 = min(4, rounds) - 1
-    exploit = np.array([o["exploit"] for o in ours])
     lines = [
         "## Refinement under real run-to-run noise: the raw final loss reported",
         "",
@@ -316,14 +319,8 @@ def render_raw(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
         f"{100 * np.mean([o['versions'] for o in ours]):.0f}% of exploit calls were served by a "
         "refitted model.",
         "",
-        "Per-group exploit regret (%) after k runs:",
-        "",
-        "| group | zero-shot | " + " | ".join(f"k={k + 1}" for k in range(rounds)) + " |",
-        "|---|---|" + "---|" * rounds,
     ]
-    for j, o in enumerate(ours):
-        lines.append(f"| {j + 1} | {100 * o['zero_shot']:.3f} | "
-                     + " | ".join(f"{100 * r:.3f}" for r in exploit[j]) + " |")
+    lines += per_group_exploit(ours, rounds)
     return "\n".join(lines)
 
 
