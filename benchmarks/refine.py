@@ -38,7 +38,7 @@ from benchmarks.backtest import DEFAULT_DATA
 from clients.client import Client
 from clients.models import Pins, RunOutcome, RunReport, TrainingSpec
 from predictor.backtest import held_out_spec
-from predictor.refine import EXPLOIT_RULE
+from predictor.refine import EXPLOIT_RULE, NOISY_REPORTS_MARK
 from predictor.scoring import nearest_point, regret
 from predictor.table import RunTable
 from service.server import Service
@@ -99,7 +99,7 @@ def run_service_loop(group: int, runs, ids: np.ndarray, held: RunTable, rounds: 
         fit_seconds = time.perf_counter() - started
         initial_version = service.registry.get(TENANT).version
         out = {"explore": [], "exploit": [], "best_seen": [], "best_regret": [], "versions": [],
-               "fit_seconds": fit_seconds}
+               "warned": [], "fit_seconds": fit_seconds}
         loop_started = time.perf_counter()
         try:
             with Client(f"127.0.0.1:{service.port}", retries=0, timeout=60) as client:
@@ -123,6 +123,7 @@ def run_service_loop(group: int, runs, ids: np.ndarray, held: RunTable, rounds: 
                     out["exploit"].append(regret(held, exploit.lr, exploit.batch_size_tokens))
                     base_version = next(v for v in exploit.model_versions if not v.startswith("study-gp"))
                     out["versions"].append(base_version != initial_version)
+                    out["warned"].append(any(NOISY_REPORTS_MARK in w for w in exploit.warnings))
         finally:
             out["loop_seconds"] = time.perf_counter() - loop_started
             service.stop(grace=0)
@@ -258,9 +259,17 @@ def render(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
         "held-out measurement (docs/refinement.md says how).",
         "",
     ]
-    lines += per_group_exploit(ours, rounds)
+    lines += [warned(ours, rounds), ""] + per_group_exploit(ours, rounds)
     lines += ["", "![regret vs k](refine.png)"]
     return "\n".join(lines)
+
+
+def warned(ours, rounds: int) -> str:
+    """How many groups' exploit recommendations carried the noisy-reports warning."""
+    counts = np.sum([o["warned"] for o in ours], 0)
+    return ("Exploit recommendations with the noisy-reports warning (the study's reported losses "
+            "disagree with the model beyond its uncertainty, p < 0.01), groups out of "
+            f"{len(ours)}: " + ", ".join(f"k={k + 1}: {int(counts[k])}" for k in range(rounds)) + ".")
 
 
 def per_group_exploit(ours, rounds: int) -> list[str]:
@@ -320,7 +329,7 @@ def render_raw(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
         "refitted model.",
         "",
     ]
-    lines += per_group_exploit(ours, rounds)
+    lines += [warned(ours, rounds), ""] + per_group_exploit(ours, rounds)
     return "\n".join(lines)
 
 

@@ -95,11 +95,16 @@ class ResidualGP:
         return LEVEL_SD**2 + SHAPE_SD**2 * np.exp(-0.5 * d2)
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "ResidualGP":
-        self.x_ = x
+        self.x_, self.y_ = x, y
         if len(x):
             self.chol_ = cho_factor(self.kernel(x, x) + NOISE_SD**2 * np.eye(len(x)))
             self.alpha_ = cho_solve(self.chol_, y)
         return self
+
+    def mahalanobis(self) -> float:
+        """y' (K + noise)^-1 y of the fitted residuals: chi-square with len(y) degrees of
+        freedom if they are what this GP says residuals are."""
+        return float(self.y_ @ self.alpha_) if len(self.x_) else 0.0
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and sd of the residual (the latent function, without noise)."""
@@ -122,6 +127,16 @@ class ConditionedModel:
         if trials.n_completed:
             residual = trials.ln_loss - self.prior(trials.completed)
             self.gp.fit(space.encode(trials.completed), residual)
+
+    def consistency(self) -> tuple[float, float]:
+        """(chi-square, p-value) of the completed trials' residuals under the GP: a small p
+        says the reported losses disagree with the model by more than its level and shape
+        uncertainty and NOISE_SD allow (noisy reports, e.g. one step's training loss, or a
+        model far off for this spec)."""
+        from scipy.stats import chi2
+
+        stat = self.gp.mahalanobis()
+        return stat, float(chi2.sf(stat, self.trials.n_completed)) if self.trials.n_completed else 1.0
 
     def queries(self, params: Params) -> RunTable:
         return RunTable.queries(self.spec, *(params[n] for n in HYPERPARAMETERS))

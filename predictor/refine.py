@@ -52,6 +52,12 @@ EXPLOIT_RULES = ("mean", "upper", "tried_mean", "best_run")
 # never on the real sweep: best_run had the lowest regret at every k there.
 EXPLOIT_RULE = "best_run"
 GRID_POINTS = 41  # per free axis of lr and batch in the exploit search
+# The reported losses are checked against the conditioned model once this many have completed;
+# a warning when their chi-square's p-value is below NOISY_REPORTS_P (fixed, not tuned: a 1%
+# false alarm rate where the model's own uncertainty is right).
+NOISY_REPORTS_MIN_TRIALS = 3
+NOISY_REPORTS_P = 0.01
+NOISY_REPORTS_MARK = "reported losses of this spec disagree with"  # in the warning's text
 FINE_SD = 0.1  # in length scales: the local search around the best candidate
 
 
@@ -257,7 +263,7 @@ class Refiner:
                         for n in (*space.free, "predicted_loss"))
         rec = base.model_copy(update=update | {
             "sources": tuple(s for s in base.sources if s.field not in space.free + ("predicted_loss",))
-            + sources})
+            + sources, "warnings": base.warnings + tuple(_noisy_reports(conditioned))})
         return rec.model_copy(update={"model_versions": _versions(rec, study, conditioned)}), chosen
 
     @staticmethod
@@ -336,6 +342,24 @@ class Refiner:
         return [name for name in candidates if name in existing]
 
 
+
+
+def _noisy_reports(conditioned: ConditionedModel) -> list[str]:
+    """A warning when the study's reported losses disagree with the conditioned model by more
+    than its uncertainty allows: the usual cause is reporting one step's training loss, whose
+    batch noise (~1% of the loss) is several times the run-to-run noise the GP assumes, and
+    under which the best reported run is mostly luck (docs/refinement.md)."""
+    n = conditioned.trials.n_completed
+    if n < NOISY_REPORTS_MIN_TRIALS:
+        return []
+    stat, p = conditioned.consistency()
+    if p >= NOISY_REPORTS_P:
+        return []
+    return [f"the {n} {NOISY_REPORTS_MARK} the {conditioned.model.name} model by more than "
+            f"its uncertainty allows (chi-square {stat:.0f} on {n}, p = {p:.1g}): if they are "
+            "one step's training loss, report a smoothed or evaluation loss instead (the "
+            "hparamrec integrations report the mean over the last 2% of steps); noisy losses "
+            "make the best reported run a matter of luck"]
 
 
 def _choose(rule: str, mean: np.ndarray, sd: np.ndarray, trials: StudyTrials, tried: slice) -> int:

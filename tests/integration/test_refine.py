@@ -355,3 +355,18 @@ def test_the_exploit_is_the_best_reported_configuration(client):
     best = client.recommend(SPEC, PINS)
     assert (best.lr, best.batch_size_tokens) == pytest.approx((trials[1].lr, trials[1].batch_size_tokens))
     assert any(s.name == "refine" for s in best.sources)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("noise", [(0.0, 0.0, 0.0, 0.0), (0.02, -0.02, 0.025, -0.015)])
+def test_losses_that_disagree_with_the_model_beyond_its_uncertainty_get_a_warning(client, noise):
+    """Losses at the model's own predictions pass; ones scattered by ~2% (one step's batch
+    noise, not run-to-run noise) are flagged on the exploit recommendation."""
+    for k, eps in enumerate(noise):
+        trial = client.recommend(SPEC, PINS, mode="explore")
+        client.report_run(report(trial, trial.predicted_loss * (1 + eps), f"run-{k}"))
+    warnings = [w for w in client.recommend(SPEC, PINS).warnings if "reported losses" in w]
+    if any(noise):
+        assert len(warnings) == 1 and "4 reported losses" in warnings[0]
+    else:
+        assert warnings == []
