@@ -237,11 +237,8 @@ def render(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
         "%. Weight decay pinned to 0.1. Optuna baselines from scratch in lr 1e-4..3e-2, batch "
         f"3e4..5e6 tokens, the best configuration run so far, mean over {args.seeds} seeds.",
         "",
-        "| k | " + " | ".join(table) + " |",
-        "|---|" + "---|" * len(table),
     ]
-    for k in range(rounds):
-        lines.append(f"| {k + 1} | " + " | ".join(f"{100 * v[k]:.3f}" for v in table.values()) + " |")
+    lines += regret_table(table, rounds)
     lines += [
         "",
         f"After {k4 + 1} reported runs: exploit regret {100 * ours_k[k4]:.3f}% (target at most 0.04%), "
@@ -262,6 +259,13 @@ def render(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
     lines += [warned(ours, rounds), ""] + per_group_exploit(ours, rounds)
     lines += ["", "![regret vs k](refine.png)"]
     return "\n".join(lines)
+
+
+def regret_table(table: dict[str, np.ndarray], rounds: int) -> list[str]:
+    """Mean regret (%) after each k, one column per recommender."""
+    return (["| k | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
+            + [f"| {k + 1} | " + " | ".join(f"{100 * v[k]:.3f}" for v in table.values()) + " |"
+               for k in range(rounds)])
 
 
 def warned(ours, rounds: int) -> str:
@@ -313,11 +317,8 @@ def render_raw(ours, baselines, n_runs, n_groups, args, elapsed) -> str:
         "held-out groups are the 17 real ones the rule's figures had been seen on, so this measures the "
         "deployed rule under real noise; it is not a basis for choosing a rule.",
         "",
-        "| k | " + " | ".join(table) + " |",
-        "|---|" + "---|" * len(table),
     ]
-    for k in range(rounds):
-        lines.append(f"| {k + 1} | " + " | ".join(f"{100 * v[k]:.3f}" for v in table.values()) + " |")
+    lines += regret_table(table, rounds)
     lines += [
         "",
         f"After {k4 + 1} reported runs: exploit regret {100 * ours_k[k4]:.3f}%, "
