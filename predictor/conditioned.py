@@ -84,8 +84,9 @@ class StudyTrials:
 
 
 class ResidualGP:
-    def __init__(self, length_scales: np.ndarray):
+    def __init__(self, length_scales: np.ndarray, noise_sd: float = NOISE_SD):
         self.length_scales = length_scales
+        self.noise_sd = noise_sd
         self.x_ = np.zeros((0, len(length_scales)))
         self.alpha_ = np.zeros(0)
         self.chol_ = None
@@ -97,7 +98,7 @@ class ResidualGP:
     def fit(self, x: np.ndarray, y: np.ndarray) -> "ResidualGP":
         self.x_, self.y_ = x, y
         if len(x):
-            self.chol_ = cho_factor(self.kernel(x, x) + NOISE_SD**2 * np.eye(len(x)))
+            self.chol_ = cho_factor(self.kernel(x, x) + self.noise_sd**2 * np.eye(len(x)))
             self.alpha_ = cho_solve(self.chol_, y)
         return self
 
@@ -105,6 +106,11 @@ class ResidualGP:
         """y' (K + noise)^-1 y of the fitted residuals: chi-square with len(y) degrees of
         freedom if they are what this GP says residuals are."""
         return float(self.y_ @ self.alpha_) if len(self.x_) else 0.0
+
+    def log_marginal_likelihood(self) -> float:
+        n = len(self.x_)
+        return (-0.5 * self.mahalanobis() - float(np.log(np.diag(self.chol_[0])).sum())
+                - 0.5 * n * math.log(2 * math.pi)) if n else 0.0
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and sd of the residual (the latent function, without noise)."""
@@ -118,12 +124,13 @@ class ResidualGP:
 
 
 class ConditionedModel:
-    def __init__(self, model: LossModel, spec: TrainingSpec, space: SearchSpace, trials: StudyTrials):
+    def __init__(self, model: LossModel, spec: TrainingSpec, space: SearchSpace, trials: StudyTrials,
+                 noise_sd: float = NOISE_SD):
         self.model = model
         self.spec = spec
         self.space = space
         self.trials = trials
-        self.gp = ResidualGP(np.array([LENGTH_SCALE[n] for n in space.free]))
+        self.gp = ResidualGP(np.array([LENGTH_SCALE[n] for n in space.free]), noise_sd)
         if trials.n_completed:
             residual = trials.ln_loss - self.prior(trials.completed)
             self.gp.fit(space.encode(trials.completed), residual)
@@ -137,6 +144,13 @@ class ConditionedModel:
 
         stat = self.gp.mahalanobis()
         return stat, float(chi2.sf(stat, self.trials.n_completed)) if self.trials.n_completed else 1.0
+
+    def with_fitted_noise(self, factors=tuple(2.0**j for j in range(6))) -> "ConditionedModel":
+        """The same model with the GP's noise sd the maximiser of its marginal likelihood among
+        NOISE_SD times `factors`: for reports noisier than run-to-run noise."""
+        fits = [ConditionedModel(self.model, self.spec, self.space, self.trials, NOISE_SD * f)
+                for f in factors]
+        return max(fits, key=lambda c: c.gp.log_marginal_likelihood())
 
     def queries(self, params: Params) -> RunTable:
         return RunTable.queries(self.spec, *(params[n] for n in HYPERPARAMETERS))

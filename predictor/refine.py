@@ -47,7 +47,7 @@ GP_VERSION = "study-gp@1"
 # What the exploit recommendation is once the study has completed trials: the argmin of the
 # conditioned mean over the search (mean), of its upper 80% bound (upper), the tried
 # configuration with the lowest conditioned mean (tried_mean) or lowest reported loss (best_run).
-EXPLOIT_RULES = ("mean", "upper", "tried_mean", "best_run")
+EXPLOIT_RULES = ("mean", "upper", "tried_mean", "best_run", "noise_aware")
 # Chosen on closed loops over sweeps drawn from the PFN's prior (benchmarks/exploit_rules.py),
 # never on the real sweep: best_run had the lowest regret at every k there.
 EXPLOIT_RULE = "best_run"
@@ -210,6 +210,8 @@ class Refiner:
         the recommendation for it (lr and batch intervals: the band of the grid where the
         conditioned mean is within NEAR_OPTIMAL_EXCESS of the grid's minimum, widened to hold the
         argmin)."""
+        if rule == "noise_aware":
+            conditioned, rule = _noise_aware(conditioned)
         space, spec = conditioned.space, conditioned.spec
         rng = np.random.default_rng(0)
         grid = self._grid(space, spec, base, pins)
@@ -239,7 +241,7 @@ class Refiner:
         band = {n: (min(grid[n][near].min(initial=chosen[n][0]), chosen[n][0]),
                     max(grid[n][near].max(initial=chosen[n][0]), chosen[n][0]))
                 for n in ("lr", "batch_size_tokens")}
-        half = Z80 * math.hypot(sd[i], NOISE_SD)
+        half = Z80 * math.hypot(sd[i], conditioned.gp.noise_sd)
         loss = math.exp(mean[i])
         wd = float(chosen["weight_decay"][0])
         update = {
@@ -360,6 +362,15 @@ def _noisy_reports(conditioned: ConditionedModel) -> list[str]:
             "one step's training loss, report a smoothed or evaluation loss instead (the "
             "hparamrec integrations report the mean over the last 2% of steps); noisy losses "
             "make the best reported run a matter of luck"]
+
+
+def _noise_aware(conditioned: ConditionedModel) -> tuple[ConditionedModel, str]:
+    """The noise_aware rule (a candidate, not the default): best_run while the reports pass
+    the noisy-reports check; once they fail it, the tried configuration with the lowest
+    posterior mean under the GP's noise fitted by marginal likelihood (tried_mean)."""
+    if not _noisy_reports(conditioned):
+        return conditioned, "best_run"
+    return conditioned.with_fitted_noise(), "tried_mean"
 
 
 def _choose(rule: str, mean: np.ndarray, sd: np.ndarray, trials: StudyTrials, tried: slice) -> int:

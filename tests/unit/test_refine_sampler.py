@@ -110,3 +110,24 @@ def test_gp_without_data_is_the_prior():
     gp = ResidualGP(np.ones(2))
     mean, sd = gp.predict(np.zeros((3, 2)))
     assert (mean == 0).all() and (sd > 0.01).all()
+
+
+def conditioned_on(scatter: float, n: int = 8, seed: int = 0) -> ConditionedModel:
+    """Trials along a line through the bowl whose losses are the bowl's times exp(scatter N)."""
+    from predictor.table import RunTable
+
+    rng = np.random.default_rng(seed)
+    lrs = LR * np.exp(np.linspace(-1.5, 1.5, n))
+    losses = Bowl().predict(RunTable.queries(SPEC, lrs, BATCH, 0.1, 0.0)).mean
+    losses = losses * np.exp(scatter * rng.standard_normal(n))
+    study = study_with(*[(lr, BATCH, float(loss)) for lr, loss in zip(lrs, losses)])
+    return ConditionedModel(Bowl(), SPEC, SPACE, StudyTrials.of(study.trials))
+
+
+def test_the_fitted_noise_follows_the_scatter_of_the_reports():
+    from predictor.conditioned import NOISE_SD
+
+    assert conditioned_on(0.0).with_fitted_noise().gp.noise_sd == NOISE_SD
+    noisy = conditioned_on(0.015).with_fitted_noise().gp.noise_sd
+    assert 0.005 <= noisy <= 0.05
+    assert conditioned_on(0.015).consistency()[1] < 0.01 < conditioned_on(0.0).consistency()[1]
