@@ -22,6 +22,7 @@ configuration at or above a diverged trial's lr, at a batch within SIMILAR_BATCH
 is excluded.
 """
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class ResidualGP:
         self.length_scales = length_scales
         self.noise_sd = noise_sd
         self.x_ = np.zeros((0, len(length_scales)))
+        self.y_ = np.zeros(0)
         self.alpha_ = np.zeros(0)
         self.chol_ = None
 
@@ -148,9 +150,11 @@ class ConditionedModel:
     def with_fitted_noise(self, factors=tuple(2.0**j for j in range(6))) -> "ConditionedModel":
         """The same model with the GP's noise sd the maximiser of its marginal likelihood among
         NOISE_SD times `factors`: for reports noisier than run-to-run noise."""
-        fits = [ConditionedModel(self.model, self.spec, self.space, self.trials, NOISE_SD * f)
-                for f in factors]
-        return max(fits, key=lambda c: c.gp.log_marginal_likelihood())
+        gps = [ResidualGP(self.gp.length_scales, NOISE_SD * f).fit(self.gp.x_, self.gp.y_)
+               for f in factors]  # the same residuals: the model is not asked again
+        fitted = copy.copy(self)
+        fitted.gp = max(gps, key=ResidualGP.log_marginal_likelihood)
+        return fitted
 
     def queries(self, params: Params) -> RunTable:
         return RunTable.queries(self.spec, *(params[n] for n in HYPERPARAMETERS))

@@ -20,8 +20,9 @@ previous ones), watches every logged training loss, and on the first NaN/inf rep
 diverged and stops training (stop_on_divergence). At the end of training it reports the run as
 completed with the mean of the losses logged over the last final_loss_window (default 2%) of the
 steps run, at least the last one (so log often enough: logging_steps); final_loss_window=0
-reports the last logged loss. Only the main process reports. An exception inside Trainer.train() is not seen by callbacks: wrap train() in a
-`tracked_run` if you want those reported.
+reports the last logged loss. Only the main process reports. An exception inside
+Trainer.train() is not seen by callbacks: wrap train() in a `tracked_run` if you want those
+reported.
 """
 
 import logging

@@ -98,10 +98,6 @@ class FinalLoss:
         while len(self.losses) > self.count and self.losses[0][0] <= horizon:
             self.losses.popleft()
 
-    @property
-    def last(self) -> float | None:
-        return self.losses[-1][1] if self.losses else None
-
     def last_label(self, finite: bool = False) -> str:
         step = self.losses[-1][0] if self.losses else None
         return _last_label(step, "last finite loss logged" if finite else "last loss logged")
