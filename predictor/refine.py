@@ -210,8 +210,9 @@ class Refiner:
         the recommendation for it (lr and batch intervals: the band of the grid where the
         conditioned mean is within NEAR_OPTIMAL_EXCESS of the grid's minimum, widened to hold the
         argmin)."""
+        warnings = _noisy_reports(conditioned)
         if rule == "noise_aware":
-            conditioned, rule = _noise_aware(conditioned)
+            conditioned, rule = _noise_aware(conditioned, noisy=bool(warnings))
         space, spec = conditioned.space, conditioned.spec
         rng = np.random.default_rng(0)
         grid = self._grid(space, spec, base, pins)
@@ -265,7 +266,7 @@ class Refiner:
                         for n in (*space.free, "predicted_loss"))
         rec = base.model_copy(update=update | {
             "sources": tuple(s for s in base.sources if s.field not in space.free + ("predicted_loss",))
-            + sources, "warnings": base.warnings + tuple(_noisy_reports(conditioned))})
+            + sources, "warnings": base.warnings + tuple(warnings)})
         return rec.model_copy(update={"model_versions": _versions(rec, study, conditioned)}), chosen
 
     @staticmethod
@@ -344,8 +345,6 @@ class Refiner:
         return [name for name in candidates if name in existing]
 
 
-
-
 def _noisy_reports(conditioned: ConditionedModel) -> list[str]:
     """A warning when the study's reported losses disagree with the conditioned model by more
     than its uncertainty allows: the usual cause is reporting one step's training loss, whose
@@ -364,11 +363,11 @@ def _noisy_reports(conditioned: ConditionedModel) -> list[str]:
             "make the best reported run a matter of luck"]
 
 
-def _noise_aware(conditioned: ConditionedModel) -> tuple[ConditionedModel, str]:
+def _noise_aware(conditioned: ConditionedModel, noisy: bool) -> tuple[ConditionedModel, str]:
     """The noise_aware rule (a candidate, not the default): best_run while the reports pass
-    the noisy-reports check; once they fail it, the tried configuration with the lowest
-    posterior mean under the GP's noise fitted by marginal likelihood (tried_mean)."""
-    if not _noisy_reports(conditioned):
+    the noisy-reports check; once they fail it (`noisy`), the tried configuration with the
+    lowest posterior mean under the GP's noise fitted by marginal likelihood (tried_mean)."""
+    if not noisy:
         return conditioned, "best_run"
     return conditioned.with_fitted_noise(), "tried_mean"
 
