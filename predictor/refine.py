@@ -47,7 +47,10 @@ GP_VERSION = "study-gp@1"
 # What the exploit recommendation is once the study has completed trials: the argmin of the
 # conditioned mean over the search (mean), of its upper 80% bound (upper), the tried
 # configuration with the lowest conditioned mean (tried_mean) or lowest reported loss (best_run).
-EXPLOIT_RULES = ("mean", "upper", "tried_mean", "best_run", "noise_aware")
+# noise_aware and guarded act as best_run until the reports fail the noisy-reports check; then
+# the former picks as tried_mean under a fitted noise, the latter keeps the model's own
+# recommendation (docs/refinement.md).
+EXPLOIT_RULES = ("mean", "upper", "tried_mean", "best_run", "noise_aware", "guarded")
 # Chosen on closed loops over sweeps drawn from the PFN's prior (benchmarks/exploit_rules.py),
 # never on the real sweep: best_run had the lowest regret at every k there.
 EXPLOIT_RULE = "best_run"
@@ -213,6 +216,10 @@ class Refiner:
         warnings = _noisy_reports(conditioned)
         if rule == "noise_aware":
             conditioned, rule = _noise_aware(conditioned, noisy=bool(warnings))
+        if rule == "guarded":
+            if warnings and conditioned.lr_ok(params_of(base))[0]:
+                return self._kept(base, conditioned, study, warnings), params_of(base)
+            rule = "best_run"
         space, spec = conditioned.space, conditioned.spec
         rng = np.random.default_rng(0)
         grid = self._grid(space, spec, base, pins)
@@ -268,6 +275,21 @@ class Refiner:
             "sources": tuple(s for s in base.sources if s.field not in space.free + ("predicted_loss",))
             + sources, "warnings": base.warnings + tuple(warnings)})
         return rec.model_copy(update={"model_versions": _versions(rec, study, conditioned)}), chosen
+
+    def _kept(self, base: Recommendation, conditioned: ConditionedModel, study,
+              warnings: list[str]) -> Recommendation:
+        """The guarded rule's answer once the reports fail the noisy-reports check: the model's
+        own recommendation, with its loss predicted by the conditioned model."""
+        rec = self._at(base, conditioned, params_of(base))
+        detail = (f"the {conditioned.model.name} model's recommendation, kept: the "
+                  f"{conditioned.trials.n_completed} reported losses of study "
+                  f"'{study.study_name}' are too noisy to rank configurations")
+        fields = (*conditioned.space.free, "predicted_loss")
+        rec = rec.model_copy(update={
+            "sources": tuple(s for s in rec.sources if s.field not in fields)
+            + tuple(Source(field=n, name="refine", version=GP_VERSION, detail=detail) for n in fields),
+            "warnings": rec.warnings + tuple(warnings)})
+        return rec.model_copy(update={"model_versions": _versions(rec, study, conditioned)})
 
     @staticmethod
     def _grid(space: SearchSpace, spec: TrainingSpec, base: Recommendation, pins: Pins) -> Params:

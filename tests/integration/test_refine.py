@@ -370,3 +370,27 @@ def test_losses_that_disagree_with_the_model_beyond_its_uncertainty_get_a_warnin
         assert len(warnings) == 1 and "4 reported losses" in warnings[0]
     else:
         assert warnings == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("noise", [(0.0, 0.0, 0.0, -0.001), (0.02, -0.02, 0.025, -0.015)])
+def test_the_guarded_rule_keeps_the_zero_shot_recommendation_once_reports_look_noisy(
+        client, service, noise):
+    """`guarded` (not the default) answers as best_run while the reports pass the noisy-reports
+    check, and with the model's own recommendation once they fail it."""
+    for k, eps in enumerate(noise):
+        trial = client.recommend(SPEC, PINS, mode="explore")
+        client.report_run(report(trial, trial.predicted_loss * (1 + eps), f"run-{k}"))
+    spec, pins = resolve_spec(n_params=1e9, n_tokens=2e10), Pins(weight_decay=0.1)
+    assert service.registry.wait_idle(timeout=60)  # the refit on the reported runs has landed
+    zero_shot = service.registry.get("default").recommender.recommend(spec, pins)
+    guarded = service.refiner.exploit("default", spec, pins, rule="guarded")
+    best_run = service.refiner.exploit("default", spec, pins, rule="best_run")
+    assert (best_run.lr, best_run.batch_size_tokens) != (zero_shot.lr, zero_shot.batch_size_tokens)
+    if any(abs(e) > 0.01 for e in noise):
+        assert (guarded.lr, guarded.batch_size_tokens) == (zero_shot.lr, zero_shot.batch_size_tokens)
+        assert any("too noisy" in s.detail for s in guarded.sources)
+        assert any("reported losses" in w for w in guarded.warnings)
+    else:
+        assert (guarded.lr, guarded.batch_size_tokens) == (best_run.lr, best_run.batch_size_tokens)
+        assert not guarded.warnings
