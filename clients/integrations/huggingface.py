@@ -20,7 +20,12 @@ previous ones), watches every logged training loss, and on the first NaN/inf rep
 diverged and stops training (stop_on_divergence). At the end of training it reports the run as
 completed with the mean of the losses logged over the last final_loss_window (default 2%) of the
 steps run, at least the last one (so log often enough: logging_steps); final_loss_window=0
-reports the last logged loss. Only the main process reports. An exception inside
+reports the last logged loss. Each logged loss is the Trainer's mean over the steps since the
+previous log, and counts in the mean for as many of those steps as fall in the window. The
+losses are read at the end from state.log_history, which a job resumed from a checkpoint
+(train(resume_from_checkpoint=...)) restores: the window is that of the whole run, not of the
+steps since the restart (the losses the callback saw fill in steps the history lacks). Only the
+main process reports. An exception inside
 Trainer.train() is not seen by callbacks: wrap train() in a `tracked_run` if you want those
 reported.
 """
@@ -109,4 +114,10 @@ class HparamrecCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        # A job resumed from a checkpoint saw only the losses logged since; state.log_history,
+        # restored from the checkpoint, holds every loss logged with its step.
+        if not self.run.reported:
+            history = [(entry["step"], entry["loss"]) for entry in state.log_history
+                       if "loss" in entry and "step" in entry]
+            self.run.final_losses = self.run.final_losses.merged(history)
         self.run.finish(last_step=state.global_step)

@@ -17,7 +17,9 @@ Every training step's loss is checked: the first NaN/inf reports the run as dive
 training (stop_on_divergence). At the end of fit the run is reported as completed with the mean
 of the training losses of the last final_loss_window (default 2%) of the optimizer steps run
 (every micro-batch's loss, at the step it counts towards); final_loss_window=0 reports the last
-loss. An exception during fit reports it as diverged (failed for interruptions and
+loss. The losses collected so far are part of the callback's state in Lightning's checkpoints,
+so a fit resumed from one (trainer.fit(..., ckpt_path=...)) reports the window of the whole run,
+not only of the steps since the restart. An exception during fit reports it as diverged (failed for interruptions and
 out-of-memory). The hyperparameters reported are read from the optimizer and the train
 dataloader when training starts. Only global rank 0 reports.
 """
@@ -118,6 +120,18 @@ class HparamrecLightningCallback(Callback):
         if not self.run.log(float(loss) * trainer.accumulate_grad_batches, step=self._step):
             if self.stop_on_divergence:
                 trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        """The losses of the final-loss window so far, saved in Lightning's checkpoints: a fit
+        resumed from one (ckpt_path=...) goes on with them."""
+        return {"final_losses": self.run.final_losses.state_dict(),
+                "last_loss": self.run.last_loss, "steps_logged": self.run.steps_logged}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "final_losses" in state_dict:
+            self.run.final_losses.load_state_dict(state_dict["final_losses"])
+            self.run.last_loss = state_dict.get("last_loss")
+            self.run.steps_logged = state_dict.get("steps_logged", 0)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.run.finish(last_step=trainer.global_step)

@@ -22,10 +22,11 @@ SPEC = {"n_params": 2e4, "n_tokens": 1e4, "seq_len": SEQ_LEN}
 MICRO_BATCH = 4
 
 
-def window_mean(losses: list[tuple[int, float]], last_step: int) -> tuple[float, int]:
-    """The mean of the losses logged at steps in the last 2% of last_step (the default
-    final_loss_window), and how many there were."""
-    kept = [loss for step, loss in losses if step > last_step - 0.02 * last_step]
+def window_mean(losses: list[tuple[int, float]], last_step: int,
+                window: float = 0.02) -> tuple[float, int]:
+    """The mean of the losses logged at steps in the last `window` of last_step (default: the
+    default final_loss_window), and how many there were."""
+    kept = [loss for step, loss in losses if step > last_step - window * last_step]
     return sum(kept) / len(kept), len(kept)
 
 
@@ -169,13 +170,14 @@ def test_an_unreachable_service_does_not_stop_training(caplog):
 
 # transformers
 
-def _hf_trainer(tmp_path, callback, data=None, max_steps=4):
+def _hf_trainer(tmp_path, callback, data=None, max_steps=4, **arguments):
     from transformers import Trainer, TrainingArguments
 
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "hf"), max_steps=max_steps,
-        per_device_train_batch_size=MICRO_BATCH, logging_steps=1, report_to=[],
-        save_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    args = TrainingArguments(**{
+        "output_dir": str(tmp_path / "hf"), "max_steps": max_steps,
+        "per_device_train_batch_size": MICRO_BATCH, "logging_steps": 1, "report_to": [],
+        "save_strategy": "no", "use_cpu": True, "disable_tqdm": True,
+        "dataloader_num_workers": 0, **arguments})
     return Trainer(model=Regression(), args=args, train_dataset=data or Samples(),
                    callbacks=[callback])
 
@@ -229,6 +231,53 @@ def test_transformers_callback_reports_divergence_and_stops(target, tmp_path):
     # apply=False: what the arguments said, reported as used.
     assert stored.hyperparameters.lr == trainer.args.learning_rate
     assert stored.hyperparameters.batch_size_tokens == MICRO_BATCH * SEQ_LEN
+
+
+@pytest.mark.parametrize("restart", [47, 49])
+def test_transformers_resumed_run_reports_the_final_loss_of_the_whole_run(target, tmp_path,
+                                                                           restart):
+    """A job restarted from a checkpoint inside the final-loss window (the window of 50 steps
+    is steps 46-50; after step 49 only one loss is left to log) reports what the uninterrupted
+    run did."""
+    from clients.integrations import HparamrecCallback
+
+    options = {"server": target, "apply": False, "final_loss_window": 0.1}
+    saving = {"max_steps": 50, "save_strategy": "steps", "save_steps": restart}
+    whole = HparamrecCallback(SPEC, run_id="hf-whole", **options)
+    _hf_trainer(tmp_path, whole, **saving).train()
+    resumed = HparamrecCallback(SPEC, run_id="hf-resumed", **options)
+    trainer = _hf_trainer(tmp_path, resumed, **saving)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "hf" / f"checkpoint-{restart}"))
+    logged = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    assert [step for step, _ in logged] == list(range(1, 51))  # restored, then logged anew
+    mean, n = window_mean(logged, 50, window=0.1)
+    with Client(target) as client:
+        first, second = client.get_run("hf-whole"), client.get_run("hf-resumed")
+    assert n == 5 and second.outcome.status is RunStatus.COMPLETED
+    assert second.outcome.final_loss == pytest.approx(mean)
+    assert second.outcome.final_loss == pytest.approx(first.outcome.final_loss)
+    assert second.metadata["final_loss"] == first.metadata["final_loss"] == \
+        "mean of 5 losses over steps 46-50 (the last 10% of 50)"
+
+
+def test_transformers_logged_losses_count_for_their_steps_in_the_window(target, tmp_path):
+    """Logged every 4 steps, each loss is the mean over its 4 steps: of the window, steps 44-48,
+    the loss logged at 44 stands for one step (41-44) and the one at 48 for four."""
+    from clients.integrations import HparamrecCallback
+
+    callback = HparamrecCallback(SPEC, server=target, run_id="hf-every-4", apply=False,
+                                 final_loss_window=0.1)
+    trainer = _hf_trainer(tmp_path, callback, max_steps=48, logging_steps=4)
+    trainer.train()
+    logged = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    assert [step for step, _ in logged][-2:] == [44, 48]
+    (_, at_44), (_, at_48) = logged[-2:]
+    with Client(target) as client:
+        stored = client.get_run("hf-every-4")
+    assert stored.outcome.final_loss == pytest.approx((at_44 + 4 * at_48) / 5)
+    assert stored.outcome.final_loss != pytest.approx((at_44 + at_48) / 2)
+    assert stored.metadata["final_loss"] == ("mean of 2 losses over steps 44-48, each weighted "
+                                             "by its steps in the window (the last 10% of 48)")
 
 
 # lightning
@@ -291,6 +340,39 @@ def test_lightning_callback_applies_the_recommendation_and_reports(target):
     assert stored.hyperparameters.lr == rec.lr
     assert stored.hyperparameters.batch_size_tokens == rec.batch_size_tokens
     assert stored.metadata["integration"] == "lightning"
+
+
+def test_lightning_resumed_fit_reports_the_final_loss_of_the_whole_run(target, tmp_path):
+    """A fit resumed from a checkpoint inside the final-loss window (47 of 50 steps: the window
+    is steps 46-50) reports the mean of the losses of the whole window, as an uninterrupted fit
+    with the same losses would: those of steps 46-47 come back with the checkpoint."""
+    import lightning.pytorch as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from clients.integrations import HparamrecLightningCallback
+
+    def fit(run_id, **resume):
+        callback = HparamrecLightningCallback(SPEC, server=target, run_id=run_id, apply=False,
+                                              final_loss_window=0.1)
+        saving = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="{step}",
+                                 every_n_train_steps=47, save_top_k=-1)
+        trainer = L.Trainer(max_steps=50, accelerator="cpu", devices=1, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[callback, saving])
+        module = _lightning_module()
+        trainer.fit(module, **resume)
+        return module.losses
+
+    whole = fit("pl-whole")
+    resumed = fit("pl-resumed", ckpt_path=tmp_path / "checkpoints" / "step=47.ckpt")
+    assert resumed[0][0] == 48
+    mean, n = window_mean([(s, v) for s, v in whole if s <= 47] + resumed, 50, window=0.1)
+    with Client(target) as client:
+        stored = client.get_run("pl-resumed")
+    assert n == 5 and stored.outcome.status is RunStatus.COMPLETED
+    assert stored.outcome.final_loss == pytest.approx(mean)
+    assert stored.metadata["final_loss"] == "mean of 5 losses over steps 46-50 (the last 10% of 50)"
+    assert stored.metadata["steps_logged"] == "50"
 
 
 def test_lightning_callback_reports_divergence_and_stops(target):
