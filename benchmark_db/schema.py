@@ -31,6 +31,8 @@ runs = sa.Table(
     sa.Column("trial_id", sa.String(200), nullable=False, server_default=""),
     sa.UniqueConstraint("tenant", "run_id", name="uq_runs_tenant_run_id"),
     sa.Index("ix_runs_tenant_sizes", "tenant", "n_params", "n_active_params", "n_tokens"),
+    # A study's sync finds the runs reported against its running trials (predictor/study_sync.py).
+    sa.Index("ix_runs_tenant_trial_id", "tenant", "trial_id"),
 )
 
 api_keys = sa.Table(
