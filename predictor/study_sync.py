@@ -23,6 +23,20 @@ another run) gets the run as a trial of its own (add_runs, as a late report). Bo
 study's lock, which the report's tell holds too, and both see what the other did: a trial
 closed by a run carries its run_id. So whichever of the report and a sync (of this replica or
 another) comes first tells the run, and the other finds it told.
+
+Such a run may be of another size than its trial (the launcher ran a different model than the
+trial was handed out for), outside the bins the study reads. So the sync also reads the runs
+reported against its RUNNING trials, whatever their spec (index on (tenant, trial_id), the
+trials from Optuna's table in the same statement), and closes such a trial as FAIL with
+superseded_by_run, as the report's tell does (close_trial); the run itself reaches the studies
+of its own spec through their syncs (it is in their bins), as a user's own configuration, as
+the tell's would. The watermark has a second part for them: (count, largest id) of the runs
+reported against the study's running trials, read in the same statement as the bins' (one
+statement still when nothing changed). In the steady state there are none (a run against a
+running trial is a tell in flight, or lost). Unlike the bins' runs, they leave the set (their
+trial closes), but never come back, and a sync closes the trial of every one it counted: the
+runs a later sync counts are others, so their (count, largest id) differs unless both sets
+are empty (two disjoint sets have different largest ids).
 """
 
 import math
@@ -31,6 +45,7 @@ from typing import NamedTuple
 import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState, create_trial
+from sqlalchemy.sql.elements import ColumnElement
 
 from benchmark_db.records import Pins, RunRecord, RunStatus, TrainingSpec
 from benchmark_db.schema import runs
@@ -41,21 +56,36 @@ from predictor.study import TRIAL_ID, SearchSpace, Studies, bin_edges, study_nam
 MATCH_TOLERANCE = 0.01  # values within 1% of the trial's are its own (printed values are rounded)
 _SPEC = ("n_params", "n_active_params", "n_tokens", "seq_len", "architecture", "optimizer",
          "weight_bits")
+_TRIALS = sa.table("trials", sa.column("study_id"), sa.column("number"),
+                   sa.column("state"))  # Optuna's RDB schema, in the same database
 
 
 class StudySync:
     def __init__(self, store: RunStore, studies: Studies):
         self.store = store
         self.studies = studies
-        self._synced: dict[str, tuple[int, int]] = {}  # study name -> watermark it was synced at
+        self._synced: dict[str, tuple[int, ...]] = {}  # study name -> watermark it was synced at
 
     def mark(self, tenant: str, spec: TrainingSpec) -> tuple[int, int]:
         """(count, largest id) of the tenant's stored runs in the spec key's size bins."""
-        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(runs.c.id), 0)).where(
-            *_in_bins(tenant, spec))
         with self.store.engine.connect() as conn:
-            count, top = conn.execute(query).one()
+            count, top = conn.execute(_watermark(_in_bins(tenant, spec))).one()
         return int(count), int(top)
+
+    def _mark(self, tenant: str, spec: TrainingSpec, study_id: int,
+              mark: tuple[int, int] | None) -> tuple[int, ...]:
+        """The study's watermark: the bins' (mark, when the caller read it for all the spec's
+        studies; else read here) and (count, largest id) of the runs reported against its
+        running trials; one statement."""
+        strays = _watermark(_against_running(tenant, study_id)).subquery()
+        if mark is None:
+            bins = _watermark(_in_bins(tenant, spec)).subquery()
+            query = sa.select(*bins.c, *strays.c).select_from(bins.join(strays, sa.true()))
+        else:
+            query = sa.select(*strays.c)
+        with self.store.engine.connect() as conn:
+            got = tuple(int(v) for v in conn.execute(query).one())
+        return got if mark is None else (*mark, *got)
 
     def sync(self, tenant: str, spec: TrainingSpec, study: optuna.Study, locked: bool = False,
              mark: tuple[int, int] | None = None) -> int:
@@ -69,9 +99,11 @@ class StudySync:
         as a trial of its own; or carried by a trial already; or not this study's: another
         key, or values its space cannot hold). None is left for later, so a sync that finds
         the same mark has nothing to do. A run committed after the mark was read (its tell
-        still to come, or failed) moves the count: the next sync reads the rows again."""
+        still to come, or failed) moves the count: the next sync reads the rows again. The
+        same holds for the runs reported against the study's running trials from outside its
+        bins (module docstring): each one read is settled, its trial closed."""
         name = study.study_name
-        mark = self.mark(tenant, spec) if mark is None else mark  # read first: later runs move it
+        mark = self._mark(tenant, spec, study._study_id, mark)  # read first: later runs move it
         if self._synced.get(name) == mark:
             return 0
         told = 0
@@ -98,15 +130,17 @@ class StudySync:
         return closed + len(added)
 
     def _missing(self, tenant: str, spec: TrainingSpec, study: optuna.Study) -> list["Missing"]:
-        """What the study has not been told of the tenant's stored runs in its key's bins, in
-        the order they were stored. Called again under the lock before acting on it: a run
-        found here may be told by its report in the meantime."""
+        """What the study has not been told of the tenant's stored runs in its key's bins, and
+        of those reported against its running trials, in the order they were stored. Called
+        again under the lock before acting on it: a run found here may be told by its report
+        in the meantime."""
         attrs = study.user_attrs  # one query
         pinned, space = tuple(attrs.get("pins", {})), SearchSpace.from_json(attrs["space"])
-        columns = [runs.c[c] for c in ("run_id", "trial_id", *_SPEC, *HYPERPARAMETERS)]
+        columns = [runs.c[c] for c in ("id", "run_id", "trial_id", *_SPEC, *HYPERPARAMETERS)]
+        query = sa.union(sa.select(*columns).where(*_in_bins(tenant, spec)),
+                         sa.select(*columns).where(*_against_running(tenant, study._study_id)))
         with self.store.engine.connect() as conn:
-            rows = conn.execute(sa.select(*columns).where(*_in_bins(tenant, spec))
-                                .order_by(runs.c.id)).mappings().all()
+            rows = conn.execute(query.order_by("id")).mappings().all()
         # The trials after the runs: a trial a run was reported against existed before the run
         # was stored, so it is among them, and a report that told its run meanwhile shows.
         trials = study.get_trials(deepcopy=False)
@@ -141,7 +175,7 @@ class Missing(NamedTuple):
     ours: bool
 
 
-def _in_bins(tenant: str, spec: TrainingSpec) -> list:
+def _in_bins(tenant: str, spec: TrainingSpec) -> list[ColumnElement]:
     """WHERE clauses: the tenant's runs whose spec is in the key's bins (a hair wider: the key
     is compared exactly afterwards)."""
     c = runs.c
@@ -150,6 +184,23 @@ def _in_bins(tenant: str, spec: TrainingSpec) -> list:
     for name in ("n_params", "n_active_params", "n_tokens"):
         clauses.append(c[name].between(*bin_edges(getattr(spec, name))))
     return clauses
+
+
+def _against_running(tenant: str, study_id: int) -> list[ColumnElement]:
+    """WHERE clauses: the tenant's runs reported against a RUNNING trial of the study, by the
+    trial ids handed out ("<study id>-<trial number>", study.trial_id), on the runs index on
+    (tenant, trial_id)."""
+    t = _TRIALS.c
+    handed_out = (sa.cast(t.study_id, sa.String) + "-" + sa.cast(t.number, sa.String))
+    running = sa.select(handed_out).where(t.study_id == study_id,
+                                          sa.cast(t.state, sa.String) == TrialState.RUNNING.name)
+    return [runs.c.tenant == tenant, runs.c.trial_id.in_(running)]
+
+
+def _watermark(clauses: list[ColumnElement]) -> sa.Select:
+    """(count, largest id) of the runs the clauses select."""
+    return sa.select(sa.func.count().label("n"),
+                     sa.func.coalesce(sa.func.max(runs.c.id), 0).label("top")).where(*clauses)
 
 
 def _own_trial(trial_id: str, study_id: int) -> int | None:
