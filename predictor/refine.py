@@ -10,7 +10,9 @@ without one (the user's own configuration), or one whose values or spec differ f
 is added as a finished trial with its own values to every existing study of its spec whose pins
 it matches. Runs stored without a report (`hparamrec import`) reach a study when it is created
 and when it is next explored or read (predictor/study_sync.py); so does a reported run whose
-tell never happened (a failure between storing and telling). Telling is idempotent: trials
+tell never happened (a failure between storing and telling), whatever its spec: the next read of
+its trial's study closes the trial (superseded, when the run is of another size), and the
+studies of the run's own spec take it at their next read. Telling is idempotent: trials
 carry the run_id they came from, so a re-sent run (or a retry after such a failure, or a tell
 that finds the run told by a sync) never adds a second trial. Asks and tells of one study hold
 its lock (in-process, and a PostgreSQL advisory lock across replicas; on SQLite, which serves
