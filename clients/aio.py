@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 
 from clients import convert
-from clients.client import (RETRYABLE, Settings, backoff, list_runs_request, predict_loss_request,
-                            recommend_request, report_request)
+from clients.client import (RETRYABLE, Settings, backoff, list_runs_request, page_of,
+                            predict_loss_request, recommend_request, report_request)
 from clients.errors import from_rpc_error
 from clients.models import (Hyperparameters, LossPredictions, Mode, Pins, Recommendation,
                             ReportResult, Run, RunPage, RunReport, TrainingSpec)
@@ -64,7 +64,7 @@ class AsyncClient:
                         spec: TrainingSpec | dict | pb.TrainingSpec | None = None,
                         timeout: float | None = None) -> RunPage:
         request = list_runs_request(page_size, page_token, spec)
-        return convert.from_proto(await self._call(self.stub.ListRuns, request, timeout))
+        return page_of(await self._call(self.stub.ListRuns, request, timeout), request)
 
     async def iter_runs(self, limit: int | None = None, page_size: int = 500, *,
                         spec: TrainingSpec | dict | pb.TrainingSpec | None = None

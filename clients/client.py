@@ -15,13 +15,13 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import grpc
 
 from clients import convert
-from clients.errors import InvalidArgumentError, from_rpc_error
+from clients.errors import UnimplementedError, from_rpc_error
 from clients.models import (Hyperparameters, LossPredictions, Mode, Pins, Recommendation,
                             ReportResult, Run, RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
@@ -104,58 +104,15 @@ def list_runs_request(page_size: int, page_token: str, training_spec) -> pb.List
     return request
 
 
-def spec_matcher(training_spec: pb.TrainingSpec) -> Callable[[TrainingSpec], bool]:
-    """Whether a run's spec is of the spec a ListRunsRequest filters by, decided as the service
-    decides it, so that the client can apply the filter too: a server from before the filter
-    ignores it and returns every run.
-
-    The service (service/converters.py spec_filter_from_proto) resolves the spec with
-    benchmark_db's resolve_spec (two of the sizes give the third; n_active_params defaults to
-    n_params) and compares seq_len and weight_bits when set, architecture and optimizer when not
-    empty; the store (benchmark_db/store.py) keeps the runs whose sizes are within
-    SpecFilter.size_range of the resolved ones and whose compared fields are equal. The same
-    functions are used here: benchmark_db/records.py needs only pydantic, as the client does,
-    and is imported only when a filter is applied. An invalid spec raises InvalidArgumentError
-    naming the field, as the service answers it."""
-    from benchmark_db.errors import InvalidArgument
-    from benchmark_db.records import SpecFilter, resolve_spec
-
-    def given(name: str):
-        return getattr(training_spec, name) if training_spec.HasField(name) else None
-
-    try:
-        resolved = resolve_spec(
-            n_params=given("n_params"), n_active_params=given("n_active_params"),
-            n_tokens=given("n_tokens"), compute_flops=given("compute_flops"),
-            seq_len=given("seq_len"), architecture=training_spec.architecture or None,
-            optimizer=training_spec.optimizer or None, weight_bits=given("weight_bits"))
-    except InvalidArgument as error:
-        raise InvalidArgumentError(str(error), [(v.field, v.reason) for v in error.violations]
-                                   ) from None
-    compared = frozenset(n for n in ("seq_len", "weight_bits") if training_spec.HasField(n)) | \
-        frozenset(n for n in ("architecture", "optimizer") if getattr(training_spec, n))
-    spec_filter = SpecFilter.of(resolved, compared)
-    ranges = {name: SpecFilter.size_range(getattr(spec_filter, name))
-              for name in ("n_params", "n_active_params", "n_tokens")}
-    exact = spec_filter.exact()
-
-    def matches(run_spec: TrainingSpec) -> bool:
-        sizes = {name: getattr(run_spec, name) for name in ranges}
-        return (all(sizes[name] is not None and lo <= sizes[name] <= hi
-                    for name, (lo, hi) in ranges.items())
-                and all(getattr(run_spec, name) == value for name, value in exact.items()))
-
-    return matches
-
-
-def runs_of_request(page: RunPage, request: pb.ListRunsRequest) -> RunPage:
-    """The page with only the runs of the request's spec filter (all of them without one): what
-    a server that knows the filter returns, whatever the server (an old one ignores it; its
-    pages then hold fewer runs, and the next_page_token still leads on)."""
-    if not request.HasField("spec"):
-        return page
-    matches = spec_matcher(request.spec)
-    return page.model_copy(update={"runs": [run for run in page.runs if matches(run.spec)]})
+def page_of(response: pb.ListRunsResponse, request: pb.ListRunsRequest) -> RunPage:
+    """The page, refused when the request filtered by spec and the server did not say it did: a
+    server from before the filter ignores it and lists every run, which must not pass for the
+    spec's runs."""
+    if request.HasField("spec") and not response.spec_filtered:
+        raise UnimplementedError("this server does not filter runs by spec (it predates the "
+                                 "filter) and would list every run: upgrade it, or list "
+                                 "without a spec")
+    return convert.from_proto(response)
 
 
 def predict_loss_request(training_spec, points: Iterable) -> pb.PredictLossRequest:
@@ -215,11 +172,10 @@ class Client:
                   timeout: float | None = None) -> RunPage:
         """One page of stored runs, newest first; with `spec`, only the runs of that spec
         (sizes equal to float noise; seq_len, architecture and weight_bits where given). Pass
-        the same spec with every page_token. The filter is applied here too (runs_of_request):
-        a server from before the filter ignores it, and its pages then hold fewer runs."""
+        the same spec with every page_token. A server from before the filter would list every
+        run: UnimplementedError (page_of)."""
         request = list_runs_request(page_size, page_token, spec)
-        page = convert.from_proto(self._call(self.stub.ListRuns, request, timeout))
-        return runs_of_request(page, request)
+        return page_of(self._call(self.stub.ListRuns, request, timeout), request)
 
     def iter_runs(self, limit: int | None = None, page_size: int = 500, *,
                   spec: TrainingSpec | dict | pb.TrainingSpec | None = None) -> Iterator[Run]:

@@ -201,10 +201,12 @@ class ReportResult(_Message):
 
 
 class RunPage(_Message):
-    """ListRunsResponse: runs newest first, and the token of the next page (empty on the last)."""
+    """ListRunsResponse: runs newest first, the token of the next page (empty on the last), and
+    whether the server filtered them by the request's spec."""
 
     runs: list[Run] = Field(default_factory=list)
     next_page_token: str = ""
+    spec_filtered: bool = False
 
 
 class LossPrediction(_Message):

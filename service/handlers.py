@@ -43,7 +43,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         runs, token = self.store.page(tenant_of(context), request.page_size, request.page_token,
                                       converters.spec_filter_from_proto(request))
         return pb.ListRunsResponse(runs=[converters.run_to_proto(r) for r in runs],
-                                   next_page_token=token)
+                                   next_page_token=token, spec_filtered=request.HasField("spec"))
 
     def PredictLoss(self, request: pb.PredictLossRequest, context) -> pb.PredictLossResponse:
         spec = converters.spec_from_proto(request.spec)
