@@ -36,7 +36,7 @@ SIZE_BIN = math.log(10) / 116  # log-bins 2% wide, 116 per decade: powers of ten
 QAT_STEP = 0.01  # a pinned QAT fraction: steps of 0.01
 SPACE_FACTOR = 10.0  # lr, batch and weight decay are searched from /10 to x10 the recommendation
 PREFIX = "hparamrec"
-TRIAL_ID = re.compile(r"(\d{1,18})-(\d{1,18})")
+TRIAL_ID = re.compile(r"(0|[1-9]\d{0,17})-(0|[1-9]\d{0,17})")  # as trial_id() writes them
 LOG_SCALE = {"lr": True, "batch_size_tokens": True, "weight_decay": True, "qat_fraction": False}
 # ln of a log axis at 0 (a weight decay of 0, met only when conditioning across studies): far
 # from any positive value in length scales, so it shares only the GP's level with them.
