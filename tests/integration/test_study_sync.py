@@ -191,13 +191,9 @@ def test_a_told_run_is_not_told_again_by_a_sync_and_a_stranded_one_is_told_once(
     assert server.trials() == trials
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_replicas_racing_reports_and_syncs_tell_each_run_once(replicas):
-    """Replica A stores runs against its trials and tells every other one (the rest lose
-    their tell) while replica B syncs the study over and over: whichever comes first, each
-    run is in the study once, and every trial is closed by its run."""
-    a, b = replicas
-    trials = [a.explore() for _ in range(6)]
+def race_reports_and_syncs(a, b, trials, spec) -> None:
+    """Replica A stores a run of `spec` against each trial and tells every other one (the rest
+    lose their tell) while replica B syncs the study over and over."""
     study = b.refiner.studies.load(NAME)
     done = threading.Event()
     errors = []
@@ -205,7 +201,7 @@ def test_replicas_racing_reports_and_syncs_tell_each_run_once(replicas):
     def reports():
         try:
             for k, trial in enumerate(trials):
-                run = a.store_only(trial, f"r{k}", 2.5 + k / 100)
+                run = a.store_only(trial, f"r{k}", 2.5 + k / 100, spec=spec)
                 if k % 2 == 0:
                     a.refiner.tell(TENANT, run)
         except Exception as e:  # noqa: BLE001 (reported below)
@@ -226,6 +222,16 @@ def test_replicas_racing_reports_and_syncs_tell_each_run_once(replicas):
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_replicas_racing_reports_and_syncs_tell_each_run_once(replicas):
+    """Replica A stores runs against its trials and tells every other one (the rest lose
+    their tell) while replica B syncs the study over and over: whichever comes first, each
+    run is in the study once, and every trial is closed by its run."""
+    a, b = replicas
+    trials = [a.explore() for _ in range(6)]
+    race_reports_and_syncs(a, b, trials, SPEC)
     b.exploit()  # after the last run was stored
     got = a.trials()
     assert [t.user_attrs.get("run_id") for t in got] == [f"r{k}" for k in range(6)]
@@ -329,34 +335,7 @@ def test_replicas_racing_reports_of_another_size_and_syncs_tell_each_run_once(re
     a, b = replicas
     trials = [a.explore() for _ in range(6)]
     a.refiner.explore(TENANT, OTHER, PINS)
-    study = b.refiner.studies.load(NAME)
-    done = threading.Event()
-    errors = []
-
-    def reports():
-        try:
-            for k, trial in enumerate(trials):
-                run = a.store_only(trial, f"r{k}", 2.5 + k / 100, spec=OTHER)
-                if k % 2 == 0:
-                    a.refiner.tell(TENANT, run)
-        except Exception as e:  # noqa: BLE001 (reported below)
-            errors.append(e)
-        finally:
-            done.set()
-
-    def syncs():
-        try:
-            while not done.is_set():
-                b.refiner.sync.sync(TENANT, SPEC, study)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=reports), threading.Thread(target=syncs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    race_reports_and_syncs(a, b, trials, OTHER)
     b.exploit()  # after the last run was stored
     got = a.trials()
     assert [t.user_attrs.get("superseded_by_run") for t in got] == [f"r{k}" for k in range(6)]
