@@ -6,16 +6,17 @@ from clients.client import DEFAULT_TARGET, Client
 from clients.errors import (DeadlineExceededError, HparamrecError, InvalidArgumentError,
                             NotFoundError, PermissionDeniedError, ResourceExhaustedError,
                             UnauthenticatedError, UnavailableError, UnimplementedError)
-from clients.models import (Hyperparameters, Interval, LossPrediction, LossPredictions, Mode,
-                            Pins, Recommendation, ReportResult, Run, RunOutcome, RunPage,
-                            RunReport, RunStatus, Source, TrainingSpec)
+from clients.models import (HeartbeatResult, Hyperparameters, Interval, LossPrediction,
+                            LossPredictions, Mode, Pins, Recommendation, ReportResult, Run,
+                            RunOutcome, RunPage, RunReport, RunStatus, Source, TrainingSpec,
+                            TrialState)
 
 __all__ = [
     "DEFAULT_TARGET", "AsyncClient", "Client",
     "DeadlineExceededError", "HparamrecError", "InvalidArgumentError", "NotFoundError",
     "PermissionDeniedError", "ResourceExhaustedError", "UnauthenticatedError", "UnavailableError",
     "UnimplementedError",
-    "Hyperparameters", "Interval", "LossPrediction", "LossPredictions", "Mode", "Pins",
+    "HeartbeatResult", "Hyperparameters", "Interval", "LossPrediction", "LossPredictions", "Mode", "Pins",
     "Recommendation", "ReportResult", "Run", "RunOutcome", "RunPage", "RunReport", "RunStatus",
-    "Source", "TrainingSpec",
+    "Source", "TrainingSpec", "TrialState",
 ]

@@ -17,8 +17,8 @@ from clients import convert
 from clients.client import (RETRYABLE, Settings, backoff, list_runs_request, page_of,
                             predict_loss_request, recommend_request, report_request)
 from clients.errors import from_rpc_error
-from clients.models import (Hyperparameters, LossPredictions, Mode, Pins, Recommendation,
-                            ReportResult, Run, RunPage, RunReport, TrainingSpec)
+from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
+                            Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -88,6 +88,11 @@ class AsyncClient:
                            points: Iterable[Hyperparameters | dict | pb.Hyperparameters], *,
                            timeout: float | None = None) -> LossPredictions:
         response = await self._call(self.stub.PredictLoss, predict_loss_request(spec, points),
+                                    timeout)
+        return convert.from_proto(response)
+
+    async def heartbeat(self, trial_id: str, *, timeout: float | None = None) -> HeartbeatResult:
+        response = await self._call(self.stub.Heartbeat, pb.HeartbeatRequest(trial_id=trial_id),
                                     timeout)
         return convert.from_proto(response)
 

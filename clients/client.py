@@ -22,8 +22,8 @@ import grpc
 
 from clients import convert
 from clients.errors import UnimplementedError, from_rpc_error
-from clients.models import (Hyperparameters, LossPredictions, Mode, Pins, Recommendation,
-                            ReportResult, Run, RunPage, RunReport, TrainingSpec)
+from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
+                            Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -202,6 +202,14 @@ class Client:
         """The predicted final loss at each point (at most 10000); an unset weight decay
         follows the timescale rule at the point's lr and batch size."""
         response = self._call(self.stub.PredictLoss, predict_loss_request(spec, points), timeout)
+        return convert.from_proto(response)
+
+    def heartbeat(self, trial_id: str, *, timeout: float | None = None) -> HeartbeatResult:
+        """Says the run of an explore trial (Recommendation.trial_id) is still going, so the
+        trial does not time out while heartbeats keep coming. A finished trial is not revived:
+        check `.running` (`.state` says how it ended, e.g. timed_out: report the run anyway, it
+        then counts as a configuration of its own). Unknown trial ids: InvalidArgumentError."""
+        response = self._call(self.stub.Heartbeat, pb.HeartbeatRequest(trial_id=trial_id), timeout)
         return convert.from_proto(response)
 
     def health(self, service: str = "") -> str:

@@ -38,11 +38,14 @@ MODELS: dict[str, type[BaseModel]] = {
     "ListRunsResponse": models.RunPage,
     "LossPrediction": models.LossPrediction,
     "PredictLossResponse": models.LossPredictions,
+    "HeartbeatResponse": models.HeartbeatResult,
 }
 # Requests the client builds field by field and responses it unwraps: no model of their own.
 WRAPPERS = frozenset({"RecommendRequest", "RecommendResponse", "ListRunsRequest",
-                      "GetRunRequest", "GetRunResponse", "PredictLossRequest"})
-ENUMS: dict[str, type[StrEnum]] = {"RunStatus": models.RunStatus, "Mode": models.Mode}
+                      "GetRunRequest", "GetRunResponse", "PredictLossRequest",
+                      "HeartbeatRequest"})
+ENUMS: dict[str, type[StrEnum]] = {"RunStatus": models.RunStatus, "Mode": models.Mode,
+                                   "TrialState": models.TrialState}
 
 _MESSAGE_CLASSES = {name: getattr(pb, name) for name in MODELS}
 _MODEL_NAMES = {model: name for name, model in MODELS.items()}

@@ -37,6 +37,17 @@ class Mode(StrEnum):
     EXPLORE = "explore"  # the most informative next trial
 
 
+class TrialState(StrEnum):
+    """Where an explore trial stands (HeartbeatResponse.state)."""
+
+    UNSPECIFIED = "unspecified"
+    RUNNING = "running"  # not finished: the heartbeat was recorded
+    REPORTED = "reported"  # closed by the run reported against it
+    TIMED_OUT = "timed_out"  # closed by the time-out: a later report joins as the run's own
+    SUPERSEDED = "superseded"  # closed by a run of other values or another spec
+    CLOSED = "closed"  # finished some other way (by hand, through Optuna)
+
+
 class RunStatus(StrEnum):
     UNSPECIFIED = "unspecified"
     COMPLETED = "completed"
@@ -222,3 +233,19 @@ class LossPredictions(_Message):
 
     predictions: list[LossPrediction] = Field(default_factory=list)
     model_versions: list[str] = Field(default_factory=list)
+
+
+class HeartbeatResult(_Message):
+    """HeartbeatResponse: the trial's state (RUNNING: the heartbeat was recorded; otherwise the
+    trial had finished and nothing was), a line on it, the run that closed it, and while it runs
+    when this heartbeat was recorded and when the trial times out without another (None: never)."""
+
+    state: TrialState = TrialState.UNSPECIFIED
+    detail: str = ""
+    run_id: str = ""
+    heartbeat_at: datetime | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state is TrialState.RUNNING

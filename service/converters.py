@@ -8,6 +8,7 @@ from benchmark_db.records import (Pins, RunRecord, RunReport, RunStatus, SpecFil
                                   TrainingSpec, resolve_spec, validated)
 from hparamrec.v1 import recommender_pb2 as pb
 from predictor.recommendation import Interval, Recommendation
+from predictor.refine import TrialStatus
 
 _STATUS_TO_DOMAIN = {
     pb.RUN_STATUS_COMPLETED: RunStatus.COMPLETED,
@@ -177,3 +178,22 @@ def predictions_to_proto(queries, prediction, versions) -> pb.PredictLossRespons
         ) for i in range(len(queries))],
         model_versions=versions,
     )
+
+
+_TRIAL_STATE_TO_PROTO = {
+    "running": pb.TRIAL_STATE_RUNNING,
+    "reported": pb.TRIAL_STATE_REPORTED,
+    "timed_out": pb.TRIAL_STATE_TIMED_OUT,
+    "superseded": pb.TRIAL_STATE_SUPERSEDED,
+    "closed": pb.TRIAL_STATE_CLOSED,
+}
+
+
+def trial_status_to_proto(status: TrialStatus) -> pb.HeartbeatResponse:
+    response = pb.HeartbeatResponse(state=_TRIAL_STATE_TO_PROTO[status.state],
+                                    detail=status.detail, run_id=status.run_id)
+    if status.heartbeat_at is not None:
+        response.heartbeat_at.FromDatetime(status.heartbeat_at)
+    if status.expires_at is not None:
+        response.expires_at.FromDatetime(status.expires_at)
+    return response

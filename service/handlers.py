@@ -54,3 +54,10 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     def GetRun(self, request: pb.GetRunRequest, context) -> pb.GetRunResponse:
         run = self.store.get(tenant_of(context), request.run_id)
         return pb.GetRunResponse(run=converters.run_to_proto(run))
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatResponse:
+        if self.engine.refiner is None:
+            raise Unimplemented("heartbeats keep explore trials alive, and explore is not "
+                                "available on this server")
+        status = self.engine.heartbeat(tenant_of(context), request.trial_id)
+        return converters.trial_status_to_proto(status)

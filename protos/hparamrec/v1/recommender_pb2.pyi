@@ -22,6 +22,15 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATUS_COMPLETED: _ClassVar[RunStatus]
     RUN_STATUS_DIVERGED: _ClassVar[RunStatus]
     RUN_STATUS_FAILED: _ClassVar[RunStatus]
+
+class TrialState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRIAL_STATE_UNSPECIFIED: _ClassVar[TrialState]
+    TRIAL_STATE_RUNNING: _ClassVar[TrialState]
+    TRIAL_STATE_REPORTED: _ClassVar[TrialState]
+    TRIAL_STATE_TIMED_OUT: _ClassVar[TrialState]
+    TRIAL_STATE_SUPERSEDED: _ClassVar[TrialState]
+    TRIAL_STATE_CLOSED: _ClassVar[TrialState]
 MODE_UNSPECIFIED: Mode
 MODE_EXPLOIT: Mode
 MODE_EXPLORE: Mode
@@ -29,6 +38,12 @@ RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_COMPLETED: RunStatus
 RUN_STATUS_DIVERGED: RunStatus
 RUN_STATUS_FAILED: RunStatus
+TRIAL_STATE_UNSPECIFIED: TrialState
+TRIAL_STATE_RUNNING: TrialState
+TRIAL_STATE_REPORTED: TrialState
+TRIAL_STATE_TIMED_OUT: TrialState
+TRIAL_STATE_SUPERSEDED: TrialState
+TRIAL_STATE_CLOSED: TrialState
 
 class TrainingSpec(_message.Message):
     __slots__ = ("n_params", "n_active_params", "n_tokens", "compute_flops", "seq_len", "architecture", "optimizer", "weight_bits")
@@ -275,3 +290,23 @@ class PredictLossResponse(_message.Message):
     predictions: _containers.RepeatedCompositeFieldContainer[LossPrediction]
     model_versions: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, predictions: _Optional[_Iterable[_Union[LossPrediction, _Mapping]]] = ..., model_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("trial_id",)
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    trial_id: str
+    def __init__(self, trial_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("state", "detail", "run_id", "heartbeat_at", "expires_at")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    state: TrialState
+    detail: str
+    run_id: str
+    heartbeat_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[_Union[TrialState, str]] = ..., detail: _Optional[str] = ..., run_id: _Optional[str] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

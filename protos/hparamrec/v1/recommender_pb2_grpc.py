@@ -59,6 +59,11 @@ class RecommenderServiceStub:
                 request_serializer=hparamrec_dot_v1_dot_recommender__pb2.PredictLossRequest.SerializeToString,
                 response_deserializer=hparamrec_dot_v1_dot_recommender__pb2.PredictLossResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/hparamrec.v1.RecommenderService/Heartbeat',
+                request_serializer=hparamrec_dot_v1_dot_recommender__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=hparamrec_dot_v1_dot_recommender__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -102,6 +107,18 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Says that the run of an explore trial is still going, so the trial is not closed by the
+        time-out (HPARAMREC_TRIAL_TIMEOUT_SECONDS) while its heartbeats keep coming: the time-out
+        counts from the later of the trial being handed out and its last heartbeat. Send one every
+        few minutes (each writes one attribute of the trial; nothing is refitted). A trial already
+        finished is not revived: the response says how it ended. An unknown trial_id, or another
+        tenant's, is INVALID_ARGUMENT; a server without explore is UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +146,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.PredictLoss,
                     request_deserializer=hparamrec_dot_v1_dot_recommender__pb2.PredictLossRequest.FromString,
                     response_serializer=hparamrec_dot_v1_dot_recommender__pb2.PredictLossResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=hparamrec_dot_v1_dot_recommender__pb2.HeartbeatRequest.FromString,
+                    response_serializer=hparamrec_dot_v1_dot_recommender__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +288,33 @@ class RecommenderService:
             '/hparamrec.v1.RecommenderService/PredictLoss',
             hparamrec_dot_v1_dot_recommender__pb2.PredictLossRequest.SerializeToString,
             hparamrec_dot_v1_dot_recommender__pb2.PredictLossResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hparamrec.v1.RecommenderService/Heartbeat',
+            hparamrec_dot_v1_dot_recommender__pb2.HeartbeatRequest.SerializeToString,
+            hparamrec_dot_v1_dot_recommender__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,
