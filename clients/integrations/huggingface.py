@@ -25,7 +25,9 @@ previous log, and counts in the mean for as many of those steps as fall in the w
 losses are read at the end from state.log_history, which a job resumed from a checkpoint
 (train(resume_from_checkpoint=...)) restores: the window is that of the whole run, not of the
 steps since the restart (the losses the callback saw fill in steps the history lacks). Only the
-main process reports. An exception inside
+main process reports. With mode="explore", the main process also sends the trial's heartbeat
+every heartbeat_seconds (default 600) of training steps, so a run longer than the service's
+trial time-out keeps its trial. An exception inside
 Trainer.train() is not seen by callbacks: wrap train() in a `tracked_run` if you want those
 reported.
 """
@@ -45,8 +47,9 @@ class HparamrecCallback(TrainerCallback):
     """spec: the TrainingSpec (seq_len must be the sequence length of the training data).
     fit_steps_to_tokens: when the batch is applied and args.max_steps is set, set max_steps so
     that training sees spec.n_tokens at the applied batch.
-    Other options (pins, client, server, api_key, run_id, metadata, mode, final_loss_window)
-    as for TrackedRun: losses are logged at state.global_step."""
+    Other options (pins, client, server, api_key, run_id, metadata, mode, final_loss_window,
+    heartbeat_seconds) as for TrackedRun: losses are logged at state.global_step, and a run of
+    an explore trial sends heartbeats from the step hook."""
 
     def __init__(self, spec: TrainingSpec | dict, *, apply: bool = True,
                  fit_steps_to_tokens: bool = True, stop_on_divergence: bool = True, **options):
@@ -106,6 +109,9 @@ class HparamrecCallback(TrainerCallback):
         if recommended is not None and self._applied and abs(lr / recommended.lr - 1) > 1e-6:
             log.warning("hparamrec: training with lr %g, not the recommended %g (a custom "
                         "optimizer?); reporting %g", lr, recommended.lr, lr)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.run.heartbeat()  # an explore trial's run is still going (throttled: heartbeat_seconds)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs and not self.run.log(logs["loss"], step=state.global_step):

@@ -21,7 +21,9 @@ loss. The losses collected so far are part of the callback's state in Lightning'
 so a fit resumed from one (trainer.fit(..., ckpt_path=...)) reports the window of the whole run,
 not only of the steps since the restart. An exception during fit reports it as diverged (failed for interruptions and
 out-of-memory). The hyperparameters reported are read from the optimizer and the train
-dataloader when training starts. Only global rank 0 reports.
+dataloader when training starts. Only global rank 0 reports; with mode="explore" it also sends
+the trial's heartbeat every heartbeat_seconds (default 600) of training, so a run longer than
+the service's trial time-out keeps its trial.
 """
 
 import logging
@@ -42,8 +44,9 @@ class HparamrecLightningCallback(Callback):
     """spec: the TrainingSpec (seq_len must be the sequence length of the training data).
     fit_steps_to_tokens: when the batch is applied and the trainer has max_steps, set max_steps
     so that training sees spec.n_tokens at the applied batch.
-    Other options (pins, client, server, api_key, run_id, metadata, mode, final_loss_window)
-    as for TrackedRun."""
+    Other options (pins, client, server, api_key, run_id, metadata, mode, final_loss_window,
+    heartbeat_seconds) as for TrackedRun: a run of an explore trial sends heartbeats from the
+    batch hook."""
 
     def __init__(self, spec: TrainingSpec | dict, *, apply: bool = True,
                  fit_steps_to_tokens: bool = True, stop_on_divergence: bool = True, **options):
@@ -115,6 +118,7 @@ class HparamrecLightningCallback(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:
+            self.run.heartbeat()  # log() sends it otherwise (throttled: heartbeat_seconds)
             return
         # Lightning hands over the loss divided by the accumulation steps.
         if not self.run.log(float(loss) * trainer.accumulate_grad_batches, step=self._step):

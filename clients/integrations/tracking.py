@@ -22,6 +22,13 @@ logged without a step fall back to the mean of the last `final_loss_count` (defa
 `final_loss_window=0` reports the last loss logged. A diverged run reports its last finite loss.
 The run's metadata label `final_loss` says which.
 
+A run of an explore trial (mode="explore") also tells the service it is still going: from log()
+(and the callbacks' step hooks) it sends a heartbeat at most every `heartbeat_seconds` (default
+600; 0: never), so a run longer than the service's trial time-out keeps its trial. Heartbeats
+never stop training: a failure is logged once as a warning, and a trial found finished (e.g.
+timed out while the service was unreachable) is logged once and not sent heartbeats any more;
+its report is still stored, and joins the study as a configuration of its own.
+
 The run is reported once, with a run_id fixed when the run is created (given, else
 $HPARAMREC_RUN_ID, else random), so retries and repeated reports cannot store it twice. A
 failure to report is logged with the report's JSON and never raised: the training run matters
@@ -31,6 +38,7 @@ more than its record.
 import logging
 import math
 import os
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -40,8 +48,9 @@ from itertools import groupby
 from clients import convert
 from clients.client import Client
 from clients.errors import HparamrecError
-from clients.models import (Hyperparameters, Mode, Pins, Recommendation, ReportResult, RunOutcome,
-                            RunReport, RunStatus, TrainingSpec)
+from clients.models import (HeartbeatResult, Hyperparameters, Mode, Pins, Recommendation,
+                            ReportResult, RunOutcome, RunReport, RunStatus, TrainingSpec,
+                            TrialState)
 
 log = logging.getLogger("hparamrec.integrations")
 
@@ -61,6 +70,12 @@ FINAL_LOSS_WINDOW = 0.02
 FINAL_LOSS_COUNT = 100
 # At most this many losses are kept, whatever the window (a bound on memory).
 MAX_KEPT_LOSSES = 100_000
+# A run of an explore trial sends a heartbeat at most this often: far below any sensible trial
+# time-out (the service's default is a week), and one small write per run every 10 minutes.
+HEARTBEAT_SECONDS = 600.0
+# The deadline of each heartbeat attempt: an unreachable service stalls training this long at
+# most (times the client's attempts) once per heartbeat_seconds.
+HEARTBEAT_TIMEOUT_SECONDS = 5.0
 
 
 class FinalLoss:
@@ -214,6 +229,8 @@ class TrackedRun:
         of its steps, at the end (at least the last loss logged), each weighted by the steps since
         the previous loss logged that are in the window; 0 reports the last loss logged.
     final_loss_count: if losses are logged without steps, the mean of the last this many.
+    heartbeat_seconds: with an explore trial, log() sends a heartbeat at most this often, so
+        the trial does not time out while the run goes on (0: never).
     """
 
     def __init__(self, spec: TrainingSpec | dict, *, hyperparameters: Hyperparameters | dict | None = None,
@@ -222,7 +239,8 @@ class TrackedRun:
                  metadata: dict[str, str] | None = None, integration: str = "tracked_run",
                  reporting: bool = True, mode: str = "exploit",
                  final_loss_window: float = FINAL_LOSS_WINDOW,
-                 final_loss_count: int = FINAL_LOSS_COUNT):
+                 final_loss_count: int = FINAL_LOSS_COUNT,
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS):
         self.spec = convert.coerce(spec, TrainingSpec)
         self.pins = convert.coerce(pins, Pins) if pins is not None else Pins()
         self.hyperparameters = (convert.coerce(hyperparameters, Hyperparameters)
@@ -240,6 +258,13 @@ class TrackedRun:
         self.report: ReportResult | None = None
         # What was (or, on a rank that does not report, would have been) reported; None before.
         self.outcome: RunOutcome | None = None
+        if not heartbeat_seconds >= 0:
+            raise ValueError(f"heartbeat_seconds must be >= 0, not {heartbeat_seconds!r}")
+        self.heartbeat_seconds = float(heartbeat_seconds)
+        # The trial's state as the last heartbeat found it (None: none answered yet).
+        self.trial_state: TrialState | None = None
+        self._next_heartbeat: float | None = None  # time.monotonic() when due; None: never
+        self._heartbeat_warned = False
         self._client = client
         self._owns_client = client is None
         self._server, self._api_key = server, api_key
@@ -260,7 +285,42 @@ class TrackedRun:
         if self.hyperparameters is None or pins is not None:
             self.recommendation = self.client.recommend(self.spec, self.pins, mode=self.mode)
             self.hyperparameters = self.recommendation.hyperparameters
+            if self.recommendation.trial_id and self.heartbeat_seconds:
+                self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
         return self.hyperparameters
+
+    @property
+    def trial_id(self) -> str:
+        """The explore trial the run evaluates ("" for an exploit run)."""
+        return self.recommendation.trial_id if self.recommendation is not None else ""
+
+    def heartbeat(self, force: bool = False) -> HeartbeatResult | None:
+        """Tells the service the run of its explore trial is still going, if heartbeat_seconds
+        have passed since the last heartbeat (or the trial was handed out); `force`: now. None
+        when nothing was sent or it failed: never raises (a failure is logged once). A trial
+        found finished is logged once and sent no more heartbeats."""
+        if self._next_heartbeat is None or not self.trial_id or self.reported or not self.reporting:
+            return None
+        now = time.monotonic()
+        if now < self._next_heartbeat and not force:
+            return None
+        self._next_heartbeat = now + self.heartbeat_seconds
+        try:
+            answer = self.client.heartbeat(self.trial_id, timeout=HEARTBEAT_TIMEOUT_SECONDS)
+        except Exception as error:  # the training run matters more than its trial
+            if not self._heartbeat_warned:
+                log.warning("hparamrec: could not send the heartbeat of trial %s (%s); training "
+                            "goes on, and heartbeats are tried again every %g s",
+                            self.trial_id, error, self.heartbeat_seconds)
+                self._heartbeat_warned = True
+            return None
+        self.trial_state = answer.state
+        if not answer.running:
+            log.warning("hparamrec: trial %s is no longer running (%s: %s); no more heartbeats. "
+                        "The run is still reported at its end.", self.trial_id,
+                        answer.state.value, answer.detail)
+            self._next_heartbeat = None
+        return answer
 
     def use(self, **changes) -> Hyperparameters:
         """Records what the run actually uses (e.g. the batch the trainer could make)."""
@@ -283,6 +343,7 @@ class TrackedRun:
             return False
         self.last_loss = value
         self.final_losses.add(value, step)
+        self.heartbeat()
         return True
 
     @property
