@@ -137,6 +137,28 @@ def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, fa
         verb = "stored" if response.created else "already stored"
         click.echo(f"run {response.run.run_id} {verb}")
 
+@app.command()
+@click.option("--trial-id", required=True, help="The explore trial whose run is still going "
+                                                "(printed by `recommend --mode explore`).")
+@client_options
+@json_option
+def heartbeat(trial_id, client, as_json) -> int:
+    """Tell the service the run of an explore trial is still going, so the trial does not time
+    out (send one every few minutes). Exits 0 while the trial runs, 1 once it has finished (the
+    line, or the JSON's state and detail, says how): a run whose trial timed out is still
+    reported, and counts as a configuration of its own."""
+    with client() as c:
+        answer = c.heartbeat(trial_id)
+    if as_json:
+        print_json(answer)
+    elif answer.running:
+        until = (f"times out at {answer.expires_at:%Y-%m-%d %H:%M:%S} UTC without another"
+                 if answer.expires_at else "trials never time out on this server")
+        click.echo(f"trial {trial_id} running: heartbeat recorded; {until}")
+    else:
+        click.echo(f"trial {trial_id} {answer.state.value}: {answer.detail}")
+    return 0 if answer.running else 1
+
 
 @app.group()
 def runs() -> None:

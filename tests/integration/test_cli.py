@@ -229,3 +229,26 @@ def test_every_command_takes_json():
     without = [" ".join(path) for path, command in leaves(app)
                if "--json" not in {o for p in command.params for o in p.opts}]
     assert without == ["serve"]  # it runs until stopped; --log-format json for its logs
+
+
+def test_heartbeat_keeps_a_trial_alive_and_says_when_it_has_finished(target):
+    explore = cli("recommend", "--params", "1.3B", "--tokens", "100B", "--mode", "explore",
+                  "--json", server=target)
+    trial_id = json.loads(explore.stdout)["trial_id"]
+    out = cli("heartbeat", "--trial-id", trial_id, server=target)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"trial {trial_id} running: heartbeat recorded; times out at ")
+    assert out.stdout.count("\n") == 1
+    beat = json.loads(cli("heartbeat", "--trial-id", trial_id, "--json", server=target).stdout)
+    assert beat["state"] == "TRIAL_STATE_RUNNING" and beat["expires_at"] > beat["heartbeat_at"]
+    rec = json.loads(explore.stdout)
+    reported = cli("report", "--params", "1.3B", "--tokens", "100B", "--lr", str(rec["lr"]),
+                   "--batch-size-tokens", str(rec["batch_size_tokens"]), "--weight-decay",
+                   str(rec["weight_decay"]), "--loss", "2.4", "--run-id", "beaten",
+                   "--trial-id", trial_id, server=target)
+    assert reported.returncode == 0, reported.stderr
+    out = cli("heartbeat", "--trial-id", trial_id, server=target)
+    assert out.returncode == 1 and out.stdout == f"trial {trial_id} reported: the trial was " \
+                                                 "closed by run 'beaten' (complete)\n"
+    out = cli("heartbeat", "--trial-id", "999-0", server=target)
+    assert out.returncode == 2 and out.stderr.startswith("error: trial_id: no trial '999-0'")
