@@ -25,9 +25,10 @@ The run's metadata label `final_loss` says which.
 A run of an explore trial (mode="explore") also tells the service it is still going: from log()
 (and the callbacks' step hooks) it sends a heartbeat at most every `heartbeat_seconds` (default
 600; 0: never), so a run longer than the service's trial time-out keeps its trial. Heartbeats
-never stop training: a failure is logged once as a warning, and a trial found finished (e.g.
-timed out while the service was unreachable) is logged once and not sent heartbeats any more;
-its report is still stored, and joins the study as a configuration of its own.
+never stop training: a failure is logged once as a warning (a service that predates heartbeats
+is not asked again), and a trial found finished (e.g. timed out while the service was
+unreachable) is logged once and sent no more heartbeats; its report is still stored, and joins
+the study as a configuration of its own.
 
 The run is reported once, with a run_id fixed when the run is created (given, else
 $HPARAMREC_RUN_ID, else random), so retries and repeated reports cannot store it twice. A
@@ -47,7 +48,7 @@ from itertools import groupby
 
 from clients import convert
 from clients.client import Client
-from clients.errors import HparamrecError
+from clients.errors import HparamrecError, UnimplementedError
 from clients.models import (HeartbeatResult, Hyperparameters, Mode, Pins, Recommendation,
                             ReportResult, RunOutcome, RunReport, RunStatus, TrainingSpec,
                             TrialState)
@@ -307,6 +308,11 @@ class TrackedRun:
         self._next_heartbeat = now + self.heartbeat_seconds
         try:
             answer = self.client.heartbeat(self.trial_id, timeout=HEARTBEAT_TIMEOUT_SECONDS)
+        except UnimplementedError:
+            log.warning("hparamrec: the service predates heartbeats: trial %s is kept only "
+                        "while the run is shorter than its trial time-out", self.trial_id)
+            self._next_heartbeat = None
+            return None
         except Exception as error:  # the training run matters more than its trial
             if not self._heartbeat_warned:
                 log.warning("hparamrec: could not send the heartbeat of trial %s (%s); training "

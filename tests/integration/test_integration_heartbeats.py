@@ -189,3 +189,42 @@ def test_the_lightning_callback_sends_throttled_heartbeats_and_survives_an_outag
     fit.fit(_lightning_module())
     assert fit.global_step == 4 and beats == []
     assert caplog.text.count("could not send the heartbeat") == 1
+
+
+def test_a_server_from_before_heartbeats_is_told_once_and_not_asked_again(caplog):
+    from concurrent import futures
+
+    import grpc
+
+    from hparamrec.v1 import recommender_pb2 as pb
+    from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+
+    class BeforeHeartbeat(pb_grpc.RecommenderServiceServicer):
+        """Hands out a trial; Heartbeat is UNIMPLEMENTED (the generated default)."""
+
+        calls = 0
+
+        def Recommend(self, request, context):
+            return pb.RecommendResponse(recommendation=pb.Recommendation(
+                lr=1e-3, batch_size_tokens=64, weight_decay=0.1, trial_id="1-0"))
+
+        def Heartbeat(self, request, context):
+            BeforeHeartbeat.calls += 1
+            return super().Heartbeat(request, context)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_RecommenderServiceServicer_to_server(BeforeHeartbeat(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    caplog.set_level(logging.WARNING, logger="hparamrec.integrations")
+    try:
+        run = TrackedRun(SPEC, server=f"127.0.0.1:{port}", mode="explore", heartbeat_seconds=1e-6)
+        run.start()
+        for step in range(1, 4):
+            time.sleep(0.01)
+            assert run.log(2.0, step=step)
+        assert BeforeHeartbeat.calls == 1
+        assert caplog.text.count("predates heartbeats") == 1
+        run._close()
+    finally:
+        server.stop(0)
