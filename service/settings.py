@@ -33,10 +33,12 @@ class Settings(BaseSettings):
     # a run is reported here, and at most this long (the lag behind runs reported through
     # another replica); 0 switches the cache off.
     recommend_cache_seconds: float = Field(default=5.0, ge=0)
-    # An explore trial not reported within this many seconds of being handed out is abandoned:
-    # the next explore of its study closes it as FAIL (user attr timed_out) and stops steering
-    # around it; a late report is still stored and used as the user's own run. Longer than your
-    # longest run (a live trial that times out may be handed out again); 0: never.
+    # An explore trial not reported within this many seconds of being handed out, or of its
+    # last heartbeat (Heartbeat RPC), is abandoned: the next explore of its study closes it as
+    # FAIL (user attr timed_out) and stops steering around it; a late report is still stored
+    # and used as the user's own run. Longer than your longest run that sends no heartbeats (a
+    # live trial that times out may be handed out again), and than the heartbeat interval
+    # (the integrations: 600 s); 0: never.
     trial_timeout_seconds: float = Field(default=7 * 24 * 3600.0, ge=0)
     # Authentication off: every caller is the default tenant. For local development only;
     # `make run` sets it (on 127.0.0.1). Never implied: see service/server.py.
