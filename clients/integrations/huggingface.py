@@ -11,7 +11,7 @@ recommendation and sets args.learning_rate, args.weight_decay and, keeping
 per_device_train_batch_size (what fits in memory), args.gradient_accumulation_steps so the global
 batch is as close as whole steps allow to the recommended one. If that batch is not the
 recommended one, it asks again with the batch pinned, so lr and weight decay are the conditional
-optimum for the batch actually used. With args.max_steps set, it sets max_steps so training
+optimum for the batch actually used (an explore trial keeps its values: see TrackedRun.at_batch). With args.max_steps set, it sets max_steps so training
 sees the spec's n_tokens at that batch (fit_steps_to_tokens=False keeps yours). apply=False
 trains with the arguments as they are (the run is still reported).
 
@@ -38,7 +38,7 @@ import math
 from transformers import TrainerCallback
 
 from clients.integrations.tracking import TrackedRun
-from clients.models import Pins, TrainingSpec
+from clients.models import TrainingSpec
 
 log = logging.getLogger("hparamrec.integrations")
 
@@ -70,10 +70,7 @@ class HparamrecCallback(TrainerCallback):
         micro = args.per_device_train_batch_size * max(1, args.world_size)
         steps = max(1, round(hp.batch_size_tokens / (micro * seq_len)))
         batch = float(micro * steps * seq_len)
-        if batch != hp.batch_size_tokens and self.run.pins.batch_size_tokens is None:
-            log.info("hparamrec: recommended batch %g tokens; %d x %d sequences make %g: asking "
-                     "for lr and weight decay at that batch", hp.batch_size_tokens, micro, steps, batch)
-            hp = self.run.start(Pins(batch_size_tokens=batch))
+        hp = self.run.at_batch(batch)
         args.learning_rate = hp.lr
         args.weight_decay = hp.weight_decay
         args.gradient_accumulation_steps = steps

@@ -10,7 +10,8 @@ module's `lr` (or `learning_rate`) and `weight_decay` attributes or hparams, fou
 Lightning's own tuner finds them, for configure_optimizers to read. If the module or datamodule
 has a `batch_size` (the micro-batch that fits in memory), it sets trainer.accumulate_grad_batches
 so the global batch is as close as whole steps allow to the recommended one, asks again with
-that batch pinned if it differs, and (with max_steps set) sets max_steps so training sees the
+that batch pinned if it differs (an explore trial keeps its values: TrackedRun.at_batch), and
+(with max_steps set) sets max_steps so training sees the
 spec's n_tokens at that batch. apply=False trains as configured (the run is still reported).
 
 Every training step's loss is checked: the first NaN/inf reports the run as diverged and stops
@@ -34,7 +35,7 @@ from lightning.pytorch.utilities.parsing import (lightning_getattr, lightning_ha
                                                  lightning_setattr)
 
 from clients.integrations.tracking import TrackedRun
-from clients.models import Pins, TrainingSpec
+from clients.models import TrainingSpec
 
 log = logging.getLogger("hparamrec.integrations")
 LR_NAMES = ("lr", "learning_rate")
@@ -73,8 +74,7 @@ class HparamrecLightningCallback(Callback):
             seq_len = self._seq_len()
             steps = max(1, round(hp.batch_size_tokens / (micro * seq_len)))
             batch = float(micro * steps * seq_len)
-            if batch != hp.batch_size_tokens and self.run.pins.batch_size_tokens is None:
-                hp = self.run.start(Pins(batch_size_tokens=batch))
+            hp = self.run.at_batch(batch)
             trainer.accumulate_grad_batches = steps
             if self.fit_steps_to_tokens and trainer.max_steps > 0:
                 total = max(1, math.ceil(self.run.recommendation.spec.n_tokens / batch))

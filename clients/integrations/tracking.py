@@ -328,6 +328,24 @@ class TrackedRun:
             self._next_heartbeat = None
         return answer
 
+    def at_batch(self, batch: float) -> Hyperparameters:
+        """The hyperparameters to train with at `batch` tokens, the batch the trainer can make
+        (whole micro-batches) when it is not the recommended one. An exploit recommendation is
+        asked for again with the batch pinned, so lr and weight decay are the conditional optimum
+        there. An explore trial keeps its values: asking again would hand out a second trial and
+        leave this one pending; its report, at the batch used, closes the trial (as the run's own
+        configuration when the batch is more than the service's 1% off)."""
+        hp = self.hyperparameters
+        if batch == hp.batch_size_tokens or self.pins.batch_size_tokens is not None:
+            return hp
+        if self.trial_id:
+            log.info("hparamrec: trial %s is at batch %g tokens; training at %g with its lr and "
+                     "weight decay", self.trial_id, hp.batch_size_tokens, batch)
+            return hp
+        log.info("hparamrec: recommended batch %g tokens; the trainer makes %g: asking for lr and "
+                 "weight decay at that batch", hp.batch_size_tokens, batch)
+        return self.start(Pins(batch_size_tokens=batch))
+
     def use(self, **changes) -> Hyperparameters:
         """Records what the run actually uses (e.g. the batch the trainer could make)."""
         base = self.hyperparameters or Hyperparameters()

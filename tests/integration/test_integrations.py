@@ -410,3 +410,38 @@ def test_the_callbacks_take_the_final_loss_options():
         assert (callback.run.final_losses.window, callback.run.final_losses.count) == (0, 7)
         with pytest.raises(ValueError, match="final_loss_window"):
             cls(SPEC, final_loss_window=2)
+
+
+@pytest.mark.parametrize("integration", ["transformers", "lightning"])
+def test_an_explore_trial_the_trainer_cannot_batch_keeps_its_values_and_no_trial_is_left(
+        target, database_url, tmp_path, integration):
+    """The trial's batch is 7 samples; micro-batches of 4 make 8. The callback trains at 8 with
+    the trial's lr and weight decay rather than asking again, pinned, for a second trial (which
+    left this one pending until the time-out); the report closes the trial, as the run's own
+    configuration since the batch is 14% off."""
+    import optuna
+
+    from clients.integrations import HparamrecCallback, HparamrecLightningCallback
+
+    if integration == "transformers":
+        callback = HparamrecCallback(SPEC, server=target, run_id="explore-1", mode="explore")
+        trainer = _hf_trainer(tmp_path, callback)
+        trainer.train()
+        lr, steps = trainer.args.learning_rate, trainer.args.gradient_accumulation_steps
+    else:
+        callback = HparamrecLightningCallback(SPEC, server=target, run_id="explore-1", mode="explore")
+        module, trainer = _lightning_module(), _lightning_trainer(callback)
+        trainer.fit(module)
+        lr, steps = module.lr, trainer.accumulate_grad_batches
+    trial = callback.run.recommendation
+    batch = MICRO_BATCH * steps * SEQ_LEN
+    assert trial.trial_id and batch != trial.batch_size_tokens and lr == trial.lr
+    with Client(target) as client:
+        stored = client.get_run("explore-1")
+        assert client.heartbeat(trial.trial_id).state.value == "superseded"
+    assert stored.trial_id == trial.trial_id and stored.hyperparameters.batch_size_tokens == batch
+    storage = optuna.storages.RDBStorage(database_url)
+    trials = [t for s in optuna.get_all_study_summaries(storage)
+              for t in optuna.load_study(study_name=s.study_name, storage=storage).trials]
+    assert len(trials) == 2  # the trial handed out (superseded) and the run as its own
+    assert not [t for t in trials if t.state is optuna.trial.TrialState.RUNNING]
