@@ -18,7 +18,8 @@ that finds the run told by a sync) never adds a second trial. Asks and tells of 
 its lock (in-process, and a PostgreSQL advisory lock across replicas; on SQLite, which serves
 one replica, in-process).
 
-An explore trial not reported within `trial_timeout_seconds` is abandoned: the next explore of
+An explore trial not reported within `trial_timeout_seconds` of being handed out or of its last
+heartbeat (Refiner.heartbeat, which a long run sends to keep it) is abandoned: the next explore of
 its study closes it as FAIL (user attribute timed_out), so the sampler stops steering around
 it; a late report against it is stored and added as the user's own run. PredictLoss answers
 with the exploit's knowledge: the model conditioned on the spec's studies (predict_loss).
