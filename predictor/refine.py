@@ -19,7 +19,7 @@ its lock (in-process, and a PostgreSQL advisory lock across replicas; on SQLite,
 one replica, in-process).
 
 An explore trial not reported within `trial_timeout_seconds` of being handed out or of its last
-heartbeat (Refiner.heartbeat, which a long run sends to keep it) is abandoned: the next explore of
+heartbeat (predictor/trial_timeouts.py: what a long run sends to keep it) is abandoned: the next explore of
 its study closes it as FAIL (user attribute timed_out), so the sampler stops steering around
 it; a late report against it is stored and added as the user's own run. PredictLoss answers
 with the exploit's knowledge: the model conditioned on the spec's studies (predict_loss).
@@ -27,13 +27,10 @@ with the exploit's knowledge: the model conditioned on the spec's studies (predi
 
 import itertools
 import math
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from optuna.trial import TrialState
 
-from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, RunRecord, RunReport, TrainingSpec
 from benchmark_db.store import RunStore
 from predictor.argmin import ModelRecommender
@@ -47,6 +44,7 @@ from predictor.sampler import PredictorGuidedSampler, candidates, space_point
 from predictor.study import SearchSpace, Studies, study_name, trial_id
 from predictor.study_sync import StudySync, add_runs, close_trial
 from predictor.table import RunTable
+from predictor.trial_timeouts import TrialTimeouts
 
 GP_VERSION = "study-gp@1"
 # What the exploit recommendation is once the study has completed trials: the argmin of the
@@ -88,7 +86,7 @@ class Refiner:
         self.studies = Studies(store.url, store.engine)
         self.store = store
         self.registry = registry
-        self.trial_timeout_seconds = trial_timeout_seconds  # 0: explore trials never time out
+        self.timeouts = TrialTimeouts(self.studies, trial_timeout_seconds)
         self.sync = StudySync(store, self.studies)
         self._prior = PriorRecommender()
 
@@ -127,7 +125,7 @@ class Refiner:
             if study is None:
                 study = self.studies.create(name, SearchSpace.around(base, spec, pins), spec, pins)
             self.sync.sync(tenant, spec, study, locked=True)  # a new study: every matching run
-            self._expire(study)
+            self.timeouts.expire(study)
             conditioned = self._conditioned(study, model, spec, pins)
             if conditioned.trials.n_completed or not conditioned.lr_ok(params_of(base))[0]:
                 best, chosen = self._best(conditioned, base, pins, study)
@@ -160,52 +158,6 @@ class Refiner:
             "trial_id": trial_id(study._study_id, trial.number),
             "sources": tuple(s for s in rec.sources if s.field not in space.free) + tuple(sources),
             "model_versions": _versions(rec, study, conditioned)})
-
-    def _expire(self, study) -> None:
-        """Closes the RUNNING trials whose run has said nothing for more than
-        trial_timeout_seconds (since the trial was handed out or its last heartbeat, whichever
-        is later) as FAIL with user attribute timed_out: without a report they say nothing (the
-        sampler ignores such a FAIL), and a pending trial would keep repelling suggestions for
-        ever. Called under the study's lock, like the reports that close trials and the
-        heartbeats, so a trial is closed by its report or by the time-out, never both, and a
-        heartbeat either lands before the time-out is measured or finds the trial closed.
-        Optuna stamps datetime_start with the naive local clock of the replica that asked
-        (read here in this replica's time zone: replicas share one, UTC); heartbeats are
-        stamped in UTC (last_heartbeat, ISO 8601)."""
-        if not self.trial_timeout_seconds:
-            return
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.trial_timeout_seconds)
-        storage = self.studies.storage()
-        why = (f"no report within {self.trial_timeout_seconds:g} s of the trial being handed out "
-               "or of its last heartbeat")
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            alive = _last_alive(trial)
-            if alive is not None and alive < cutoff:
-                storage.set_trial_user_attr(trial._trial_id, "timed_out", why)
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-
-    def heartbeat(self, tenant: str, trial_id: str) -> "TrialStatus":
-        """Records that the run of one of the tenant's explore trials is still going (user
-        attribute last_heartbeat, now in UTC), so _expire measures its time-out from now; a
-        finished trial is left as it is, and the answer says how it ended. Two reads and one
-        write under the study's lock: no sync, no refit, the cached recommendations stay
-        valid (nothing they depend on changed)."""
-        if not trial_id:
-            raise InvalidArgument.single("trial_id", "required: the trial_id of an explore "
-                                                     "recommendation")
-        name, _, found = self.studies.find_trial(tenant, trial_id)
-        storage = self.studies.storage()
-        with self.studies.lock(name):
-            trial = storage.get_trial(found._trial_id)  # the lock's last holder may have closed it
-            if trial.state is not TrialState.RUNNING:
-                return TrialStatus.of_finished(trial)
-            now = datetime.now(UTC)
-            storage.set_trial_user_attr(trial._trial_id, HEARTBEAT_ATTR, now.isoformat())
-        expires = (now + timedelta(seconds=self.trial_timeout_seconds)
-                   if self.trial_timeout_seconds else None)
-        return TrialStatus("running", "heartbeat recorded" + (
-            f"; the trial times out {self.trial_timeout_seconds:g} s after its last heartbeat"
-            if expires else "; trials never time out on this server"), "", now, expires)
 
     def predict_loss(self, tenant: str, spec: TrainingSpec,
                      queries: RunTable) -> tuple[LossPrediction, tuple[str, ...]] | None:
@@ -447,53 +399,3 @@ def _versions(rec: Recommendation, study, conditioned: ConditionedModel) -> tupl
     own = (f"{GP_VERSION}:study={study._study_id}:completed={trials.n_completed}:"
            f"diverged={len(trials.diverged['lr'])}")
     return (own,) + tuple(v for v in rec.model_versions if not v.startswith(GP_VERSION))
-
-
-HEARTBEAT_ATTR = "last_heartbeat"  # a trial's user attribute: its last heartbeat, ISO 8601 in UTC
-
-
-def _last_alive(trial) -> datetime | None:
-    """When the trial last showed life, timezone-aware: handed out (datetime_start, the naive
-    local clock of the replica that asked) or its last heartbeat, whichever is later."""
-    if trial.datetime_start is None:
-        return None
-    start = trial.datetime_start
-    alive = start.astimezone(UTC) if start.tzinfo is None else start
-    beat = trial.user_attrs.get(HEARTBEAT_ATTR)
-    if beat:
-        try:
-            beat_at = datetime.fromisoformat(beat)
-        except (TypeError, ValueError):  # written by hand: the start alone counts
-            return alive
-        alive = max(alive, beat_at if beat_at.tzinfo else beat_at.replace(tzinfo=UTC))
-    return alive
-
-
-@dataclass(frozen=True)
-class TrialStatus:
-    """Where an explore trial stands, as a heartbeat answers: state is running, reported (run_id
-    closed it), timed_out, superseded (run_id, of other values or another spec, closed it) or
-    closed (finished some other way); heartbeat_at and expires_at (None: never) only while
-    running."""
-
-    state: str
-    detail: str
-    run_id: str = ""
-    heartbeat_at: datetime | None = None
-    expires_at: datetime | None = None
-
-    @classmethod
-    def of_finished(cls, trial) -> "TrialStatus":
-        attrs = trial.user_attrs
-        if "timed_out" in attrs:
-            return cls("timed_out", f"the trial timed out ({attrs['timed_out']}); a run reported "
-                                    "against it is stored and joins the study as a "
-                                    "configuration of its own")
-        if "superseded_by_run" in attrs:
-            return cls("superseded", f"the trial was closed by run {attrs['superseded_by_run']!r}, "
-                                     "reported against it with other values or another spec",
-                       run_id=attrs["superseded_by_run"])
-        if attrs.get("run_id"):
-            return cls("reported", f"the trial was closed by run {attrs['run_id']!r} "
-                                   f"({trial.state.name.lower()})", run_id=attrs["run_id"])
-        return cls("closed", f"the trial is {trial.state.name.lower()} without a run of its own")

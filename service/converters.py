@@ -8,7 +8,7 @@ from benchmark_db.records import (Pins, RunRecord, RunReport, RunStatus, SpecFil
                                   TrainingSpec, resolve_spec, validated)
 from hparamrec.v1 import recommender_pb2 as pb
 from predictor.recommendation import Interval, Recommendation
-from predictor.refine import TrialStatus
+from predictor.trial_timeouts import TrialStatus
 
 _STATUS_TO_DOMAIN = {
     pb.RUN_STATUS_COMPLETED: RunStatus.COMPLETED,

@@ -28,13 +28,13 @@ def database_url(tmp_path):
 def beats(service, monkeypatch) -> list[str]:
     """The trial ids of the heartbeats the server received, in order."""
     received = []
-    real = service.refiner.heartbeat
+    real = service.refiner.timeouts.heartbeat
 
     def counting(tenant, trial_id):
         received.append(trial_id)
         return real(tenant, trial_id)
 
-    monkeypatch.setattr(service.refiner, "heartbeat", counting)
+    monkeypatch.setattr(service.refiner.timeouts, "heartbeat", counting)
     return received
 
 
