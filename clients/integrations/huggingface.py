@@ -123,4 +123,5 @@ class HparamrecCallback(TrainerCallback):
             history = [(entry["step"], entry["loss"]) for entry in state.log_history
                        if "loss" in entry and "step" in entry]
             self.run.final_losses = self.run.final_losses.merged(history)
+            self.run.steps_logged = max(self.run.steps_logged, len(history))
         self.run.finish(last_step=state.global_step)

@@ -258,6 +258,7 @@ def test_transformers_resumed_run_reports_the_final_loss_of_the_whole_run(target
     assert second.outcome.final_loss == pytest.approx(first.outcome.final_loss)
     assert second.metadata["final_loss"] == first.metadata["final_loss"] == \
         "mean of 5 losses over steps 46-50 (the last 10% of 50)"
+    assert second.metadata["steps_logged"] == first.metadata["steps_logged"] == "50"
 
 
 def test_transformers_logged_losses_count_for_their_steps_in_the_window(target, tmp_path):
