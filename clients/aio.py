@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 
 from clients import convert
-from clients.client import (RETRYABLE, Settings, backoff, list_runs_request, page_of,
-                            predict_loss_request, recommend_request, report_request)
+from clients.client import (RETRYABLE, Settings, backoff, heartbeat_request, list_runs_request,
+                            page_of, predict_loss_request, recommend_request, report_request)
 from clients.errors import from_rpc_error
 from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
                             Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
@@ -91,9 +91,10 @@ class AsyncClient:
                                     timeout)
         return convert.from_proto(response)
 
-    async def heartbeat(self, trial_id: str, *, timeout: float | None = None) -> HeartbeatResult:
-        response = await self._call(self.stub.Heartbeat, pb.HeartbeatRequest(trial_id=trial_id),
-                                    timeout)
+    async def heartbeat(self, trial_id: str, *, interval_seconds: float = 0.0,
+                        timeout: float | None = None) -> HeartbeatResult:
+        response = await self._call(self.stub.Heartbeat,
+                                    heartbeat_request(trial_id, interval_seconds), timeout)
         return convert.from_proto(response)
 
     async def health(self, service: str = "") -> str:

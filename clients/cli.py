@@ -140,15 +140,18 @@ def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, fa
 @app.command()
 @click.option("--trial-id", required=True, help="The explore trial whose run is still going "
                                                 "(printed by `recommend --mode explore`).")
+@click.option("--interval-seconds", type=click.FloatRange(min=0), default=0.0,
+              help="How often you send heartbeats: the trial is then given up after 3 missed "
+                   "ones, before the server's time-out, if the run dies (default: not said).")
 @client_options
 @json_option
-def heartbeat(trial_id, client, as_json) -> int:
+def heartbeat(trial_id, interval_seconds, client, as_json) -> int:
     """Tell the service the run of an explore trial is still going, so the trial does not time
     out (send one every few minutes). Exits 0 while the trial runs, 1 once it has finished (the
     line, or the JSON's state and detail, says how): a run whose trial timed out is still
     reported, and counts as a configuration of its own."""
     with client() as c:
-        answer = c.heartbeat(trial_id)
+        answer = c.heartbeat(trial_id, interval_seconds=interval_seconds)
     if as_json:
         print_json(answer)
     elif answer.running:

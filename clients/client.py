@@ -104,6 +104,10 @@ def list_runs_request(page_size: int, page_token: str, training_spec) -> pb.List
     return request
 
 
+def heartbeat_request(trial_id: str, interval_seconds: float = 0.0) -> pb.HeartbeatRequest:
+    return pb.HeartbeatRequest(trial_id=trial_id, interval_seconds=interval_seconds)
+
+
 def page_of(response: pb.ListRunsResponse, request: pb.ListRunsRequest) -> RunPage:
     """The page, refused when the request filtered by spec and the server did not say it did: a
     server from before the filter ignores it and lists every run, which must not pass for the
@@ -204,12 +208,16 @@ class Client:
         response = self._call(self.stub.PredictLoss, predict_loss_request(spec, points), timeout)
         return convert.from_proto(response)
 
-    def heartbeat(self, trial_id: str, *, timeout: float | None = None) -> HeartbeatResult:
+    def heartbeat(self, trial_id: str, *, interval_seconds: float = 0.0,
+                  timeout: float | None = None) -> HeartbeatResult:
         """Says the run of an explore trial (Recommendation.trial_id) is still going, so the
-        trial does not time out while heartbeats keep coming. A finished trial is not revived:
-        check `.running` (`.state` says how it ended, e.g. timed_out: report the run anyway, it
-        then counts as a configuration of its own). Unknown trial ids: InvalidArgumentError."""
-        response = self._call(self.stub.Heartbeat, pb.HeartbeatRequest(trial_id=trial_id), timeout)
+        trial does not time out while heartbeats keep coming. interval_seconds: how often you
+        send them (optional); the trial is then given up after 3 missed ones, sooner than the
+        server's time-out, if the run dies. A finished trial is not revived: check `.running`
+        (`.state` says how it ended, e.g. timed_out: report the run anyway, it then counts as a
+        configuration of its own). Unknown trial ids: InvalidArgumentError."""
+        response = self._call(self.stub.Heartbeat, heartbeat_request(trial_id, interval_seconds),
+                              timeout)
         return convert.from_proto(response)
 
     def health(self, service: str = "") -> str:

@@ -75,12 +75,12 @@ class RecommendationEngine:
         finally:
             self._changed(tenant)
 
-    def heartbeat(self, tenant: str, trial_id: str):
+    def heartbeat(self, tenant: str, trial_id: str, interval_seconds: float = 0.0):
         """The run of an explore trial is still going (TrialTimeouts.heartbeat): a TrialStatus. The
         cached recommendations stay valid: a heartbeat changes nothing they depend on."""
         if self.refiner is None:
             raise NotImplementedError("heartbeats need a refiner (predictor/refine.py)")
-        return self.refiner.timeouts.heartbeat(tenant, trial_id)
+        return self.refiner.timeouts.heartbeat(tenant, trial_id, interval_seconds)
 
     def report(self, tenant: str, report: RunReport) -> tuple[RunRecord, bool]:
         if self.refiner is not None:  # an unknown trial_id is refused before anything is stored

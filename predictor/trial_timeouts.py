@@ -1,8 +1,10 @@
 """When an explore trial is given up: a trial whose run has not been reported within the time-out
 of being handed out, or of its last heartbeat, is closed by the next explore of its study, so
 the sampler stops steering around it (docs/refinement.md, "Abandoned trials"). A heartbeat is
-what a long run sends to keep its trial."""
+what a long run sends to keep its trial; one that says how often they come has its trial given
+up after MISSED_HEARTBEATS of them went missing, if that is sooner."""
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +14,11 @@ from benchmark_db.errors import InvalidArgument
 from predictor.study import Studies
 
 HEARTBEAT_ATTR = "last_heartbeat"  # a trial's user attribute: its last heartbeat, ISO 8601 in UTC
+INTERVAL_ATTR = "heartbeat_interval_seconds"  # how often its launcher said it sends them
+# A trial whose launcher said how often it sends heartbeats is given up after this many went
+# missing (if that is before the time-out): its run has most likely died. Three, so one or two
+# heartbeats lost to a network blip or a slow step do not close a live trial.
+MISSED_HEARTBEATS = 3
 
 
 class TrialTimeouts:
@@ -20,37 +27,38 @@ class TrialTimeouts:
         self.timeout_seconds = timeout_seconds  # 0: explore trials never time out
 
     def expire(self, study) -> None:
-        """Closes the RUNNING trials whose run has said nothing for more than
-        timeout_seconds (since the trial was handed out or its last heartbeat, whichever
-        is later) as FAIL with user attribute timed_out: without a report they say nothing (the
-        sampler ignores such a FAIL), and a pending trial would keep repelling suggestions for
-        ever. Called under the study's lock, like the reports that close trials and the
-        heartbeats, so a trial is closed by its report or by the time-out, never both, and a
-        heartbeat either lands before the time-out is measured or finds the trial closed.
-        Optuna stamps datetime_start with the naive local clock of the replica that asked
-        (read here in this replica's time zone: replicas share one, UTC); heartbeats are
-        stamped in UTC (last_heartbeat, ISO 8601)."""
+        """Closes the RUNNING trials past their deadline (_deadline: timeout_seconds after the
+        trial was handed out or its last heartbeat, sooner if its launcher said how often it
+        sends them and MISSED_HEARTBEATS went missing) as FAIL with user attribute timed_out:
+        without a report they say nothing (the sampler ignores such a FAIL), and a pending
+        trial would keep repelling suggestions for ever. Called under the study's lock, like
+        the reports that close trials and the heartbeats, so a trial is closed by its report or
+        by the time-out, never both, and a heartbeat either lands before the time-out is
+        measured or finds the trial closed."""
         if not self.timeout_seconds:
             return
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.timeout_seconds)
+        now = datetime.now(UTC)
         storage = self.studies.storage()
-        why = (f"no report within {self.timeout_seconds:g} s of the trial being handed out "
-               "or of its last heartbeat")
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            alive = _last_alive(trial)
-            if alive is not None and alive < cutoff:
+            deadline, why = self._deadline(trial)
+            if deadline is not None and deadline < now:
                 storage.set_trial_user_attr(trial._trial_id, "timed_out", why)
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
-    def heartbeat(self, tenant: str, trial_id: str) -> "TrialStatus":
+    def heartbeat(self, tenant: str, trial_id: str, interval_seconds: float = 0.0) -> "TrialStatus":
         """Records that the run of one of the tenant's explore trials is still going (user
-        attribute last_heartbeat, now in UTC), so expire measures its time-out from now; a
-        finished trial is left as it is, and the answer says how it ended. Two reads and one
-        write under the study's lock: no sync, no refit, the cached recommendations stay
-        valid (nothing they depend on changed)."""
+        attribute last_heartbeat, now in UTC), so expire measures its time-out from now;
+        interval_seconds (optional): how often the launcher sends them, after
+        MISSED_HEARTBEATS of which the trial is given up sooner. A finished trial is left as
+        it is, and the answer says how it ended. A few reads and writes under the study's lock:
+        no sync, no refit, the cached recommendations stay valid (nothing they depend on
+        changed)."""
         if not trial_id:
             raise InvalidArgument.single("trial_id", "required: the trial_id of an explore "
                                                      "recommendation")
+        if not math.isfinite(interval_seconds) or interval_seconds < 0:
+            raise InvalidArgument.single("interval_seconds", "must be a finite number of seconds "
+                                                             f">= 0 (0: not said), not {interval_seconds!r}")
         name, _, found = self.studies.find_trial(tenant, trial_id)
         storage = self.studies.storage()
         with self.studies.lock(name):
@@ -59,11 +67,34 @@ class TrialTimeouts:
                 return TrialStatus.of_finished(trial)
             now = datetime.now(UTC)
             storage.set_trial_user_attr(trial._trial_id, HEARTBEAT_ATTR, now.isoformat())
-        expires = (now + timedelta(seconds=self.timeout_seconds)
-                   if self.timeout_seconds else None)
-        return TrialStatus("running", "heartbeat recorded" + (
-            f"; the trial times out {self.timeout_seconds:g} s after its last heartbeat"
-            if expires else "; trials never time out on this server"), "", now, expires)
+            if interval_seconds:
+                storage.set_trial_user_attr(trial._trial_id, INTERVAL_ATTR, interval_seconds)
+            trial = storage.get_trial(found._trial_id)
+        expires, _ = self._deadline(trial)
+        detail = (f"heartbeat recorded; without a report or another heartbeat the trial times "
+                  f"out at {expires:%Y-%m-%d %H:%M:%S} UTC" if expires
+                  else "heartbeat recorded; trials never time out on this server")
+        return TrialStatus("running", detail, "", now, expires)
+
+    def _deadline(self, trial) -> tuple[datetime | None, str]:
+        """When the trial is given up, and why (None: never): timeout_seconds after it last
+        showed life, or MISSED_HEARTBEATS times its launcher's interval after its last
+        heartbeat, whichever comes first."""
+        alive = _last_alive(trial)
+        if not self.timeout_seconds or alive is None:
+            return None, ""
+        deadline = alive + timedelta(seconds=self.timeout_seconds)
+        why = (f"no report within {self.timeout_seconds:g} s of the trial being handed out "
+               "or of its last heartbeat")
+        interval, beat = trial.user_attrs.get(INTERVAL_ATTR), _utc(trial.user_attrs.get(HEARTBEAT_ATTR))
+        if interval and beat is not None:
+            missed = beat + timedelta(seconds=MISSED_HEARTBEATS * float(interval))
+            if missed < deadline:
+                deadline = missed
+                why = (f"no report within {MISSED_HEARTBEATS} heartbeat intervals "
+                       f"({MISSED_HEARTBEATS} x {float(interval):g} s, as its launcher said) "
+                       "of its last heartbeat")
+        return deadline, why
 
 
 def _last_alive(trial) -> datetime | None:
@@ -73,14 +104,20 @@ def _last_alive(trial) -> datetime | None:
         return None
     start = trial.datetime_start
     alive = start.astimezone(UTC) if start.tzinfo is None else start
-    beat = trial.user_attrs.get(HEARTBEAT_ATTR)
-    if beat:
-        try:
-            beat_at = datetime.fromisoformat(beat)
-        except (TypeError, ValueError):  # written by hand: the start alone counts
-            return alive
-        alive = max(alive, beat_at if beat_at.tzinfo else beat_at.replace(tzinfo=UTC))
-    return alive
+    beat = _utc(trial.user_attrs.get(HEARTBEAT_ATTR))
+    return alive if beat is None else max(alive, beat)
+
+
+def _utc(stamp) -> datetime | None:
+    """A heartbeat's ISO 8601 stamp as an aware datetime (UTC if it names no zone); None when
+    absent or not a stamp (written by hand: the start alone counts)."""
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

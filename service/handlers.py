@@ -59,5 +59,6 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         if self.engine.refiner is None:
             raise Unimplemented("heartbeats keep explore trials alive, and explore is not "
                                 "available on this server")
-        status = self.engine.heartbeat(tenant_of(context), request.trial_id)
+        status = self.engine.heartbeat(tenant_of(context), request.trial_id,
+                                       request.interval_seconds)
         return converters.trial_status_to_proto(status)

@@ -307,7 +307,8 @@ class TrackedRun:
             return None
         self._next_heartbeat = now + self.heartbeat_seconds
         try:
-            answer = self.client.heartbeat(self.trial_id, timeout=HEARTBEAT_TIMEOUT_SECONDS)
+            answer = self.client.heartbeat(self.trial_id, interval_seconds=self.heartbeat_seconds,
+                                           timeout=HEARTBEAT_TIMEOUT_SECONDS)
         except UnimplementedError:
             log.warning("hparamrec: the service predates heartbeats: trial %s is kept only "
                         "while the run is shorter than its trial time-out", self.trial_id)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import time
@@ -241,6 +242,12 @@ def test_heartbeat_keeps_a_trial_alive_and_says_when_it_has_finished(target):
     assert out.stdout.count("\n") == 1
     beat = json.loads(cli("heartbeat", "--trial-id", trial_id, "--json", server=target).stdout)
     assert beat["state"] == "TRIAL_STATE_RUNNING" and beat["expires_at"] > beat["heartbeat_at"]
+    beat = json.loads(cli("heartbeat", "--trial-id", trial_id, "--interval-seconds", "600",
+                          "--json", server=target).stdout)  # given up after 3 missed
+    assert beat["expires_at"][:16] == (datetime.fromisoformat(beat["heartbeat_at"])
+                                       + timedelta(seconds=1800)).isoformat()[:16]
+    out = cli("heartbeat", "--trial-id", trial_id, "--interval-seconds", "-1", server=target)
+    assert out.returncode == 2 and "--interval-seconds" in out.stderr
     rec = json.loads(explore.stdout)
     reported = cli("report", "--params", "1.3B", "--tokens", "100B", "--lr", str(rec["lr"]),
                    "--batch-size-tokens", str(rec["batch_size_tokens"]), "--weight-decay",

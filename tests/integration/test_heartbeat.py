@@ -123,6 +123,42 @@ def test_a_heartbeat_of_a_trial_without_a_time_out_has_no_expiry(tmp_path):
         svc.stop(grace=1)
 
 
+def test_a_trial_whose_launcher_said_its_interval_is_freed_after_three_missed_heartbeats(
+        client, service):
+    """Long before the server's time-out (a week): a launcher that said it beats every 10
+    minutes and went quiet for 40 has most likely died; one that said nothing is kept."""
+    url = service.settings.database_url
+    said = client.recommend(SPEC, PINS, mode="explore")
+    unsaid = client.recommend(SPEC, PINS, mode="explore")
+    beat = client.heartbeat(said.trial_id, interval_seconds=600)
+    assert beat.expires_at - beat.heartbeat_at == timedelta(seconds=1800)
+    plain = client.heartbeat(unsaid.trial_id)
+    assert plain.expires_at - plain.heartbeat_at == timedelta(
+        seconds=service.settings.trial_timeout_seconds)
+    now = datetime.now(UTC)
+    for trial in (said, unsaid):  # quiet for two intervals: both kept
+        set_heartbeat(url, trial.trial_id, now - timedelta(seconds=1200))
+    client.recommend(SPEC, PINS, mode="explore")
+    assert states(url) == ["RUNNING", "RUNNING", "RUNNING"]
+    for trial in (said, unsaid):  # quiet for four
+        set_heartbeat(url, trial.trial_id, now - timedelta(seconds=2400))
+    client.recommend(SPEC, PINS, mode="explore")
+    assert states(url) == ["FAIL", "RUNNING", "RUNNING", "RUNNING"]
+    why = study_of(url).trials[0].user_attrs["timed_out"]
+    assert "3 heartbeat intervals (3 x 600 s" in why
+    assert client.heartbeat(said.trial_id).state is TrialState.TIMED_OUT
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_heartbeat_interval_must_be_a_finite_number_of_seconds(client, service):
+    trial = client.recommend(SPEC, PINS, mode="explore")
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidArgumentError) as error:
+            client.heartbeat(trial.trial_id, interval_seconds=bad)
+        assert [f for f, _ in error.value.field_violations] == ["interval_seconds"]
+    assert "last_heartbeat" not in study_of(service.settings.database_url).trials[0].user_attrs
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_heartbeat_of_a_finished_trial_says_how_it_ended(client, service):
     url = service.settings.database_url

@@ -30,9 +30,9 @@ def beats(service, monkeypatch) -> list[str]:
     received = []
     real = service.refiner.timeouts.heartbeat
 
-    def counting(tenant, trial_id):
+    def counting(tenant, trial_id, interval_seconds=0.0):
         received.append(trial_id)
-        return real(tenant, trial_id)
+        return real(tenant, trial_id, interval_seconds)
 
     monkeypatch.setattr(service.refiner.timeouts, "heartbeat", counting)
     return received
@@ -59,7 +59,8 @@ def test_tracked_run_sends_throttled_heartbeats_for_its_trial(target, service, b
             run.log(2.0, step=step)
         assert beats == [run.trial_id]  # one, however many losses were logged
         assert run.trial_state is TrialState.RUNNING
-        assert "last_heartbeat" in trial_of(service.settings.database_url, run.trial_id).user_attrs
+        attrs = trial_of(service.settings.database_url, run.trial_id).user_attrs
+        assert "last_heartbeat" in attrs and attrs["heartbeat_interval_seconds"] == 0.5
     assert len(beats) == 1  # none after the report
     assert trial_of(service.settings.database_url, run.trial_id).state.name == "COMPLETE"
 

@@ -292,10 +292,12 @@ class PredictLossResponse(_message.Message):
     def __init__(self, predictions: _Optional[_Iterable[_Union[LossPrediction, _Mapping]]] = ..., model_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("trial_id",)
+    __slots__ = ("trial_id", "interval_seconds")
     TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     trial_id: str
-    def __init__(self, trial_id: _Optional[str] = ...) -> None: ...
+    interval_seconds: float
+    def __init__(self, trial_id: _Optional[str] = ..., interval_seconds: _Optional[float] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("state", "detail", "run_id", "heartbeat_at", "expires_at")
