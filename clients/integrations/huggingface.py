@@ -110,6 +110,10 @@ class HparamrecCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.run.heartbeat()  # an explore trial's run is still going (throttled: heartbeat_seconds)
 
+    def on_prediction_step(self, args, state, control, **kwargs):
+        # Evaluation too: a long one would otherwise read as missed heartbeats.
+        self.run.heartbeat()
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs and not self.run.log(logs["loss"], step=state.global_step):
             if self.stop_on_divergence:

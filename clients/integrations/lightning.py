@@ -137,6 +137,11 @@ class HparamrecLightningCallback(Callback):
             self.run.last_loss = state_dict.get("last_loss")
             self.run.steps_logged = state_dict.get("steps_logged", 0)
 
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0) -> None:
+        # Validation too: a long one would otherwise read as missed heartbeats.
+        self.run.heartbeat()
+
     def on_train_end(self, trainer, pl_module) -> None:
         self.run.finish(last_step=trainer.global_step)
 

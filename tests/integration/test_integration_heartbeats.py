@@ -14,7 +14,8 @@ from clients.integrations.tracking import HEARTBEAT_SECONDS
 from predictor.study import _storage_url
 from service.server import Service
 from service.settings import Settings
-from tests.integration.test_integrations import SPEC, _hf_trainer, _lightning_module
+from tests.integration.test_integrations import (MICRO_BATCH, SPEC, Samples, _hf_trainer,
+                                                _lightning_module)
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +230,40 @@ def test_a_server_from_before_heartbeats_is_told_once_and_not_asked_again(caplog
         run._close()
     finally:
         server.stop(0)
+
+
+def test_the_callbacks_send_heartbeats_during_evaluation_too(target, beats, tmp_path):
+    """The trial is given up after 3 missed heartbeats of the interval the integrations say: a
+    long evaluation pass, with no training step, must not read as missed ones."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("lightning")
+    import lightning.pytorch as L
+    from torch.utils.data import DataLoader
+
+    from clients.integrations import HparamrecCallback, HparamrecLightningCallback
+
+    hf = HparamrecCallback(SPEC, server=target, run_id="hf-eval", mode="explore",
+                           heartbeat_seconds=1e-6)
+    trainer = _hf_trainer(tmp_path, hf, max_steps=4, per_device_eval_batch_size=MICRO_BATCH)
+    trainer.evaluate(eval_dataset=Samples(n=3 * MICRO_BATCH))  # before any training step
+    assert len(beats) >= 3 and set(beats) == {hf.run.trial_id}
+
+    during_validation = []
+
+    class Count(L.Callback):
+        def on_validation_start(self, trainer, pl_module):
+            during_validation.append(len(beats))
+
+        def on_validation_end(self, trainer, pl_module):
+            during_validation[-1] = len(beats) - during_validation[-1]
+
+    module = _lightning_module()
+    module.validation_step = lambda batch, batch_idx: None
+    module.val_dataloader = lambda: DataLoader(Samples(n=3 * MICRO_BATCH), batch_size=MICRO_BATCH)
+    pl = HparamrecLightningCallback(SPEC, server=target, run_id="pl-eval", mode="explore",
+                                    fit_steps_to_tokens=False, heartbeat_seconds=1e-6)
+    L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+              val_check_interval=1, check_val_every_n_epoch=None,
+              callbacks=[pl, Count()]).fit(module)
+    assert during_validation and all(n >= 3 for n in during_validation)
