@@ -57,8 +57,9 @@ class TrialTimeouts:
             raise InvalidArgument.single("trial_id", "required: the trial_id of an explore "
                                                      "recommendation")
         if not math.isfinite(interval_seconds) or interval_seconds < 0:
-            raise InvalidArgument.single("interval_seconds", "must be a finite number of seconds "
-                                                             f">= 0 (0: not said), not {interval_seconds!r}")
+            raise InvalidArgument.single(
+                "interval_seconds",
+                f"must be a finite number of seconds >= 0 (0: not said), not {interval_seconds!r}")
         name, _, found = self.studies.find_trial(tenant, trial_id)
         storage = self.studies.storage()
         with self.studies.lock(name):
@@ -86,14 +87,15 @@ class TrialTimeouts:
         deadline = alive + timedelta(seconds=self.timeout_seconds)
         why = (f"no report within {self.timeout_seconds:g} s of the trial being handed out "
                "or of its last heartbeat")
-        interval, beat = trial.user_attrs.get(INTERVAL_ATTR), _utc(trial.user_attrs.get(HEARTBEAT_ATTR))
-        if interval and beat is not None:
-            missed = beat + timedelta(seconds=MISSED_HEARTBEATS * float(interval))
+        quiet = MISSED_HEARTBEATS * float(trial.user_attrs.get(INTERVAL_ATTR) or 0)
+        beat = _utc(trial.user_attrs.get(HEARTBEAT_ATTR))
+        if 0 < quiet < self.timeout_seconds and beat is not None:  # any interval: no overflow
+            missed = beat + timedelta(seconds=quiet)
             if missed < deadline:
                 deadline = missed
                 why = (f"no report within {MISSED_HEARTBEATS} heartbeat intervals "
-                       f"({MISSED_HEARTBEATS} x {float(interval):g} s, as its launcher said) "
-                       "of its last heartbeat")
+                       f"({MISSED_HEARTBEATS} x {quiet / MISSED_HEARTBEATS:g} s, as its launcher "
+                       "said) of its last heartbeat")
         return deadline, why
 
 

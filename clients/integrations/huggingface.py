@@ -8,12 +8,13 @@ reports the outcome.
 
 When the Trainer is built (on_init_end, before it creates its optimizer) the callback fetches a
 recommendation and sets args.learning_rate, args.weight_decay and, keeping
-per_device_train_batch_size (what fits in memory), args.gradient_accumulation_steps so the global
-batch is as close as whole steps allow to the recommended one. If that batch is not the
+per_device_train_batch_size (what fits in memory), args.gradient_accumulation_steps so the
+global batch is as close as whole steps allow to the recommended one. If that batch is not the
 recommended one, it asks again with the batch pinned, so lr and weight decay are the conditional
-optimum for the batch actually used (an explore trial keeps its values: see TrackedRun.at_batch). With args.max_steps set, it sets max_steps so training
-sees the spec's n_tokens at that batch (fit_steps_to_tokens=False keeps yours). apply=False
-trains with the arguments as they are (the run is still reported).
+optimum for the batch actually used (an explore trial keeps its values: TrackedRun.at_batch).
+With args.max_steps set, it sets max_steps so training sees the spec's n_tokens at that batch
+(fit_steps_to_tokens=False keeps yours). apply=False trains with the arguments as they are (the
+run is still reported).
 
 It turns off args.logging_nan_inf_filter (which would hide a NaN loss behind the mean of the
 previous ones), watches every logged training loss, and on the first NaN/inf reports the run as

@@ -8,10 +8,10 @@ outcome.
 In setup (before configure_optimizers) the callback fetches a recommendation and sets the
 module's `lr` (or `learning_rate`) and `weight_decay` attributes or hparams, found the way
 Lightning's own tuner finds them, for configure_optimizers to read. If the module or datamodule
-has a `batch_size` (the micro-batch that fits in memory), it sets trainer.accumulate_grad_batches
-so the global batch is as close as whole steps allow to the recommended one, asks again with
-that batch pinned if it differs (an explore trial keeps its values: TrackedRun.at_batch), and
-(with max_steps set) sets max_steps so training sees the
+has a `batch_size` (the micro-batch that fits in memory), it sets
+trainer.accumulate_grad_batches so the global batch is as close as whole steps allow to the
+recommended one, asks again with that batch pinned if it differs (an explore trial keeps its
+values: TrackedRun.at_batch), and (with max_steps set) sets max_steps so training sees the
 spec's n_tokens at that batch. apply=False trains as configured (the run is still reported).
 
 Every training step's loss is checked: the first NaN/inf reports the run as diverged and stops
@@ -20,11 +20,11 @@ of the training losses of the last final_loss_window (default 2%) of the optimiz
 (every micro-batch's loss, at the step it counts towards); final_loss_window=0 reports the last
 loss. The losses collected so far are part of the callback's state in Lightning's checkpoints,
 so a fit resumed from one (trainer.fit(..., ckpt_path=...)) reports the window of the whole run,
-not only of the steps since the restart. An exception during fit reports it as diverged (failed for interruptions and
-out-of-memory). The hyperparameters reported are read from the optimizer and the train
-dataloader when training starts. Only global rank 0 reports; with mode="explore" it also sends
-the trial's heartbeat every heartbeat_seconds (default 600) of training, so a run longer than
-the service's trial time-out keeps its trial.
+not only of the steps since the restart. An exception during fit reports it as diverged (failed
+for interruptions and out-of-memory). The hyperparameters reported are read from the optimizer
+and the train dataloader when training starts. Only global rank 0 reports; with mode="explore"
+it also sends the trial's heartbeat every heartbeat_seconds (default 600) of training, so a run
+longer than the service's trial time-out keeps its trial.
 """
 
 import logging
