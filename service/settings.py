@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     # FAIL (user attr timed_out) and stops steering around it; a late report is still stored
     # and used as the user's own run. Longer than your longest run that sends no heartbeats (a
     # live trial that times out may be handed out again), and than the heartbeat interval
-    # (the integrations: 600 s); 0: never.
-    trial_timeout_seconds: float = Field(default=7 * 24 * 3600.0, ge=0)
+    # (the integrations: 600 s); 0: never. At most 100 years: beyond, a deadline is no date.
+    trial_timeout_seconds: float = Field(default=7 * 24 * 3600.0, ge=0, le=100 * 365 * 86400.0)
     # Authentication off: every caller is the default tenant. For local development only;
     # `make run` sets it (on 127.0.0.1). Never implied: see service/server.py.
     auth_disabled: bool = False

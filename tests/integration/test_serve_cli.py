@@ -1,6 +1,7 @@
 """`hparamrec serve` as a real process, and the key-management commands."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -97,3 +98,16 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "refusing to listen" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["-5", "1e300"])
+def test_serve_refuses_a_trial_time_out_out_of_range_in_one_line(tmp_path, value):
+    """Beyond 100 years a trial's deadline is no date: refused at start-up, not on every
+    explore."""
+    out = subprocess.run([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 'p.db'}",
+                          "--port", "0", "--metrics-port", "0", "--no-auth"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HPARAMREC_TRIAL_TIMEOUT_SECONDS": value})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith("error: trial_timeout_seconds: ")
