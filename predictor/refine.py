@@ -19,9 +19,9 @@ its lock (in-process, and a PostgreSQL advisory lock across replicas; on SQLite,
 one replica, in-process).
 
 An explore trial not reported within `trial_timeout_seconds` of being handed out or of its last
-heartbeat (predictor/trial_timeouts.py: what a long run sends to keep it) is abandoned: the next explore of
-its study closes it as FAIL (user attribute timed_out), so the sampler stops steering around
-it; a late report against it is stored and added as the user's own run. PredictLoss answers
+heartbeat (predictor/trial_timeouts.py: what a long run sends to keep it) is abandoned: the next
+explore of its study closes it as FAIL (user attribute timed_out), so the sampler stops steering
+around it; a late report against it is stored and added as the user's own run. PredictLoss answers
 with the exploit's knowledge: the model conditioned on the spec's studies (predict_loss).
 """
 
@@ -257,27 +257,17 @@ class Refiner:
                   f"'{study.study_name}' ({trials.n_completed} completed, "
                   f"{len(trials.diverged['lr'])} diverged trials) by a Gaussian process on the "
                   "residuals of ln(loss)")
-        sources = tuple(Source(field=n, name="refine", version=GP_VERSION, detail=detail)
-                        for n in (*space.free, "predicted_loss"))
-        rec = base.model_copy(update=update | {
-            "sources": tuple(s for s in base.sources if s.field not in space.free + ("predicted_loss",))
-            + sources, "warnings": base.warnings + tuple(warnings)})
-        return rec.model_copy(update={"model_versions": _versions(rec, study, conditioned)}), chosen
+        return _refined(base.model_copy(update=update), conditioned, study, detail, warnings), chosen
 
     def _kept(self, base: Recommendation, conditioned: ConditionedModel, study,
               warnings: list[str]) -> Recommendation:
         """The guarded rule's answer once the reports fail the noisy-reports check: the model's
         own recommendation, with its loss predicted by the conditioned model."""
-        rec = self._at(base, conditioned, params_of(base))
         detail = (f"the {conditioned.model.name} model's recommendation, kept: the "
                   f"{conditioned.trials.n_completed} reported losses of study "
                   f"'{study.study_name}' are too noisy to rank configurations")
-        fields = (*conditioned.space.free, "predicted_loss")
-        rec = rec.model_copy(update={
-            "sources": tuple(s for s in rec.sources if s.field not in fields)
-            + tuple(Source(field=n, name="refine", version=GP_VERSION, detail=detail) for n in fields),
-            "warnings": rec.warnings + tuple(warnings)})
-        return rec.model_copy(update={"model_versions": _versions(rec, study, conditioned)})
+        return _refined(self._at(base, conditioned, params_of(base)), conditioned, study, detail,
+                        warnings)
 
     @staticmethod
     def _grid(space: SearchSpace, spec: TrainingSpec, base: Recommendation, pins: Pins) -> Params:
@@ -392,6 +382,18 @@ def _choose(rule: str, mean: np.ndarray, sd: np.ndarray, trials: StudyTrials, tr
     if rule == "best_run":
         return tried.start + int(np.argmin(trials.ln_loss))
     raise ValueError(f"unknown exploit rule {rule!r}; choose from {', '.join(EXPLOIT_RULES)}")
+
+
+def _refined(rec: Recommendation, conditioned: ConditionedModel, study, detail: str,
+             warnings: list[str]) -> Recommendation:
+    """An exploit recommendation as the study made it: its free fields and predicted loss
+    sourced to the study's GP (`detail` says how), the warnings added, the GP's version first."""
+    fields = (*conditioned.space.free, "predicted_loss")
+    rec = rec.model_copy(update={
+        "sources": tuple(s for s in rec.sources if s.field not in fields)
+        + tuple(Source(field=n, name="refine", version=GP_VERSION, detail=detail) for n in fields),
+        "warnings": rec.warnings + tuple(warnings)})
+    return rec.model_copy(update={"model_versions": _versions(rec, study, conditioned)})
 
 
 def _versions(rec: Recommendation, study, conditioned: ConditionedModel) -> tuple[str, ...]:
