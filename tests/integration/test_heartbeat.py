@@ -4,6 +4,7 @@ time-out; one whose heartbeats stopped is; finished, unknown and other tenants' 
 import asyncio
 import os
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import optuna
@@ -90,11 +91,21 @@ def test_heartbeats_keep_a_trial_alive_past_the_time_out(client, service, local_
     assert client.report_run(report(kept, 2.5, "kept")).run.trial_id == kept.trial_id
 
 
-def test_heartbeats_in_real_time_with_a_tiny_time_out(tmp_path):
+@contextmanager
+def serving(tmp_path, trial_timeout_seconds: float):
+    """A server on SQLite without auth, with this trial time-out."""
     svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'svc.db'}", port=0,
-                           auth_disabled=True, metrics_port=None, trial_timeout_seconds=1.5))
+                           auth_disabled=True, metrics_port=None,
+                           trial_timeout_seconds=trial_timeout_seconds))
     svc.start()
     try:
+        yield svc
+    finally:
+        svc.stop(grace=1)
+
+
+def test_heartbeats_in_real_time_with_a_tiny_time_out(tmp_path):
+    with serving(tmp_path, 1.5) as svc:
         with Client(f"127.0.0.1:{svc.port}", retries=0) as c:
             kept = c.recommend(SPEC, PINS, mode="explore")
             c.recommend(SPEC, PINS, mode="explore")
@@ -108,21 +119,14 @@ def test_heartbeats_in_real_time_with_a_tiny_time_out(tmp_path):
             c.recommend(SPEC, PINS, mode="explore")
             assert states(svc.settings.database_url) == ["FAIL", "FAIL", "FAIL", "RUNNING"]
             assert c.heartbeat(kept.trial_id).state is TrialState.TIMED_OUT
-    finally:
-        svc.stop(grace=1)
 
 
 def test_a_heartbeat_of_a_trial_without_a_time_out_has_no_expiry(tmp_path):
-    svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'svc.db'}", port=0,
-                           auth_disabled=True, metrics_port=None, trial_timeout_seconds=0))
-    svc.start()
-    try:
+    with serving(tmp_path, 0) as svc:
         with Client(f"127.0.0.1:{svc.port}", retries=0) as c:
             beat = c.heartbeat(c.recommend(SPEC, PINS, mode="explore").trial_id)
         assert beat.running and beat.heartbeat_at is not None and beat.expires_at is None
         assert "never time out" in beat.detail
-    finally:
-        svc.stop(grace=1)
 
 
 def test_a_trial_whose_launcher_said_its_interval_is_freed_after_three_missed_heartbeats(

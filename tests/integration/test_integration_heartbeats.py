@@ -14,6 +14,7 @@ from clients.integrations.tracking import HEARTBEAT_SECONDS
 from predictor.study import _storage_url
 from service.server import Service
 from service.settings import Settings
+from tests.integration.test_heartbeat import serving
 from tests.integration.test_integrations import (MICRO_BATCH, SPEC, Samples, _hf_trainer,
                                                 _lightning_module)
 
@@ -84,11 +85,8 @@ def test_no_heartbeats_without_a_trial_or_when_switched_off(target, beats):
 
 
 def test_heartbeats_keep_a_run_longer_than_the_time_out_on_its_trial(tmp_path):
-    svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'short.db'}", port=0,
-                           auth_disabled=True, metrics_port=None, trial_timeout_seconds=1.5))
-    svc.start()
-    target = f"127.0.0.1:{svc.port}"
-    try:
+    with serving(tmp_path, 1.5) as svc:
+        target = f"127.0.0.1:{svc.port}"
         with Client(target, retries=0) as other:
             runs = {}
             for name, every in (("kept", 0.3), ("quiet", 0)):
@@ -105,8 +103,6 @@ def test_heartbeats_keep_a_run_longer_than_the_time_out_on_its_trial(tmp_path):
             assert kept.state.name == "COMPLETE" and kept.user_attrs["run_id"] == "kept"
             assert quiet.state.name == "FAIL" and "timed_out" in quiet.user_attrs
             assert other.get_run("quiet").trial_id == runs["quiet"].trial_id  # still stored
-    finally:
-        svc.stop(grace=1)
 
 
 def test_an_unreachable_service_does_not_stop_a_beating_run(tmp_path, caplog):
