@@ -7,6 +7,7 @@ for custom loops. The trainer libraries are imported only when their callback is
     from clients.integrations import HparamrecLightningCallback   # lightning
 """
 
+from clients.integrations.distributed import ProcessGroup
 from clients.integrations.tracking import TrackedRun, tracked_run
 
 _LAZY = {
@@ -14,7 +15,8 @@ _LAZY = {
     "HparamrecLightningCallback": "clients.integrations.lightning",
 }
 
-__all__ = ["HparamrecCallback", "HparamrecLightningCallback", "TrackedRun", "tracked_run"]
+__all__ = ["HparamrecCallback", "HparamrecLightningCallback", "ProcessGroup", "TrackedRun",
+           "tracked_run"]
 
 
 def __getattr__(name: str):

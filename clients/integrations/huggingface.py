@@ -25,8 +25,10 @@ reports the last logged loss. Each logged loss is the Trainer's mean over the st
 previous log, and counts in the mean for as many of those steps as fall in the window. The
 losses are read at the end from state.log_history, which a job resumed from a checkpoint
 (train(resume_from_checkpoint=...)) restores: the window is that of the whole run, not of the
-steps since the restart (the losses the callback saw fill in steps the history lacks). Only the
-main process reports. With mode="explore", the main process also sends the trial's heartbeat
+steps since the restart (the losses the callback saw fill in steps the history lacks). In a
+distributed job, the main process fetches the recommendation and torch.distributed hands it to
+the others, so every process trains with the same values and an explore hands out one trial per
+job; only the main process reports. With mode="explore", the main process also sends the trial's heartbeat
 every heartbeat_seconds (default 600) of training steps, so a run longer than the service's
 trial time-out keeps its trial. An exception inside
 Trainer.train() is not seen by callbacks: wrap train() in a `tracked_run` if you want those

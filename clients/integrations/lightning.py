@@ -22,7 +22,9 @@ loss. The losses collected so far are part of the callback's state in Lightning'
 so a fit resumed from one (trainer.fit(..., ckpt_path=...)) reports the window of the whole run,
 not only of the steps since the restart. An exception during fit reports it as diverged (failed
 for interruptions and out-of-memory). The hyperparameters reported are read from the optimizer
-and the train dataloader when training starts. Only global rank 0 reports; with mode="explore"
+and the train dataloader when training starts. Global rank 0 fetches the recommendation and the
+strategy broadcasts it, so every process trains with the same values and an explore hands out
+one trial per job. Only global rank 0 reports; with mode="explore"
 it also sends the trial's heartbeat every heartbeat_seconds (default 600) of training, so a run
 longer than the service's trial time-out keeps its trial.
 """
@@ -34,6 +36,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.parsing import (lightning_getattr, lightning_hasattr,
                                                  lightning_setattr)
 
+from clients.integrations.distributed import ProcessGroup
 from clients.integrations.tracking import TrackedRun
 from clients.models import TrainingSpec
 
@@ -66,6 +69,9 @@ class HparamrecLightningCallback(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.run.reporting = trainer.is_global_zero
+        # Rank 0 fetches the recommendation, the strategy's broadcast hands it to the others.
+        self.run.group = ProcessGroup(trainer.global_rank, trainer.world_size,
+                                      lambda value: trainer.strategy.broadcast(value, src=0))
         if stage != "fit" or not self.apply:
             return
         hp = self.run.start()

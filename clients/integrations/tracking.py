@@ -49,6 +49,7 @@ from itertools import groupby
 from clients import convert
 from clients.client import Client
 from clients.errors import HparamrecError, UnimplementedError
+from clients.integrations.distributed import ProcessGroup, from_rank_zero, torch_process_group
 from clients.models import (HeartbeatResult, Hyperparameters, Mode, Pins, Recommendation,
                             ReportResult, RunOutcome, RunReport, RunStatus, TrainingSpec,
                             TrialState)
@@ -225,7 +226,12 @@ class TrackedRun:
         study: the run then reports against its trial_id, and the sweep refines itself).
     client: a Client to use (not closed here); else one is made from server/api_key (and their
         HPARAMREC_* variables) and closed after the report.
-    reporting: False on the ranks of a distributed job that must not report.
+    reporting: whether this process reports the run; default: rank 0 of `group` (True outside
+        a distributed job).
+    group: the processes of a distributed job that train this run (a ProcessGroup); default:
+        torch.distributed's default group when it is initialized with more than one process.
+        Rank 0 fetches the recommendation and the others take it (see distributed.py), so
+        every process trains with the same values and an explore hands out one trial per job.
     final_loss_window: a completed run reports the mean of the losses logged over this fraction
         of its steps, at the end (at least the last loss logged), each weighted by the steps since
         the previous loss logged that are in the window; 0 reports the last loss logged.
@@ -238,7 +244,8 @@ class TrackedRun:
                  pins: Pins | dict | None = None, client: Client | None = None,
                  server: str | None = None, api_key: str | None = None, run_id: str | None = None,
                  metadata: dict[str, str] | None = None, integration: str = "tracked_run",
-                 reporting: bool = True, mode: str = "exploit",
+                 reporting: bool | None = None, group: ProcessGroup | None = None,
+                 mode: str = "exploit",
                  final_loss_window: float = FINAL_LOSS_WINDOW,
                  final_loss_count: int = FINAL_LOSS_COUNT,
                  heartbeat_seconds: float = HEARTBEAT_SECONDS):
@@ -248,7 +255,8 @@ class TrackedRun:
                                 if hyperparameters is not None else None)
         self.run_id = run_id or os.environ.get("HPARAMREC_RUN_ID") or uuid.uuid4().hex
         self.metadata = {"integration": integration, **(metadata or {})}
-        self.reporting = reporting
+        self._reporting = reporting
+        self.group = group
         self.mode = Mode(mode)  # a typo fails here, before any training
         self.final_losses = FinalLoss(final_loss_window, final_loss_count)  # so does a bad window
         self.recommendation: Recommendation | None = None
@@ -271,6 +279,21 @@ class TrackedRun:
         self._server, self._api_key = server, api_key
 
     @property
+    def reporting(self) -> bool:
+        if self._reporting is None:
+            group = self.process_group()
+            return group is None or group.rank == 0
+        return self._reporting
+
+    @reporting.setter
+    def reporting(self, value: bool) -> None:
+        self._reporting = value
+
+    def process_group(self) -> ProcessGroup | None:
+        """The processes that train this run: the group given, else torch.distributed's."""
+        return self.group if self.group is not None else torch_process_group()
+
+    @property
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(self._server, api_key=self._api_key)
@@ -278,13 +301,16 @@ class TrackedRun:
 
     def start(self, pins: Pins | dict | None = None) -> Hyperparameters:
         """The hyperparameters to train with: the ones given, else a fresh recommendation (pins
-        given here are added to the run's). A failure to fetch is raised, not hidden."""
+        given here are added to the run's). In a distributed job rank 0 fetches it and every
+        process gets rank 0's. A failure to fetch is raised, not hidden."""
         if pins is not None:
             self.pins = self.pins.model_copy(update={k: v for k, v in
                                                      convert.coerce(pins, Pins).model_dump().items()
                                                      if v is not None})
         if self.hyperparameters is None or pins is not None:
-            self.recommendation = self.client.recommend(self.spec, self.pins, mode=self.mode)
+            self.recommendation = from_rank_zero(
+                self.process_group(),
+                lambda: self.client.recommend(self.spec, self.pins, mode=self.mode))
             self.hyperparameters = self.recommendation.hyperparameters
             if self.recommendation.trial_id and self.heartbeat_seconds:
                 self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
@@ -300,10 +326,10 @@ class TrackedRun:
         have passed since the last heartbeat (or the trial was handed out); `force`: now. None
         when nothing was sent or it failed: never raises (a failure is logged once). A trial
         found finished is logged once and sent no more heartbeats."""
-        if self._next_heartbeat is None or not self.trial_id or self.reported or not self.reporting:
+        if self._next_heartbeat is None or not self.trial_id or self.reported:
             return None
         now = time.monotonic()
-        if now < self._next_heartbeat and not force:
+        if (now < self._next_heartbeat and not force) or not self.reporting:
             return None
         self._next_heartbeat = now + self.heartbeat_seconds
         try:
