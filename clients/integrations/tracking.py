@@ -410,15 +410,15 @@ class TrackedRun:
         """Reports the run once: with the outcome given, else completed at the final loss (the
         mean of the losses logged over the last final_loss_window of the steps; last_step: the
         run's last step, if later than the last one logged). A run that never logged a loss is
-        not reported (there is nothing to learn from it)."""
+        not reported (there is nothing to learn from it), unless it is an explore trial's: that
+        one is reported failed, which frees the trial now instead of at its time-out."""
         if self.reported:
             return self.report
         how = None
         if outcome is None:
             final = self.final_losses.value(last_step)
             if final is None:
-                log.warning("hparamrec: run %s logged no loss; not reported", self.run_id)
-                return self._close()
+                return self._untrained("logged no loss")
             loss, how = final
             outcome = RunOutcome.completed(loss)
         elif outcome.final_loss is not None and outcome.final_loss == self.last_loss:
@@ -445,15 +445,23 @@ class TrackedRun:
 
     def fail(self, error: BaseException | None = None) -> ReportResult | None:
         """Reports the run after an exception: failed for interruptions and out-of-memory,
-        diverged otherwise; not at all if it never logged a loss (it never trained)."""
+        diverged otherwise; if it never logged a loss (it never trained), as finish() does."""
         if self.reported:
             return self.report
         if self.last_loss is None:
-            log.warning("hparamrec: run %s stopped before logging a loss; not reported", self.run_id)
-            return self._close()
+            return self._untrained("stopped before logging a loss")
         outcome = (outcome_of_exception(error, self.last_loss) if error is not None
                    else RunOutcome.failed())
         return self.finish(outcome)
+
+    def _untrained(self, why: str) -> ReportResult | None:
+        """A run without a loss teaches nothing; its explore trial is freed by a failed report."""
+        if self.trial_id:
+            log.warning("hparamrec: run %s %s; reported as failed, which frees trial %s",
+                        self.run_id, why, self.trial_id)
+            return self.finish(RunOutcome.failed())
+        log.warning("hparamrec: run %s %s; not reported", self.run_id, why)
+        return self._close()
 
     def _close(self) -> ReportResult | None:
         if self._owns_client and self._client is not None:

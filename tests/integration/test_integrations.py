@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from clients import Client, Hyperparameters, RunStatus
+from clients import Client, Hyperparameters, RunStatus, TrialState
 from clients.integrations import TrackedRun, tracked_run
 
 pytestmark = pytest.mark.integration
@@ -157,6 +157,23 @@ def test_a_run_that_never_trained_is_not_reported(target):
             raise ValueError("bad config")
     with Client(target) as client:
         assert client.list_runs().runs == []
+
+
+@pytest.mark.parametrize("how", ["exception", "no loss logged"])
+def test_an_explore_trial_whose_run_never_trained_is_freed_at_once(target, how):
+    """Its run teaches nothing, but its trial must not stay pending until the time-out."""
+    with Client(target) as client:
+        if how == "exception":
+            with pytest.raises(ValueError):
+                with tracked_run(SPEC, server=target, run_id="never", mode="explore") as run:
+                    raise ValueError("bad config")
+        else:
+            with tracked_run(SPEC, server=target, run_id="never", mode="explore") as run:
+                pass
+        stored = client.get_run("never")
+        assert stored.trial_id == run.trial_id != ""
+        assert stored.outcome.status is RunStatus.FAILED and stored.outcome.final_loss is None
+        assert client.heartbeat(run.trial_id).state is TrialState.REPORTED  # no longer running
 
 
 def test_an_unreachable_service_does_not_stop_training(caplog):
