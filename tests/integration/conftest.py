@@ -2,8 +2,7 @@ import pytest
 
 from benchmark_db.store import RunStore
 from clients.client import Client
-from service.server import Service
-from service.settings import Settings
+from tests.integration.in_process_server import running_service
 
 
 @pytest.fixture
@@ -18,11 +17,8 @@ def store(database_url):
 def service(database_url):
     """A real server on a free port, authentication off, on a fresh database of each kind
     (SQLite and PostgreSQL: `database_url` is parametrized)."""
-    svc = Service(Settings(database_url=database_url, port=0, auth_disabled=True,
-                           metrics_port=0, refit_debounce_seconds=0.1))
-    svc.start()
-    yield svc
-    svc.stop(grace=1)
+    with running_service(database_url, metrics_port=0, refit_debounce_seconds=0.1) as svc:
+        yield svc
 
 
 @pytest.fixture

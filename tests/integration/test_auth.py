@@ -12,6 +12,7 @@ from clients.errors import NotFoundError, UnauthenticatedError
 from hparamrec.v1 import recommender_pb2 as pb
 from service.server import ConfigurationError, Service
 from service.settings import Settings
+from tests.integration.in_process_server import running_service
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +40,8 @@ def keys(db_url):
 
 @pytest.fixture
 def secured(db_url, keys):
-    svc = Service(Settings(database_url=db_url, metrics_port=None, port=0))
-    svc.start()
-    yield f"127.0.0.1:{svc.port}"
-    svc.stop(grace=1)
+    with running_service(db_url, auth_disabled=False) as svc:
+        yield f"127.0.0.1:{svc.port}"
 
 
 def test_missing_or_wrong_key_is_unauthenticated(secured, keys):
@@ -107,14 +106,10 @@ def test_refuses_non_loopback_without_keys(db_url):
 
 
 def test_explicit_no_auth_serves_the_default_tenant(db_url):
-    svc = Service(Settings(database_url=db_url, metrics_port=None, host="0.0.0.0", port=0, auth_disabled=True))
-    svc.start()
-    try:
+    with running_service(db_url, host="0.0.0.0", auth_disabled=True) as svc:
         with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
             client.report_run(report("a"))
         assert RunStore(db_url).count("default") == 1
-    finally:
-        svc.stop(grace=1)
 
 
 def test_tls_with_a_server_certificate(tmp_path, db_url, keys):

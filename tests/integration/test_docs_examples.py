@@ -22,6 +22,7 @@ Markers, on the line(s) right above a fence:
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,21 +37,23 @@ DOCUMENTS = sorted({"README.md", *(str(p.relative_to(ROOT)) for p in (ROOT / "do
                    - NOT_EXAMPLES)
 
 
+@contextmanager
 def session(tmp_path: Path):
-    from service.server import Service
-    from service.settings import Settings
+    from tests.integration.in_process_server import running_service
 
     (tmp_path / "var").mkdir()
     url = f"sqlite:///{tmp_path / 'var' / 'hparamrec.db'}"
-    service = Service(Settings(database_url=url, port=0, auth_disabled=True, metrics_port=None,
-                               refit_debounce_seconds=0.1))
-    service.start()
-    env = {**os.environ, "HPARAMREC_SERVER": f"127.0.0.1:{service.port}",
-           "HPARAMREC_DATABASE_URL": url, "COLUMNS": "100", "NO_COLOR": "1",
-           "HOME": str(tmp_path),  # examples may write dotfiles
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("HPARAMREC_API_KEY", None)
-    return service, Session(tmp_path, env, pause=lambda: service.registry.wait_idle(timeout=30))
+    with running_service(url, refit_debounce_seconds=0.1, grace=0) as service:
+        env = {**os.environ, "HPARAMREC_SERVER": f"127.0.0.1:{service.port}",
+               "HPARAMREC_DATABASE_URL": url, "COLUMNS": "100", "NO_COLOR": "1",
+               "HOME": str(tmp_path),  # examples may write dotfiles
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env.pop("HPARAMREC_API_KEY", None)
+        reader = Session(tmp_path, env, pause=lambda: service.registry.wait_idle(timeout=30))
+        try:
+            yield service, reader
+        finally:
+            reader.close()
 
 
 @pytest.mark.parametrize("doc", DOCUMENTS)
@@ -60,17 +63,13 @@ def test_examples_run(doc, tmp_path):
     assert not untagged, f"fences without a language (```console, ```python, ```text ...): {untagged}"
     for block in found:
         check_markers(block)
-    service, reader = session(tmp_path)
-    try:
+    with session(tmp_path) as (service, reader):
         for block in found:
             reader.run(block)
         # Shown trial values are copied into the `report --trial-id` lines after them; were
         # they stale, the report would not close its trial (and any-numbers would hide it).
         assert not superseded_trials(service.settings.database_url), \
             f"{doc}: a report --trial-id example sent values other than its trial's"
-    finally:
-        reader.close()
-        service.stop(grace=0)
 
 
 def superseded_trials(url: str) -> list[str]:

@@ -17,9 +17,8 @@ from hypothesis import strategies as st
 from clients.client import spec as make_spec
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
-from service.server import Service
-from service.settings import Settings
 from tests.factories import all_runs
+from tests.integration.in_process_server import running_service
 
 pytestmark = pytest.mark.integration
 FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, database=None,
@@ -31,17 +30,14 @@ NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     db = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    svc = Service(Settings(database_url=f"sqlite:///{db}", port=0, auth_disabled=True,
-                           metrics_port=None, max_message_bytes=MAX_MESSAGE_BYTES,
-                           refit_debounce_seconds=0.2))
-    svc.start()
-    with grpc.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
+    with running_service(f"sqlite:///{db}", max_message_bytes=MAX_MESSAGE_BYTES,
+                         refit_debounce_seconds=0.2) as svc, \
+            grpc.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
         stub = pb_grpc.RecommenderServiceStub(channel)
         for i in range(3):  # something stored, to see that refused requests leave it alone
             stub.ReportRun(valid_report(f"seed-{i}", 1e-3 * (i + 1)), timeout=30)
         svc.stub, svc.channel = stub, channel
         yield svc
-    svc.stop(grace=1)
     for code in NEVER:  # nothing ever escaped as an unexpected error, in any test of this file
         for method in ("Recommend", "ReportRun"):
             assert not svc.metrics.registry.get_sample_value(
@@ -370,10 +366,8 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_not_run(tmp_path):
         bulky.append(report_from_proto(request))
     store.add_many("default", bulky)
     store.close()
-    svc = Service(Settings(database_url=url, port=0, auth_disabled=True, metrics_port=None,
-                           max_workers=1, predictor="prior"))  # no costly refit on 1,000 runs
-    svc.start()
-    try:
+    with running_service(url, max_workers=1,
+                         predictor="prior") as svc:  # no costly refit on 1,000 runs
         with grpc.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
             stub = pb_grpc.RecommenderServiceStub(channel)
             pages = [stub.ListRuns.future(pb.ListRunsRequest(page_size=1000), timeout=120)
@@ -385,5 +379,3 @@ def test_a_call_whose_deadline_passes_in_the_queue_is_not_run(tmp_path):
             assert code == grpc.StatusCode.NOT_FOUND
         assert not svc.metrics.registry.get_sample_value(  # no handler ran it to completion
             "hparamrec_requests_total", {"method": "ReportRun", "code": "OK"})
-    finally:
-        svc.stop(grace=1)

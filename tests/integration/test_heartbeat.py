@@ -4,7 +4,6 @@ time-out; one whose heartbeats stopped is; finished, unknown and other tenants' 
 import asyncio
 import os
 import time
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import optuna
@@ -14,8 +13,7 @@ from clients import AsyncClient, TrialState
 from clients.client import Client
 from clients.errors import InvalidArgumentError, UnauthenticatedError
 from predictor.study import _storage_url
-from service.server import Service
-from service.settings import Settings
+from tests.integration.in_process_server import running_service
 from tests.integration.test_auth import keys, db_url  # noqa: F401  (fixtures)
 from tests.integration.test_refine import PINS, SPEC, backdate, report, study_of
 
@@ -91,17 +89,10 @@ def test_heartbeats_keep_a_trial_alive_past_the_time_out(client, service, local_
     assert client.report_run(report(kept, 2.5, "kept")).run.trial_id == kept.trial_id
 
 
-@contextmanager
 def serving(tmp_path, trial_timeout_seconds: float):
     """A server on SQLite without auth, with this trial time-out."""
-    svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'svc.db'}", port=0,
-                           auth_disabled=True, metrics_port=None,
-                           trial_timeout_seconds=trial_timeout_seconds))
-    svc.start()
-    try:
-        yield svc
-    finally:
-        svc.stop(grace=1)
+    return running_service(f"sqlite:///{tmp_path / 'svc.db'}",
+                           trial_timeout_seconds=trial_timeout_seconds)
 
 
 def test_heartbeats_in_real_time_with_a_tiny_time_out(tmp_path):
@@ -203,9 +194,7 @@ def test_unknown_trial_ids_are_invalid_arguments_naming_the_field(client):
 
 
 def test_another_tenants_trial_is_unknown_and_keys_are_required(db_url, keys):  # noqa: F811
-    svc = Service(Settings(database_url=db_url, metrics_port=None, port=0))
-    svc.start()
-    try:
+    with running_service(db_url, auth_disabled=False) as svc:
         target = f"127.0.0.1:{svc.port}"
         with Client(target, api_key=keys["alice"], retries=0) as alice, \
                 Client(target, api_key=keys["bob"], retries=0) as bob, \
@@ -218,8 +207,6 @@ def test_another_tenants_trial_is_unknown_and_keys_are_required(db_url, keys):  
             assert alice.heartbeat(trial.trial_id).running
         trials = study_of(db_url, "alice").trials
         assert len(trials) == 1 and "last_heartbeat" in trials[0].user_attrs
-    finally:
-        svc.stop(grace=1)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

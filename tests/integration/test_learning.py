@@ -11,9 +11,8 @@ import pytest
 from benchmark_db.store import RunStore
 from clients.client import Client, spec
 from hparamrec.v1 import recommender_pb2 as pb
-from service.server import Service
-from service.settings import Settings
 from tests.factories import SWEEP_GROUPS, synthetic_sweep, true_optimum
+from tests.integration.in_process_server import running_service
 
 pytestmark = pytest.mark.integration
 HPARAMREC = str(Path(sys.executable).parent / "hparamrec")
@@ -24,9 +23,7 @@ def test_service_serves_the_learned_model_once_runs_are_stored(tmp_path):
     store = RunStore(url)
     store.add_many("default", synthetic_sweep())
     store.close()
-    svc = Service(Settings(database_url=url, port=0, auth_disabled=True, metrics_port=None))
-    svc.start()
-    try:
+    with running_service(url) as svc:
         assert svc.registry.wait_idle(timeout=120)
         n, d = 4e8, 2e10  # between the stored sizes
         with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
@@ -35,8 +32,6 @@ def test_service_serves_the_learned_model_once_runs_are_stored(tmp_path):
         assert any("fitted on" in s.detail for s in rec.sources if s.field == "lr")
         assert rec.lr == pytest.approx(true_optimum(n, d)[0], rel=0.25)
         assert rec.lr_interval.lo <= rec.lr <= rec.lr_interval.hi
-    finally:
-        svc.stop(grace=1)
 
 
 def write_csv(path: Path, reports) -> None:

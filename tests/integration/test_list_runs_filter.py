@@ -12,8 +12,7 @@ from benchmark_db.store import RunStore
 from clients.client import Client, spec
 from clients.errors import InvalidArgumentError
 from hparamrec.v1 import recommender_pb2 as pb
-from service.server import Service
-from service.settings import Settings
+from tests.integration.in_process_server import running_service
 from tests.integration.test_cli import cli
 
 pytestmark = pytest.mark.integration
@@ -116,25 +115,20 @@ def test_server_filter_keeps_tenants_apart(tmp_path):
     alice, _ = store.keys.create("alice")
     bob, _ = store.keys.create("bob")
     store.report("bob", run("bobs", **SMALL))
-    svc = Service(Settings(database_url=url, metrics_port=None, port=0))
-    svc.start()
     try:
-        with Client(f"127.0.0.1:{svc.port}", api_key=alice, retries=0) as c:
-            assert c.list_runs(spec=spec(**SMALL)).runs == []
-        with Client(f"127.0.0.1:{svc.port}", api_key=bob, retries=0) as c:
-            assert [r.run_id for r in c.list_runs(spec=spec(**SMALL)).runs] == ["bobs"]
+        with running_service(url, auth_disabled=False) as svc:
+            with Client(f"127.0.0.1:{svc.port}", api_key=alice, retries=0) as c:
+                assert c.list_runs(spec=spec(**SMALL)).runs == []
+            with Client(f"127.0.0.1:{svc.port}", api_key=bob, retries=0) as c:
+                assert [r.run_id for r in c.list_runs(spec=spec(**SMALL)).runs] == ["bobs"]
     finally:
-        svc.stop(grace=1)
         store.close()
 
 
 @pytest.fixture
 def cli_target(tmp_path):
-    svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'cli.db'}", port=0,
-                           auth_disabled=True, metrics_port=None))
-    svc.start()
-    yield f"127.0.0.1:{svc.port}"
-    svc.stop(grace=1)
+    with running_service(f"sqlite:///{tmp_path / 'cli.db'}") as svc:
+        yield f"127.0.0.1:{svc.port}"
 
 
 def test_cli_runs_list_and_export_by_spec(cli_target, tmp_path):

@@ -83,8 +83,7 @@ def test_plot_study_of_a_spec_without_runs_is_one_line_not_found(target, tmp_pat
 
 
 def test_exported_trials_import_as_labels_and_still_plot_as_trials(target, tmp_path):
-    from service.server import Service
-    from service.settings import Settings
+    from tests.integration.in_process_server import running_service
 
     trial = explore(target)
     report(target, "t1", trial["lr"], trial["batch_size_tokens"], "--loss", "2.52",
@@ -100,15 +99,11 @@ def test_exported_trials_import_as_labels_and_still_plot_as_trials(target, tmp_p
     imported = cli("import", "--db", url, "--format", "jsonl", "--json", str(exported))
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["added"] == 2
-    svc = Service(Settings(database_url=url, port=0, auth_disabled=True, metrics_port=None))
-    svc.start()
-    try:
+    with running_service(url, grace=0) as svc:
         copy = f"127.0.0.1:{svc.port}"
         t1 = json.loads(cli("runs", "show", "t1", "--json", server=copy).stdout)
         path = tmp_path / "copy.png"
         out = cli("plot", "--study", *SPEC, *PINS, "--out", str(path), "--json", server=copy)
-    finally:
-        svc.stop(grace=0)
     # The copy has no such trial: the id is a label, not a claim on one of the copy's trials.
     assert t1["trial_id"] == "" and t1["metadata"] == {"imported_trial_id": trial["trial_id"]}
     assert out.returncode == 0, out.stderr

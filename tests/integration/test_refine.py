@@ -19,8 +19,7 @@ from predictor.refine import Refiner
 from predictor.registry import ModelRegistry
 from predictor.sampler import MIN_DISTANCE
 from predictor.study import _storage_url, study_name
-from service.server import Service
-from service.settings import Settings
+from tests.integration.in_process_server import running_service
 from tests.integration.test_auth import keys, db_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -174,9 +173,7 @@ def test_replicas_on_postgresql_serialise_asks(database_url):
 
 
 def test_studies_are_isolated_between_tenants(db_url, keys):  # noqa: F811
-    svc = Service(Settings(database_url=db_url, metrics_port=None, port=0))
-    svc.start()
-    try:
+    with running_service(db_url, auth_disabled=False) as svc:
         target = f"127.0.0.1:{svc.port}"
         with Client(target, api_key=keys["alice"], retries=0) as alice, \
                 Client(target, api_key=keys["bob"], retries=0) as bob:
@@ -188,8 +185,6 @@ def test_studies_are_isolated_between_tenants(db_url, keys):  # noqa: F811
             alice.report_run(report(trial, 2.4, "a1"))
         assert [t.user_attrs.get("run_id") for t in study_of(db_url, "alice").trials] == ["a1"]
         assert [t.state.name for t in study_of(db_url, "bob").trials] == ["RUNNING"]
-    finally:
-        svc.stop(grace=1)
 
 
 def backdate(url: str, trial_id: str, seconds: float) -> None:
@@ -239,18 +234,13 @@ def test_an_abandoned_trial_times_out_and_its_late_report_still_counts(client, s
 
 
 def test_trials_never_time_out_with_a_time_out_of_zero(tmp_path):
-    svc = Service(Settings(database_url=f"sqlite:///{tmp_path / 'svc.db'}", port=0,
-                           auth_disabled=True, metrics_port=None, trial_timeout_seconds=0))
-    svc.start()
-    try:
+    with running_service(f"sqlite:///{tmp_path / 'svc.db'}", trial_timeout_seconds=0) as svc:
         with Client(f"127.0.0.1:{svc.port}", retries=0) as c:
             first = c.recommend(SPEC, PINS, mode="explore")
             backdate(svc.settings.database_url, first.trial_id, 10 * 365 * 86400)
             second = c.recommend(SPEC, PINS, mode="explore")
         assert scaled_distance(first, second) >= MIN_DISTANCE
         assert [t.state.name for t in study_of(svc.settings.database_url).trials] == ["RUNNING"] * 2
-    finally:
-        svc.stop(grace=1)
 
 
 def test_predict_loss_knows_what_the_exploit_knows(client, service):
