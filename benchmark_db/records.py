@@ -165,6 +165,7 @@ MAX_METADATA_KEY_BYTES = 256
 MAX_METADATA_VALUE_BYTES = 4096
 MAX_ID_LENGTH = 200
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+RUN_ID_PATTERN = re.compile(r"^[^\x00-\x1f]+$")  # any text without control characters
 
 
 def check_tenant(tenant: str) -> str:
@@ -174,10 +175,18 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
+def check_run_id(run_id: str) -> str:
+    """A run_id given outside a report (an explore's), held to the report's rules."""
+    if len(run_id) > MAX_ID_LENGTH or not RUN_ID_PATTERN.match(run_id):
+        raise InvalidArgument.single("run_id", f"1-{MAX_ID_LENGTH} characters, none of them a "
+                                               "control character")
+    return run_id
+
+
 class RunReport(_Model):
     """A run as a client reports it (or an importer reads it)."""
 
-    run_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\x00-\x1f]+$")
+    run_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=RUN_ID_PATTERN.pattern)
     spec: TrainingSpec
     hyperparameters: Hyperparameters
     outcome: RunOutcome

@@ -51,7 +51,7 @@ class RunStore:
             with self.engine.begin() as conn:
                 conn.execute(runs.insert().values(row))
         except IntegrityError:
-            existing = self._find(tenant, report.run_id)
+            existing = self.find(tenant, report.run_id)
             if existing is None:  # not a duplicate run_id: some other constraint failed
                 raise
             return existing, False
@@ -102,7 +102,7 @@ class RunStore:
         return len(rows)
 
     def get(self, tenant: str, run_id: str) -> RunRecord:
-        found = self._find(tenant, run_id)
+        found = self.find(tenant, run_id)
         if found is None:
             raise NotFound(f"no run with run_id {run_id!r}")
         return found
@@ -147,7 +147,7 @@ class RunStore:
             return dict(conn.execute(sa.select(runs.c.tenant, sa.func.count())
                                      .group_by(runs.c.tenant)).all())
 
-    def _find(self, tenant: str, run_id: str) -> RunRecord | None:
+    def find(self, tenant: str, run_id: str) -> RunRecord | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(runs).where(
                 runs.c.tenant == tenant, runs.c.run_id == run_id)).mappings().first()

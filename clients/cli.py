@@ -5,6 +5,7 @@ unreachable, 4 not found, 5 not authorised, 1 anything else. With --json a comma
 JSON object whose keys are the proto field names.
 """
 
+import shlex
 import sys
 
 import click
@@ -66,14 +67,16 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
 @click.option("--mode", type=click.Choice(["exploit", "explore"]), default="exploit",
               show_default=True, help="exploit: the best predicted configuration; explore: the "
               "next trial of the spec's study, with the trial id to report the run against.")
+@click.option("--run-id", default="", help="With --mode explore: the run the trial is for (the "
+              "run_id you will report); asking again for it returns its trial while it runs.")
 @client_options
 @json_option
-def recommend(explain, mode, client, as_json, **kw) -> None:
+def recommend(explain, mode, run_id, client, as_json, **kw) -> None:
     """Recommend lr, batch size, weight decay and QAT fraction for a spec. The hyperparameters
     given are pinned; the rest are their conditional optimum."""
     pins = pins_of(kw)
     with client() as c:
-        rec = c.recommend(spec_of(kw), pins, mode=mode)
+        rec = c.recommend(spec_of(kw), pins, mode=mode, run_id=run_id)
     if as_json:
         print_json(rec)
     else:
@@ -84,7 +87,8 @@ def recommend(explain, mode, client, as_json, **kw) -> None:
             click.echo(f"trial {rec.trial_id}: run lr={rec.lr:.6g}, batch_size_tokens="
                        f"{rec.batch_size_tokens:.0f}, weight_decay={rec.weight_decay:.6g}, "
                        f"qat_fraction={rec.qat_fraction:.6g}, then report it with "
-                       f"`hparamrec report --trial-id {rec.trial_id} ...`")
+                       f"`hparamrec report --trial-id {rec.trial_id}"
+                       + (f" --run-id {shlex.quote(run_id)}" if run_id else "") + " ...`")
 
 
 @app.command()

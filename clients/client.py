@@ -70,9 +70,9 @@ def backoff(attempt: int) -> float:
 
 # Requests and responses, shared by Client and AsyncClient.
 
-def recommend_request(training_spec, pins, mode) -> pb.RecommendRequest:
+def recommend_request(training_spec, pins, mode, run_id: str = "") -> pb.RecommendRequest:
     request = pb.RecommendRequest(spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec)),
-                                  mode=_mode(mode))
+                                  mode=_mode(mode), run_id=run_id)
     if pins is not None:
         request.pins.CopyFrom(convert.to_proto(convert.coerce(pins, Pins)))
     return request
@@ -157,10 +157,12 @@ class Client:
 
     def recommend(self, spec: TrainingSpec | dict | pb.TrainingSpec,
                   pins: Pins | dict | pb.Pins | None = None, mode: Mode | str | int = Mode.EXPLOIT,
-                  *, timeout: float | None = None) -> Recommendation:
+                  *, run_id: str = "", timeout: float | None = None) -> Recommendation:
         """The recommended hyperparameters for a spec; pinned ones are kept and the rest are
-        their conditional optimum."""
-        response = self._call(self.stub.Recommend, recommend_request(spec, pins, mode), timeout)
+        their conditional optimum. With mode="explore", run_id (optional) names the run the
+        trial is for: asking again for the same run returns its trial while it is running."""
+        response = self._call(self.stub.Recommend, recommend_request(spec, pins, mode, run_id),
+                              timeout)
         return convert.from_proto(response.recommendation)
 
     def report_run(self, report: RunReport | dict | pb.ReportRunRequest | None = None, /, *,

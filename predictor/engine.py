@@ -66,12 +66,13 @@ class RecommendationEngine:
         model = predictor.model if predictor is not None else PriorLossModel()
         return queries, model.predict(queries), (model.version_,)
 
-    def explore(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
-        """The next trial of the spec's study (Recommendation.trial_id set)."""
+    def explore(self, tenant: str, spec: TrainingSpec, pins: Pins, run_id: str = "") -> Recommendation:
+        """The next trial of the spec's study (Recommendation.trial_id set); for run_id, the
+        trial handed out for that run while it is running (Refiner.explore)."""
         if self.refiner is None:
             raise NotImplementedError("explore needs a refiner (predictor/refine.py)")
         try:
-            return self.refiner.explore(tenant, spec, pins)
+            return self.refiner.explore(tenant, spec, pins, run_id)
         finally:
             self._changed(tenant)
 

@@ -31,7 +31,8 @@ import math
 import numpy as np
 from optuna.trial import TrialState
 
-from benchmark_db.records import Pins, RunRecord, RunReport, TrainingSpec
+from benchmark_db.errors import InvalidArgument
+from benchmark_db.records import Pins, RunRecord, RunReport, TrainingSpec, check_run_id
 from benchmark_db.store import RunStore
 from predictor.argmin import ModelRecommender
 from predictor.conditioned import NOISE_SD, ConditionedModel, Params, StudyTrials
@@ -47,6 +48,7 @@ from predictor.table import RunTable
 from predictor.trial_timeouts import TrialTimeouts
 
 GP_VERSION = "study-gp@1"
+FOR_RUN_ATTR = "for_run_id"  # a trial's user attribute: the run_id it was handed out for
 # What the exploit recommendation is once the study has completed trials: the argmin of the
 # conditioned mean over the search (mean), of its upper 80% bound (upper), the tried
 # configuration with the lowest conditioned mean (tried_mean) or lowest reported loss (best_run).
@@ -67,6 +69,12 @@ NOISY_REPORTS_MIN_TRIALS = 3
 NOISY_REPORTS_P = 0.01
 NOISY_REPORTS_MARK = "reported losses of this spec disagree with"  # in the warning's text
 FINE_SD = 0.1  # in length scales: the local search around the best candidate
+
+
+def _running_trial_of(study, run_id: str):
+    """The study's running trial handed out for this run, if any."""
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if t.user_attrs.get(FOR_RUN_ATTR) == run_id), None)
 
 
 def params_of(rec) -> Params:
@@ -116,7 +124,16 @@ class Refiner:
             return base
         return self._best(conditioned, base, pins, study, rule)[0]
 
-    def explore(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
+    def explore(self, tenant: str, spec: TrainingSpec, pins: Pins, run_id: str = "") -> Recommendation:
+        """The study's next trial. run_id (optional): the run it is for. The trial handed out for
+        that run is handed out again while it is running (a retry, another process of the job,
+        the job restarted), with its values and today's predictions; a run already stored is
+        refused, as its report (deduplicated by run_id) could never close a new trial."""
+        if run_id and (stored := self.store.find(tenant, check_run_id(run_id))) is not None:
+            raise InvalidArgument.single(
+                "run_id", f"run {run_id!r} is already stored ({stored.outcome.status.value}"
+                          + (f", trial {stored.trial_id}" if stored.trial_id else "") + "): a trial "
+                          "handed out for it could never be closed by its report; use a new run_id")
         model, recommender = self._current(tenant)
         base = recommender.recommend(spec, pins)
         name = study_name(tenant, spec, pins)
@@ -132,11 +149,17 @@ class Refiner:
             else:
                 best, chosen = base, params_of(base)
             space = conditioned.space
-            study.sampler = PredictorGuidedSampler(model, spec, space,
-                                                   first={n: float(chosen[n][0]) for n in HYPERPARAMETERS})
-            trial = study.ask(space.distributions())
             storage = self.studies.storage()
-            storage.set_trial_user_attr(trial._trial_id, "model_version", model.version_)
+            trial = held = _running_trial_of(study, run_id) if run_id else None
+            if held is not None:
+                self.timeouts.alive(held)  # asked for again: its run is alive
+            else:
+                study.sampler = PredictorGuidedSampler(
+                    model, spec, space, first={n: float(chosen[n][0]) for n in HYPERPARAMETERS})
+                trial = study.ask(space.distributions())
+                storage.set_trial_user_attr(trial._trial_id, "model_version", model.version_)
+                if run_id:
+                    storage.set_trial_user_attr(trial._trial_id, FOR_RUN_ATTR, run_id)
         params = {n: np.array([trial.params[n]], float) for n in HYPERPARAMETERS}
         if all(math.isclose(trial.params[n], getattr(best, n), rel_tol=1e-12) for n in HYPERPARAMETERS):
             rec = best
@@ -149,7 +172,9 @@ class Refiner:
                 "predicted_loss": float(prediction.mean[0]),
                 "predicted_loss_interval": Interval(lo=float(prediction.lo[0]), hi=float(prediction.hi[0]))})
         detail = (f"trial {trial.number} of study '{name}': "
-                  + ("the exploit recommendation (the study's first trial)"
+                  + (f"handed out before for run '{run_id}', which has not reported yet"
+                     if held is not None else
+                     "the exploit recommendation (the study's first trial)"
                      if not conditioned.trials.n_completed and rec is best else
                      f"expected improvement of the {model.name} model conditioned on the study's trials"))
         sources = [Source(field=n, name="refine", version=GP_VERSION, detail=detail)

@@ -66,8 +66,7 @@ class TrialTimeouts:
             trial = storage.get_trial(found._trial_id)  # the lock's last holder may have closed it
             if trial.state is not TrialState.RUNNING:
                 return TrialStatus.of_finished(trial)
-            now = datetime.now(UTC)
-            storage.set_trial_user_attr(trial._trial_id, HEARTBEAT_ATTR, now.isoformat())
+            now = self.alive(trial)
             if interval_seconds:
                 storage.set_trial_user_attr(trial._trial_id, INTERVAL_ATTR, interval_seconds)
             trial = storage.get_trial(found._trial_id)
@@ -76,6 +75,13 @@ class TrialTimeouts:
                   f"out at {expires:%Y-%m-%d %H:%M:%S} UTC" if expires
                   else "heartbeat recorded; trials never time out on this server")
         return TrialStatus("running", detail, "", now, expires)
+
+    def alive(self, trial) -> datetime:
+        """Records that the running trial's run showed life now (its last heartbeat); under
+        the study's lock."""
+        now = datetime.now(UTC)
+        self.studies.storage().set_trial_user_attr(trial._trial_id, HEARTBEAT_ATTR, now.isoformat())
+        return now
 
     def _deadline(self, trial) -> tuple[datetime | None, str]:
         """When the trial is given up, and why (None: never): timeout_seconds after it last

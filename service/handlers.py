@@ -29,7 +29,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         if request.mode == pb.MODE_EXPLORE:
             if self.engine.refiner is None:
                 raise Unimplemented("mode EXPLORE is not available on this server; use MODE_EXPLOIT")
-            rec = self.engine.explore(tenant_of(context), spec, pins)
+            rec = self.engine.explore(tenant_of(context), spec, pins, request.run_id)
         else:
             rec = self.engine.recommend(tenant_of(context), spec, pins)
         return pb.RecommendResponse(recommendation=converters.recommendation_to_proto(rec))

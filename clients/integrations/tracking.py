@@ -310,7 +310,8 @@ class TrackedRun:
         if self.hyperparameters is None or pins is not None:
             self.recommendation = from_rank_zero(
                 self.process_group(),
-                lambda: self.client.recommend(self.spec, self.pins, mode=self.mode))
+                lambda: self.client.recommend(self.spec, self.pins, mode=self.mode,
+                                              run_id=self.run_id if self.mode is Mode.EXPLORE else ""))
             self.hyperparameters = self.recommendation.hyperparameters
             if self.recommendation.trial_id and self.heartbeat_seconds:
                 self._next_heartbeat = time.monotonic() + self.heartbeat_seconds

@@ -37,3 +37,19 @@ def test_report_against_an_unknown_trial_is_bad_input(target):
     out = cli("report", "--params", "1B", "--tokens", "20B", "--lr", "1e-3", "--batch-size-tokens",
               "1M", "--weight-decay", "0.1", "--loss", "2.5", "--trial-id", "77-3", server=target)
     assert out.returncode == 2 and "trial_id" in out.stderr
+
+
+def test_explore_for_a_named_run_hands_its_trial_out_again(target):
+    first, again = (json.loads(cli("recommend", *SPEC, "--mode", "explore", "--run-id", "job 9",
+                                   "--json", server=target).stdout) for _ in range(2))
+    assert first["trial_id"] and again["trial_id"] == first["trial_id"]
+    human = cli("recommend", *SPEC, "--mode", "explore", "--run-id", "job 9", server=target)
+    assert f"--trial-id {first['trial_id']} --run-id 'job 9' ..." in human.stdout
+    report = cli("report", "--params", "1B", "--tokens", "20B", "--lr", repr(first["lr"]),
+                 "--batch-size-tokens", repr(first["batch_size_tokens"]), "--weight-decay", "0.1",
+                 "--loss", "2.5", "--trial-id", first["trial_id"], "--run-id", "job 9",
+                 server=target)
+    assert report.returncode == 0, report.stderr
+    refused = cli("recommend", *SPEC, "--mode", "explore", "--run-id", "job 9", server=target)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "run_id" in refused.stderr

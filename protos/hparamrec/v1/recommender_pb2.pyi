@@ -78,14 +78,16 @@ class Pins(_message.Message):
     def __init__(self, lr: _Optional[float] = ..., batch_size_tokens: _Optional[float] = ..., weight_decay: _Optional[float] = ..., qat_fraction: _Optional[float] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("spec", "pins", "mode")
+    __slots__ = ("spec", "pins", "mode", "run_id")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PINS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     spec: TrainingSpec
     pins: Pins
     mode: Mode
-    def __init__(self, spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., pins: _Optional[_Union[Pins, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
+    run_id: str
+    def __init__(self, spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., pins: _Optional[_Union[Pins, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class Interval(_message.Message):
     __slots__ = ("lo", "hi")

@@ -1,0 +1,97 @@
+"""An explore for a named run (RecommendRequest.run_id) hands out one trial per run: asking again
+for the run (a retry, another process of its job, the job restarted) returns its trial while it
+runs; a run already stored is refused. Real server, SQLite and PostgreSQL."""
+
+import threading
+
+import pytest
+
+from clients.client import Client
+from clients.errors import InvalidArgumentError
+from clients.integrations import tracked_run
+from tests.integration.test_refine import PINS, SPEC, backdate, report, study_of
+
+pytestmark = pytest.mark.integration
+
+
+def test_asking_again_for_a_run_returns_its_trial_while_it_runs(client, service):
+    first = client.recommend(SPEC, PINS, mode="explore", run_id="job-7")
+    again = client.recommend(SPEC, PINS, mode="explore", run_id="job-7")
+    assert again.trial_id == first.trial_id
+    assert again.hyperparameters == first.hyperparameters
+    assert any("handed out before for run 'job-7'" in s.detail for s in again.sources)
+    other = client.recommend(SPEC, PINS, mode="explore", run_id="job-8")
+    unnamed = client.recommend(SPEC, PINS, mode="explore")
+    assert len({first.trial_id, other.trial_id, unnamed.trial_id}) == 3
+    trials = study_of(service.settings.database_url).trials
+    assert len(trials) == 3 and [t.user_attrs.get("for_run_id") for t in trials] == [
+        "job-7", "job-8", None]
+
+    client.report_run(report(first, 2.5, "job-7"))
+    with pytest.raises(InvalidArgumentError) as refused:  # its report could not close a new one
+        client.recommend(SPEC, PINS, mode="explore", run_id="job-7")
+    assert refused.value.field_violations[0][0] == "run_id"
+    assert "already stored (completed, trial " + first.trial_id in str(refused.value)
+    assert len(study_of(service.settings.database_url).trials) == 3  # nothing handed out
+    # Exploit ignores run_id.
+    assert not client.recommend(SPEC, PINS, run_id="job-7").trial_id
+
+
+def test_a_trial_given_up_is_not_handed_out_again(client, service):
+    url, timeout = service.settings.database_url, service.settings.trial_timeout_seconds
+    lost = client.recommend(SPEC, PINS, mode="explore", run_id="slow-job")
+    backdate(url, lost.trial_id, timeout + 60)
+    fresh = client.recommend(SPEC, PINS, mode="explore", run_id="slow-job")
+    assert fresh.trial_id != lost.trial_id
+    assert [t.state.name for t in study_of(url).trials] == ["FAIL", "RUNNING"]
+
+
+def test_asking_again_counts_as_a_sign_of_life(client, service):
+    url, timeout = service.settings.database_url, service.settings.trial_timeout_seconds
+    first = client.recommend(SPEC, PINS, mode="explore", run_id="restarted")
+    backdate(url, first.trial_id, timeout - 60)  # about to time out, when the job restarts
+    client.recommend(SPEC, PINS, mode="explore", run_id="restarted")
+    assert "last_heartbeat" in study_of(url).trials[0].user_attrs
+    backdate(url, first.trial_id, 120)  # its start is past the time-out now; its restart is not
+    assert client.recommend(SPEC, PINS, mode="explore", run_id="restarted").trial_id == first.trial_id
+
+
+def test_concurrent_asks_for_one_run_get_one_trial(target, service):
+    results, errors = [], []
+
+    def explore():
+        try:
+            with Client(target, retries=0, timeout=60) as c:
+                results.append(c.recommend(SPEC, PINS, mode="explore", run_id="one-job"))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=explore) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({r.trial_id for r in results}) == 1
+    assert len(study_of(service.settings.database_url).trials) == 1
+
+
+@pytest.mark.parametrize("run_id", ["x" * 201, "tab\there"])
+def test_a_bad_run_id_is_refused_on_its_field(client, run_id):
+    with pytest.raises(InvalidArgumentError) as refused:
+        client.recommend(SPEC, PINS, mode="explore", run_id=run_id)
+    assert refused.value.field_violations[0][0] == "run_id"
+
+
+def test_a_restarted_tracked_run_gets_its_trial_back(target, service):
+    """A job restarted under the same run_id (e.g. after preemption, resuming its checkpoint)
+    trains the trial it started with, not a new one."""
+    with tracked_run(SPEC, server=target, pins=PINS, mode="explore", run_id="preempted") as run:
+        trial, hp = run.trial_id, run.hyperparameters
+        run.reporting = False  # the first attempt dies: nothing reported
+        run.log(2.6, step=1)
+    with tracked_run(SPEC, server=target, pins=PINS, mode="explore", run_id="preempted") as run:
+        assert (run.trial_id, run.hyperparameters) == (trial, hp)
+        run.log(2.5, step=2)
+    trials = study_of(service.settings.database_url).trials
+    assert [(t.state.name, t.user_attrs.get("run_id")) for t in trials] == [("COMPLETE", "preempted")]
