@@ -22,9 +22,11 @@ logged without a step fall back to the mean of the last `final_loss_count` (defa
 `final_loss_window=0` reports the last loss logged. A diverged run reports its last finite loss.
 The run's metadata label `final_loss` says which.
 
-A run of an explore trial (mode="explore") also tells the service it is still going: from log()
-(and the callbacks' step hooks) it sends a heartbeat at most every `heartbeat_seconds` (default
-600; 0: never), so a run longer than the service's trial time-out keeps its trial. Heartbeats
+A run of an explore trial (mode="explore") also tells the service it is still going: one
+heartbeat when the trial is handed out (saying the interval, so a job that dies before its first
+step frees its trial after 3 missed ones), then from log() (and the callbacks' step hooks) at
+most every `heartbeat_seconds` (default 600; 0: never), so a run longer than the service's trial
+time-out keeps its trial. Heartbeats
 never stop training: a failure is logged once as a warning (a service that predates heartbeats
 is not asked again), and a trial found finished (e.g. timed out while the service was
 unreachable) is logged once and sent no more heartbeats; its report is still stored, and joins
@@ -302,7 +304,9 @@ class TrackedRun:
     def start(self, pins: Pins | dict | None = None) -> Hyperparameters:
         """The hyperparameters to train with: the ones given, else a fresh recommendation (pins
         given here are added to the run's). In a distributed job rank 0 fetches it and every
-        process gets rank 0's. A failure to fetch is raised, not hidden."""
+        process gets rank 0's. A failure to fetch is raised, not hidden. An explore trial's
+        first heartbeat goes out at once, so the service learns its interval: a job that dies
+        before its first step frees its trial 3 intervals later, not at the trial time-out."""
         if pins is not None:
             self.pins = self.pins.model_copy(update={k: v for k, v in
                                                      convert.coerce(pins, Pins).model_dump().items()
@@ -314,7 +318,8 @@ class TrackedRun:
                                               run_id=self.run_id if self.mode is Mode.EXPLORE else ""))
             self.hyperparameters = self.recommendation.hyperparameters
             if self.recommendation.trial_id and self.heartbeat_seconds:
-                self._next_heartbeat = time.monotonic() + self.heartbeat_seconds
+                self._next_heartbeat = time.monotonic()
+                self.heartbeat()
         return self.hyperparameters
 
     @property
@@ -324,7 +329,7 @@ class TrackedRun:
 
     def heartbeat(self, force: bool = False) -> HeartbeatResult | None:
         """Tells the service the run of its explore trial is still going, if heartbeat_seconds
-        have passed since the last heartbeat (or the trial was handed out); `force`: now. None
+        have passed since the last heartbeat (the first goes out with the trial); `force`: now. None
         when nothing was sent or it failed: never raises (a failure is logged once). A trial
         found finished is logged once and sent no more heartbeats."""
         if self._next_heartbeat is None or not self.trial_id or self.reported:

@@ -53,17 +53,18 @@ def test_tracked_run_sends_throttled_heartbeats_for_its_trial(target, service, b
     assert HEARTBEAT_SECONDS == 600
     with tracked_run(SPEC, server=target, run_id="beating", mode="explore",
                      heartbeat_seconds=0.5) as run:
+        assert beats == [run.trial_id]  # the first, with the trial
         for step in range(1, 101):  # well within 0.5 s of the trial being handed out
             assert run.log(2.0, step=step)
-        assert beats == []
+        assert beats == [run.trial_id]
         time.sleep(0.6)
         for step in range(101, 201):
             run.log(2.0, step=step)
-        assert beats == [run.trial_id]  # one, however many losses were logged
+        assert beats == [run.trial_id] * 2  # one more, however many losses were logged
         assert run.trial_state is TrialState.RUNNING
         attrs = trial_of(service.settings.database_url, run.trial_id).user_attrs
         assert "last_heartbeat" in attrs and attrs["heartbeat_interval_seconds"] == 0.5
-    assert len(beats) == 1  # none after the report
+    assert len(beats) == 2  # none after the report
     assert trial_of(service.settings.database_url, run.trial_id).state.name == "COMPLETE"
 
 
@@ -82,6 +83,23 @@ def test_no_heartbeats_without_a_trial_or_when_switched_off(target, beats):
     assert beats == []
     with pytest.raises(ValueError, match="heartbeat_seconds"):
         TrackedRun(SPEC, heartbeat_seconds=-1)
+
+
+def test_a_job_that_dies_before_its_first_step_frees_its_trial_after_3_intervals(tmp_path):
+    """The first heartbeat goes out with the trial and says the interval, so a job that dies
+    while loading its data is given up after 3 missed heartbeats, not at the time-out."""
+    with serving(tmp_path, 3600) as svc:
+        target = f"127.0.0.1:{svc.port}"
+        dead = TrackedRun(SPEC, server=target, mode="explore", heartbeat_seconds=0.2)
+        dead.start()  # ... and the job dies: no loss, no report
+        with Client(target, retries=0) as other:
+            time.sleep(0.3)
+            other.recommend(SPEC, mode="explore")  # another launcher's explore: not yet
+            assert trial_of(svc.settings.database_url, dead.trial_id).state.name == "RUNNING"
+            time.sleep(0.4)  # 3 x 0.2 s since the heartbeat
+            other.recommend(SPEC, mode="explore")
+        given_up = trial_of(svc.settings.database_url, dead.trial_id)
+        assert given_up.state.name == "FAIL" and "3 heartbeat intervals" in given_up.user_attrs["timed_out"]
 
 
 def test_heartbeats_keep_a_run_longer_than_the_time_out_on_its_trial(tmp_path):
@@ -134,7 +152,7 @@ def test_a_timed_out_trial_is_told_once_and_not_beaten_again(target, service, be
             time.sleep(0.01)
             run.log(2.0, step=step)
         assert run.trial_state is TrialState.TIMED_OUT
-    assert beats == [run.trial_id]
+    assert beats == [run.trial_id] * 2  # the first, with the trial; one that found it closed
     assert caplog.text.count("is no longer running (timed_out") == 1
     with Client(target) as client:  # the report still counts, as the run's own
         assert client.get_run("late").trial_id == run.trial_id
@@ -152,7 +170,7 @@ def test_the_transformers_callback_sends_throttled_heartbeats(target, beats, tmp
     throttled = HparamrecCallback(SPEC, server=target, run_id="hf-quiet", mode="explore",
                                   fit_steps_to_tokens=False, heartbeat_seconds=3600)
     _hf_trainer(tmp_path, throttled, max_steps=4).train()
-    assert beats == [] and throttled.run.reported
+    assert beats == [throttled.run.trial_id] and throttled.run.reported  # the first, with the trial
 
 
 def test_the_lightning_callback_sends_throttled_heartbeats_and_survives_an_outage(target, beats,
@@ -177,7 +195,7 @@ def test_the_lightning_callback_sends_throttled_heartbeats_and_survives_an_outag
     class Outage(L.Callback):
         """The service becomes unreachable once training starts."""
 
-        def on_train_start(self, trainer, pl_module):
+        def on_train_start(self, trainer, pl_module):  # after the first heartbeat, with the trial
             outage.run._client = Client("127.0.0.1:1", retries=0)
 
     caplog.set_level(logging.WARNING, logger="hparamrec.integrations")
@@ -185,7 +203,7 @@ def test_the_lightning_callback_sends_throttled_heartbeats_and_survives_an_outag
                                         fit_steps_to_tokens=False, heartbeat_seconds=1e-6)
     fit = trainer(outage, Outage())
     fit.fit(_lightning_module())
-    assert fit.global_step == 4 and beats == []
+    assert fit.global_step == 4 and beats == [outage.run.trial_id]
     assert caplog.text.count("could not send the heartbeat") == 1
 
 
