@@ -2,14 +2,12 @@
 for the run (a retry, another process of its job, the job restarted) returns its trial while it
 runs; a run already stored is refused. Real server, SQLite and PostgreSQL."""
 
-import threading
-
 import pytest
 
-from clients.client import Client
 from clients.errors import InvalidArgumentError
 from clients.integrations import tracked_run
-from tests.integration.test_refine import PINS, SPEC, backdate, report, study_of
+from tests.integration.test_refine import (PINS, SPEC, backdate, explore_concurrently, report,
+                                          study_of)
 
 pytestmark = pytest.mark.integration
 
@@ -57,21 +55,7 @@ def test_asking_again_counts_as_a_sign_of_life(client, service):
 
 
 def test_concurrent_asks_for_one_run_get_one_trial(target, service):
-    results, errors = [], []
-
-    def explore():
-        try:
-            with Client(target, retries=0, timeout=60) as c:
-                results.append(c.recommend(SPEC, PINS, mode="explore", run_id="one-job"))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=explore) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = explore_concurrently(target, 4, run_id="one-job")
     assert len({r.trial_id for r in results}) == 1
     assert len(study_of(service.settings.database_url).trials) == 1
 

@@ -128,22 +128,28 @@ def test_a_report_with_other_values_closes_the_trial_and_counts_as_its_own(clien
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_concurrent_explorers_get_distinct_trials(target):
+def explore_concurrently(target: str, launchers: int, **options) -> list:
+    """What `launchers` clients, each in its own thread, got from one explore each."""
     results, errors = [], []
 
     def explore():
         try:
             with Client(target, retries=0, timeout=60) as c:
-                results.append(c.recommend(SPEC, PINS, mode="explore"))
+                results.append(c.recommend(SPEC, PINS, mode="explore", **options))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=explore) for _ in range(4)]
+    threads = [threading.Thread(target=explore) for _ in range(launchers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors
+    return results
+
+
+def test_concurrent_explorers_get_distinct_trials(target):
+    results = explore_concurrently(target, 4)
     assert len({r.trial_id for r in results}) == 4
     assert len({(r.lr, r.batch_size_tokens) for r in results}) == 4
 
