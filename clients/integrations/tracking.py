@@ -58,8 +58,11 @@ from clients.models import (HeartbeatResult, Hyperparameters, Mode, Pins, Recomm
 
 log = logging.getLogger("hparamrec.integrations")
 
-# Exceptions that stop a run for reasons unrelated to its hyperparameters: reported as failed.
-_INTERRUPTIONS = (KeyboardInterrupt, SystemExit, MemoryError)
+# Exceptions that stop a run before its end and say nothing of its hyperparameters: a preemption
+# (SIGTERM, which schedulers' handlers and Lightning turn into SystemExit) or Ctrl-C. Such a run is
+# not reported: the job resumed under the same run_id reports it, and an explore is handed its
+# trial again; a report now would be the run's for good, as a run_id is stored once.
+_INTERRUPTIONS = (KeyboardInterrupt, SystemExit)
 
 # The final loss of a completed run: the mean of the losses logged over this fraction of the
 # steps run, at the end. The per-batch noise of one step's loss (sd ~1.2% of the loss on the
@@ -210,10 +213,13 @@ def _last_label(step: int | None, what: str = "last loss logged") -> str:
     return what + (f" (step {step})" if step is not None else "")
 
 
-def outcome_of_exception(error: BaseException, last_loss: float | None) -> RunOutcome:
-    """Interruptions (Ctrl-C, SystemExit from a scheduler's SIGTERM handler) and out-of-memory
-    errors mean the run failed; any other exception during training means it diverged."""
-    if isinstance(error, _INTERRUPTIONS) or type(error).__name__ == "OutOfMemoryError":
+def outcome_of_exception(error: BaseException, last_loss: float | None) -> RunOutcome | None:
+    """None for interruptions (Ctrl-C, SystemExit from a preemption's SIGTERM): the run has not
+    ended, it may resume. Out-of-memory errors mean the run failed; any other exception during
+    training means it diverged."""
+    if isinstance(error, _INTERRUPTIONS):
+        return None
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
         return RunOutcome.failed()
     return RunOutcome.diverged(last_loss)
 
@@ -447,13 +453,28 @@ class TrackedRun:
         except HparamrecError as error:
             log.warning("hparamrec: could not report run %s (%s); the report was: %s",
                         self.run_id, error, convert.as_json(report, indent=None))
+        else:
+            stored = self.report.run.outcome
+            if not self.report.created and stored != outcome:
+                log.warning("hparamrec: run %s was already stored (%s) and is kept as it was: "
+                            "this report (%s) was not stored; give each run its own run_id",
+                            self.run_id, stored.status.value, outcome.status.value)
         return self._close()
 
     def fail(self, error: BaseException | None = None) -> ReportResult | None:
-        """Reports the run after an exception: failed for interruptions and out-of-memory,
-        diverged otherwise; if it never logged a loss (it never trained), as finish() does."""
+        """Reports the run after an exception: failed for out-of-memory, diverged otherwise; if
+        it never logged a loss (it never trained), as finish() does. An interruption (Ctrl-C, a
+        preemption's SystemExit) is not reported: the job resumed under the same run_id reports
+        the run, and an explore is handed its trial again."""
         if self.reported:
             return self.report
+        if isinstance(error, _INTERRUPTIONS):
+            log.warning("hparamrec: run %s was interrupted (%s); not reported, so that the job "
+                        "resumed under run_id %s reports it%s", self.run_id,
+                        type(error).__name__, self.run_id,
+                        f" (and is handed trial {self.trial_id} again while it has not timed "
+                        "out)" if self.trial_id else "")
+            return self._close()
         if self.last_loss is None:
             return self._untrained("stopped before logging a loss")
         outcome = (outcome_of_exception(error, self.last_loss) if error is not None
@@ -481,8 +502,8 @@ def tracked_run(spec: TrainingSpec | dict, **options) -> Iterator[TrackedRun]:
     """A TrackedRun (same arguments) that fetches its recommendation on entry (unless given
     hyperparameters) and reports on exit: completed with the mean of the losses logged over the
     last final_loss_window of the steps (see FinalLoss); after an exception,
-    diverged (failed for interruptions and out-of-memory); diverged at once on a NaN/inf loss.
-    The exception itself is re-raised."""
+    diverged (failed for out-of-memory; not reported for Ctrl-C and SystemExit, which a resumed
+    job reports); diverged at once on a NaN/inf loss. The exception itself is re-raised."""
     run = TrackedRun(spec, **options)
     try:
         run.start()

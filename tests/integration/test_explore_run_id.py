@@ -70,10 +70,11 @@ def test_a_bad_run_id_is_refused_on_its_field(client, run_id):
 def test_a_restarted_tracked_run_gets_its_trial_back(target, service):
     """A job restarted under the same run_id (e.g. after preemption, resuming its checkpoint)
     trains the trial it started with, not a new one."""
-    with tracked_run(SPEC, server=target, pins=PINS, mode="explore", run_id="preempted") as run:
-        trial, hp = run.trial_id, run.hyperparameters
-        run.reporting = False  # the first attempt dies: nothing reported
-        run.log(2.6, step=1)
+    with pytest.raises(SystemExit):
+        with tracked_run(SPEC, server=target, pins=PINS, mode="explore", run_id="preempted") as run:
+            trial, hp = run.trial_id, run.hyperparameters
+            run.log(2.6, step=1)
+            raise SystemExit(143)  # a preemption's SIGTERM: not reported, the trial stays
     with tracked_run(SPEC, server=target, pins=PINS, mode="explore", run_id="preempted") as run:
         assert (run.trial_id, run.hyperparameters) == (trial, hp)
         run.log(2.5, step=2)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from clients import Client, Hyperparameters, RunStatus, TrialState
+from clients import Client, Hyperparameters, RunOutcome, RunStatus, TrialState
 from clients.integrations import TrackedRun, tracked_run
 
 pytestmark = pytest.mark.integration
@@ -139,7 +139,7 @@ def test_tracked_run_reports_a_nan_loss_as_diverged_at_once(target):
 
 @pytest.mark.parametrize("error, status", [
     (RuntimeError("loss scale underflow"), RunStatus.DIVERGED),
-    (SystemExit(143), RunStatus.FAILED),  # a scheduler's SIGTERM, turned into SystemExit
+    (MemoryError(), RunStatus.FAILED),
 ])
 def test_tracked_run_reports_an_exception_and_reraises_it(target, error, status):
     with pytest.raises(type(error)):
@@ -149,6 +149,31 @@ def test_tracked_run_reports_an_exception_and_reraises_it(target, error, status)
     with Client(target) as client:
         stored = client.get_run("boom")
     assert stored.outcome.status is status
+
+
+def test_a_preempted_run_is_reported_by_its_resumed_job(target, caplog):
+    """A scheduler's SIGTERM, turned into SystemExit, does not end the run: the job resumed
+    under the same run_id reports it (were the first attempt reported as failed, the resumed
+    one's report would be dropped: a run_id is stored once)."""
+    with pytest.raises(SystemExit):
+        with tracked_run(SPEC, server=target, run_id="preempted") as run:
+            run.log(3.0, step=1)
+            raise SystemExit(143)
+    assert run.report is None and "was interrupted (SystemExit); not reported" in caplog.text
+    with tracked_run(SPEC, server=target, run_id="preempted") as resumed:
+        resumed.log(2.5, step=100)
+    with Client(target) as client:
+        stored = client.get_run("preempted")
+    assert stored.outcome == RunOutcome.completed(2.5)
+
+
+def test_a_second_run_under_a_stored_run_id_is_not_stored_and_says_so(target, caplog):
+    for loss in (3.0, float("nan")):
+        with tracked_run(SPEC, server=target, run_id="reused") as run:
+            run.log(loss)
+    assert run.report is not None and not run.report.created
+    assert "run reused was already stored (completed) and is kept as it was: this report " \
+           "(diverged) was not stored" in caplog.text
 
 
 def test_a_run_that_never_trained_is_not_reported(target):
@@ -416,6 +441,40 @@ def test_lightning_callback_reports_an_exception(target):
         _lightning_trainer(callback).fit(_lightning_module(fail_at=2))
     with Client(target) as client:
         assert client.get_run("pl-crash").outcome.status is RunStatus.DIVERGED
+
+
+def test_a_preempted_lightning_fit_trains_its_trial_on_when_resumed(target, tmp_path):
+    """On SIGTERM Lightning raises SIGTERMException (a SystemExit) from its loops: the run is not
+    reported, and the fit resumed from its checkpoint under the same run_id gets the same trial
+    and reports it."""
+    import lightning.pytorch as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from clients.integrations import HparamrecLightningCallback
+
+    class Preemption(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 2:
+                trainer.save_checkpoint(tmp_path / "preempted.ckpt")
+                raise SIGTERMException  # what Lightning's loops raise once SIGTERM arrives
+
+    def callback():
+        return HparamrecLightningCallback(SPEC, server=target, run_id="pl-preempted",
+                                          mode="explore", fit_steps_to_tokens=False)
+
+    first = callback()
+    trainer = _lightning_trainer(first)
+    trainer.callbacks.append(Preemption())
+    with pytest.raises(SystemExit):
+        trainer.fit(_lightning_module())
+    assert first.run.trial_id and first.run.report is None
+    resumed = callback()
+    _lightning_trainer(resumed).fit(_lightning_module(), ckpt_path=tmp_path / "preempted.ckpt")
+    assert resumed.run.trial_id == first.run.trial_id
+    assert resumed.run.hyperparameters == first.run.hyperparameters
+    with Client(target) as client:
+        stored = client.get_run("pl-preempted")
+    assert stored.outcome.status is RunStatus.COMPLETED and stored.trial_id == first.run.trial_id
 
 
 def test_the_callbacks_take_the_final_loss_options():

@@ -9,13 +9,17 @@ from clients.models import RunStatus
 @pytest.mark.parametrize("error, status", [
     (RuntimeError("nan in gradients"), RunStatus.DIVERGED),
     (FloatingPointError(), RunStatus.DIVERGED),
-    (KeyboardInterrupt(), RunStatus.FAILED),
-    (SystemExit(143), RunStatus.FAILED),
     (MemoryError(), RunStatus.FAILED),
     (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"), RunStatus.FAILED),
 ])
 def test_exceptions_map_to_outcomes(error, status):
     assert outcome_of_exception(error, 3.0).status is status
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(143)])
+def test_an_interruption_is_no_outcome(error):
+    """Ctrl-C or a preemption's SIGTERM: the run has not ended, its resumed job reports it."""
+    assert outcome_of_exception(error, 3.0) is None
 
 
 # The final loss of a completed run: the mean of the losses logged near the end (no server:
@@ -131,7 +135,7 @@ def test_a_run_stopped_by_an_exception_reports_its_last_loss():
     interrupted = offline_run()
     interrupted.log(1.0, step=1)
     interrupted.fail(KeyboardInterrupt())
-    assert interrupted.outcome.status is RunStatus.FAILED
+    assert interrupted.outcome is None and interrupted.report is None  # not reported
     assert interrupted.final_loss_label is None
 
 
