@@ -45,7 +45,7 @@ from predictor.sampler import PredictorGuidedSampler, candidates, space_point
 from predictor.study import SearchSpace, Studies, study_name, trial_id
 from predictor.study_sync import StudySync, add_runs, close_trial
 from predictor.table import RunTable
-from predictor.trial_timeouts import TrialTimeouts
+from predictor.trial_timeouts import TIMED_OUT_ATTR, TrialTimeouts
 
 GP_VERSION = "study-gp@1"
 FOR_RUN_ATTR = "for_run_id"  # a trial's user attribute: the run_id it was handed out for
@@ -71,10 +71,13 @@ NOISY_REPORTS_MARK = "reported losses of this spec disagree with"  # in the warn
 FINE_SD = 0.1  # in length scales: the local search around the best candidate
 
 
-def _running_trial_of(study, run_id: str):
-    """The study's running trial handed out for this run, if any."""
-    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                 if t.user_attrs.get(FOR_RUN_ATTR) == run_id), None)
+def _trial_of_run(study, run_id: str):
+    """The trial handed out for this run that it may still be training: running, or given up
+    by the time-out (a job resumed after a long wait trains its values on); else None."""
+    states = (TrialState.RUNNING, TrialState.FAIL)
+    return next((t for t in study.get_trials(deepcopy=False, states=states)
+                 if t.user_attrs.get(FOR_RUN_ATTR) == run_id
+                 and (t.state is TrialState.RUNNING or TIMED_OUT_ATTR in t.user_attrs)), None)
 
 
 def params_of(rec) -> Params:
@@ -150,16 +153,16 @@ class Refiner:
                 best, chosen = base, params_of(base)
             space = conditioned.space
             storage = self.studies.storage()
-            trial = held = _running_trial_of(study, run_id) if run_id else None
-            if held is not None:
-                self.timeouts.alive(held)  # asked for again: its run is alive
-            else:
+            trial = held = _trial_of_run(study, run_id) if run_id else None
+            if held is None:
                 study.sampler = PredictorGuidedSampler(
                     model, spec, space, first={n: float(chosen[n][0]) for n in HYPERPARAMETERS})
                 trial = study.ask(space.distributions())
                 storage.set_trial_user_attr(trial._trial_id, "model_version", model.version_)
                 if run_id:
                     storage.set_trial_user_attr(trial._trial_id, FOR_RUN_ATTR, run_id)
+            elif held.state is TrialState.RUNNING:
+                self.timeouts.alive(held)  # asked for again: its run is alive
         params = {n: np.array([trial.params[n]], float) for n in HYPERPARAMETERS}
         if all(math.isclose(trial.params[n], getattr(best, n), rel_tol=1e-12) for n in HYPERPARAMETERS):
             rec = best
@@ -171,6 +174,11 @@ class Refiner:
                 **{n: trial.params[n] for n in HYPERPARAMETERS},
                 "predicted_loss": float(prediction.mean[0]),
                 "predicted_loss_interval": Interval(lo=float(prediction.lo[0]), hi=float(prediction.hi[0]))})
+        warnings = rec.warnings
+        if held is not None and held.state is not TrialState.RUNNING:
+            warnings += (f"trial {trial_id(study._study_id, held.number)} was given up by the "
+                         f"time-out before run '{run_id}' asked again: train its values on; the "
+                         "run's report joins the study as a configuration of its own",)
         detail = (f"trial {trial.number} of study '{name}': "
                   + (f"handed out before for run '{run_id}', which has not reported yet"
                      if held is not None else
@@ -182,7 +190,7 @@ class Refiner:
         return rec.model_copy(update={
             "trial_id": trial_id(study._study_id, trial.number),
             "sources": tuple(s for s in rec.sources if s.field not in space.free) + tuple(sources),
-            "model_versions": _versions(rec, study, conditioned)})
+            "warnings": warnings, "model_versions": _versions(rec, study, conditioned)})
 
     def predict_loss(self, tenant: str, spec: TrainingSpec,
                      queries: RunTable) -> tuple[LossPrediction, tuple[str, ...]] | None:

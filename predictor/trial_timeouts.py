@@ -15,6 +15,7 @@ from predictor.study import Studies
 
 HEARTBEAT_ATTR = "last_heartbeat"  # a trial's user attribute: its last heartbeat, ISO 8601 in UTC
 INTERVAL_ATTR = "heartbeat_interval_seconds"  # how often its launcher said it sends them
+TIMED_OUT_ATTR = "timed_out"  # set on a trial given up: why
 # A trial whose launcher said how often it sends heartbeats is given up after this many went
 # missing (if that is before the time-out): its run has most likely died. Three, so one or two
 # heartbeats lost to a network blip or a slow step do not close a live trial.
@@ -42,7 +43,7 @@ class TrialTimeouts:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             deadline, why = self._deadline(trial)
             if deadline is not None and deadline < now:
-                storage.set_trial_user_attr(trial._trial_id, "timed_out", why)
+                storage.set_trial_user_attr(trial._trial_id, TIMED_OUT_ATTR, why)
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
     def heartbeat(self, tenant: str, trial_id: str, interval_seconds: float = 0.0) -> "TrialStatus":
@@ -144,8 +145,8 @@ class TrialStatus:
     @classmethod
     def of_finished(cls, trial) -> "TrialStatus":
         attrs = trial.user_attrs
-        if "timed_out" in attrs:
-            return cls("timed_out", f"the trial timed out ({attrs['timed_out']}); a run reported "
+        if TIMED_OUT_ATTR in attrs:
+            return cls("timed_out", f"the trial timed out ({attrs[TIMED_OUT_ATTR]}); a run reported "
                                     "against it is stored and joins the study as a "
                                     "configuration of its own")
         if "superseded_by_run" in attrs:

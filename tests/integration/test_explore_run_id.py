@@ -35,13 +35,28 @@ def test_asking_again_for_a_run_returns_its_trial_while_it_runs(client, service)
     assert not client.recommend(SPEC, PINS, run_id="job-7").trial_id
 
 
-def test_a_trial_given_up_is_not_handed_out_again(client, service):
+def test_a_trial_given_up_is_handed_back_to_its_run_with_a_warning(client, service):
+    """A preempted job that waited in the queue past its trial's time-out resumes a checkpoint
+    trained with the trial's values: it is handed those again, and told."""
     url, timeout = service.settings.database_url, service.settings.trial_timeout_seconds
     lost = client.recommend(SPEC, PINS, mode="explore", run_id="slow-job")
     backdate(url, lost.trial_id, timeout + 60)
-    fresh = client.recommend(SPEC, PINS, mode="explore", run_id="slow-job")
-    assert fresh.trial_id != lost.trial_id
+    client.recommend(SPEC, PINS, mode="explore")  # another launcher's explore gives it up
+    back = client.recommend(SPEC, PINS, mode="explore", run_id="slow-job")
+    assert (back.trial_id, back.hyperparameters) == (lost.trial_id, lost.hyperparameters)
+    assert any(f"trial {lost.trial_id} was given up by the time-out" in w for w in back.warnings)
+    assert client.heartbeat(back.trial_id).state.value == "timed_out"
     assert [t.state.name for t in study_of(url).trials] == ["FAIL", "RUNNING"]
+    client.report_run(report(back, 2.5, "slow-job"))  # joins as a configuration of its own
+    own = study_of(url).trials[-1]
+    assert (own.state.name, own.user_attrs["run_id"], own.params["lr"]) == ("COMPLETE", "slow-job", lost.lr)
+
+
+def test_a_trial_closed_by_another_run_is_not_handed_back(client, service):
+    first = client.recommend(SPEC, PINS, mode="explore", run_id="job-a")
+    client.report_run(report(first, 2.5, "someone-else"))  # another run closed the trial
+    again = client.recommend(SPEC, PINS, mode="explore", run_id="job-a")
+    assert again.trial_id != first.trial_id and not again.warnings
 
 
 def test_asking_again_counts_as_a_sign_of_life(client, service):
