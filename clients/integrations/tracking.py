@@ -26,11 +26,10 @@ A run of an explore trial (mode="explore") also tells the service it is still go
 heartbeat when the trial is handed out (saying the interval, so a job that dies before its first
 step frees its trial after 3 missed ones), then from log() (and the callbacks' step hooks) at
 most every `heartbeat_seconds` (default 600; 0: never), so a run longer than the service's trial
-time-out keeps its trial. Heartbeats
-never stop training: a failure is logged once as a warning (a service that predates heartbeats
-is not asked again), and a trial found finished (e.g. timed out while the service was
-unreachable) is logged once and sent no more heartbeats; its report is still stored, and joins
-the study as a configuration of its own.
+time-out keeps its trial. Heartbeats never stop training: a failure is logged once as a warning
+(a service that predates heartbeats is not asked again), and a trial found finished (e.g. timed
+out while the service was unreachable) is logged once and sent no more heartbeats; its report is
+still stored, and joins the study as a configuration of its own.
 
 The run is reported once, with a run_id fixed when the run is created (given, else
 $HPARAMREC_RUN_ID, else random), so retries and repeated reports cannot store it twice. A
@@ -335,9 +334,9 @@ class TrackedRun:
 
     def heartbeat(self, force: bool = False) -> HeartbeatResult | None:
         """Tells the service the run of its explore trial is still going, if heartbeat_seconds
-        have passed since the last heartbeat (the first goes out with the trial); `force`: now. None
-        when nothing was sent or it failed: never raises (a failure is logged once). A trial
-        found finished is logged once and sent no more heartbeats."""
+        have passed since the last heartbeat (the first goes out with the trial); `force`: now.
+        None when nothing was sent or it failed: never raises (a failure is logged once). A
+        trial found finished is logged once and sent no more heartbeats."""
         if self._next_heartbeat is None or not self.trial_id or self.reported:
             return None
         now = time.monotonic()
@@ -469,6 +468,8 @@ class TrackedRun:
         if self.reported:
             return self.report
         if isinstance(error, _INTERRUPTIONS):
+            if not self.reporting:
+                return self._close()
             log.warning("hparamrec: run %s was interrupted (%s); not reported, so that the job "
                         "resumed under run_id %s reports it%s", self.run_id,
                         type(error).__name__, self.run_id,
@@ -483,6 +484,8 @@ class TrackedRun:
 
     def _untrained(self, why: str) -> ReportResult | None:
         """A run without a loss teaches nothing; its explore trial is freed by a failed report."""
+        if not self.reporting:
+            return self._close()
         if self.trial_id:
             log.warning("hparamrec: run %s %s; reported as failed, which frees trial %s",
                         self.run_id, why, self.trial_id)
