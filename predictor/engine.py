@@ -67,8 +67,8 @@ class RecommendationEngine:
         return queries, model.predict(queries), (model.version_,)
 
     def explore(self, tenant: str, spec: TrainingSpec, pins: Pins, run_id: str = "") -> Recommendation:
-        """The next trial of the spec's study (Recommendation.trial_id set); for run_id, the
-        trial handed out for that run while it is running (Refiner.explore)."""
+        """The next trial of the spec's study (Recommendation.trial_id set), or the one handed
+        out before for run_id (Refiner.explore)."""
         if self.refiner is None:
             raise NotImplementedError("explore needs a refiner (predictor/refine.py)")
         try:

@@ -129,9 +129,10 @@ class Refiner:
 
     def explore(self, tenant: str, spec: TrainingSpec, pins: Pins, run_id: str = "") -> Recommendation:
         """The study's next trial. run_id (optional): the run it is for. The trial handed out for
-        that run is handed out again while it is running (a retry, another process of the job,
-        the job restarted), with its values and today's predictions; a run already stored is
-        refused, as its report (deduplicated by run_id) could never close a new trial."""
+        that run is handed out again (a retry, another process of the job, the job restarted),
+        with its values and today's predictions, while it is running or after the time-out gave
+        it up (with a warning); a run already stored is refused, as its report (deduplicated by
+        run_id) could never close a new trial."""
         if run_id and (stored := self.store.find(tenant, check_run_id(run_id))) is not None:
             raise InvalidArgument.single(
                 "run_id", f"run {run_id!r} is already stored ({stored.outcome.status.value}"
