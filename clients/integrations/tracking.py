@@ -58,10 +58,15 @@ from clients.models import (HeartbeatResult, Hyperparameters, Mode, Pins, Recomm
 log = logging.getLogger("hparamrec.integrations")
 
 # Exceptions that stop a run before its end and say nothing of its hyperparameters: a preemption
-# (SIGTERM, which schedulers' handlers and Lightning turn into SystemExit) or Ctrl-C. Such a run is
-# not reported: the job resumed under the same run_id reports it, and an explore is handed its
-# trial again; a report now would be the run's for good, as a run_id is stored once.
-_INTERRUPTIONS = (KeyboardInterrupt, SystemExit)
+# (SIGTERM, which schedulers' handlers and Lightning turn into SystemExit), Ctrl-C, running out of
+# memory (also OutOfMemoryError, by name: torch's). Such a run is not reported: the job resumed or
+# requeued under the same run_id reports it, and an explore is handed its trial again; a report
+# now would be the run's for good, as a run_id is stored once.
+_INTERRUPTIONS = (KeyboardInterrupt, SystemExit, MemoryError)
+
+
+def _interrupted(error: BaseException) -> bool:
+    return isinstance(error, _INTERRUPTIONS) or type(error).__name__ == "OutOfMemoryError"
 
 # The final loss of a completed run: the mean of the losses logged over this fraction of the
 # steps run, at the end. The per-batch noise of one step's loss (sd ~1.2% of the loss on the
@@ -213,14 +218,9 @@ def _last_label(step: int | None, what: str = "last loss logged") -> str:
 
 
 def outcome_of_exception(error: BaseException, last_loss: float | None) -> RunOutcome | None:
-    """None for interruptions (Ctrl-C, SystemExit from a preemption's SIGTERM): the run has not
-    ended, it may resume. Out-of-memory errors mean the run failed; any other exception during
-    training means it diverged."""
-    if isinstance(error, _INTERRUPTIONS):
-        return None
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
-        return RunOutcome.failed()
-    return RunOutcome.diverged(last_loss)
+    """None for interruptions (Ctrl-C, a preemption's SystemExit, out-of-memory): the run has
+    not ended, it may resume. Any other exception during training means it diverged."""
+    return None if _interrupted(error) else RunOutcome.diverged(last_loss)
 
 
 class TrackedRun:
@@ -421,15 +421,15 @@ class TrackedRun:
         """Reports the run once: with the outcome given, else completed at the final loss (the
         mean of the losses logged over the last final_loss_window of the steps; last_step: the
         run's last step, if later than the last one logged). A run that never logged a loss is
-        not reported (there is nothing to learn from it), unless it is an explore trial's: that
-        one is reported failed, which frees the trial now instead of at its time-out."""
+        not reported (there is nothing to learn from it; an explore trial's trial is freed after
+        3 missed heartbeats, or handed back to the job resumed under its run_id)."""
         if self.reported:
             return self.report
         how = None
         if outcome is None:
             final = self.final_losses.value(last_step)
             if final is None:
-                return self._untrained("logged no loss")
+                return self._not_reported("logged no loss")
             loss, how = final
             outcome = RunOutcome.completed(loss)
         elif outcome.final_loss is not None and outcome.final_loss == self.last_loss:
@@ -461,36 +461,25 @@ class TrackedRun:
         return self._close()
 
     def fail(self, error: BaseException | None = None) -> ReportResult | None:
-        """Reports the run after an exception: failed for out-of-memory, diverged otherwise; if
-        it never logged a loss (it never trained), as finish() does. An interruption (Ctrl-C, a
-        preemption's SystemExit) is not reported: the job resumed under the same run_id reports
-        the run, and an explore is handed its trial again."""
+        """Reports the run after an exception: diverged, at its last loss; without an error,
+        failed. Not reported: a run that never logged a loss (it never trained), and one stopped
+        by an interruption (Ctrl-C, a preemption's SystemExit, out-of-memory), which the job
+        resumed under the same run_id reports (exploring, with the same trial)."""
         if self.reported:
             return self.report
-        if isinstance(error, _INTERRUPTIONS):
-            if not self.reporting:
-                return self._close()
-            log.warning("hparamrec: run %s was interrupted (%s); not reported, so that the job "
-                        "resumed under run_id %s reports it%s", self.run_id,
-                        type(error).__name__, self.run_id,
-                        f" (and is handed trial {self.trial_id} again while it has not timed "
-                        "out)" if self.trial_id else "")
-            return self._close()
+        if error is not None and _interrupted(error):
+            return self._not_reported(f"was interrupted ({type(error).__name__})")
         if self.last_loss is None:
-            return self._untrained("stopped before logging a loss")
-        outcome = (outcome_of_exception(error, self.last_loss) if error is not None
-                   else RunOutcome.failed())
-        return self.finish(outcome)
+            return self._not_reported("stopped before logging a loss")
+        return self.finish(RunOutcome.failed() if error is None
+                           else outcome_of_exception(error, self.last_loss))
 
-    def _untrained(self, why: str) -> ReportResult | None:
-        """A run without a loss teaches nothing; its explore trial is freed by a failed report."""
-        if not self.reporting:
-            return self._close()
-        if self.trial_id:
-            log.warning("hparamrec: run %s %s; reported as failed, which frees trial %s",
-                        self.run_id, why, self.trial_id)
-            return self.finish(RunOutcome.failed())
-        log.warning("hparamrec: run %s %s; not reported", self.run_id, why)
+    def _not_reported(self, why: str) -> ReportResult | None:
+        if self.reporting:
+            log.warning("hparamrec: run %s %s; not reported: a job resumed under run_id %s "
+                        "reports it%s", self.run_id, why, self.run_id,
+                        f" and is handed trial {self.trial_id} again (left alone, the trial is "
+                        "given up once its heartbeats stop)" if self.trial_id else "")
         return self._close()
 
     def _close(self) -> ReportResult | None:
@@ -505,8 +494,8 @@ def tracked_run(spec: TrainingSpec | dict, **options) -> Iterator[TrackedRun]:
     """A TrackedRun (same arguments) that fetches its recommendation on entry (unless given
     hyperparameters) and reports on exit: completed with the mean of the losses logged over the
     last final_loss_window of the steps (see FinalLoss); after an exception,
-    diverged (failed for out-of-memory; not reported for Ctrl-C and SystemExit, which a resumed
-    job reports); diverged at once on a NaN/inf loss. The exception itself is re-raised."""
+    diverged (not reported for Ctrl-C, SystemExit and out-of-memory, which the resumed job
+    reports); diverged at once on a NaN/inf loss. The exception itself is re-raised."""
     run = TrackedRun(spec, **options)
     try:
         run.start()

@@ -137,29 +137,28 @@ def test_tracked_run_reports_a_nan_loss_as_diverged_at_once(target):
         assert len(client.list_runs().runs) == 1
 
 
-@pytest.mark.parametrize("error, status", [
-    (RuntimeError("loss scale underflow"), RunStatus.DIVERGED),
-    (MemoryError(), RunStatus.FAILED),
-])
-def test_tracked_run_reports_an_exception_and_reraises_it(target, error, status):
-    with pytest.raises(type(error)):
+def test_tracked_run_reports_an_exception_and_reraises_it(target):
+    with pytest.raises(RuntimeError):
         with tracked_run(SPEC, server=target, run_id="boom") as run:
             run.log(3.0)
-            raise error
+            raise RuntimeError("loss scale underflow")
     with Client(target) as client:
         stored = client.get_run("boom")
-    assert stored.outcome.status is status
+    assert stored.outcome.status is RunStatus.DIVERGED
 
 
-def test_a_preempted_run_is_reported_by_its_resumed_job(target, caplog):
-    """A scheduler's SIGTERM, turned into SystemExit, does not end the run: the job resumed
-    under the same run_id reports it (were the first attempt reported as failed, the resumed
-    one's report would be dropped: a run_id is stored once)."""
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize("error", [SystemExit(143), MemoryError()])
+def test_a_preempted_run_is_reported_by_its_resumed_job(target, caplog, error):
+    """A scheduler's SIGTERM, turned into SystemExit, or running out of memory does not end
+    the run: the job resumed or requeued under the same run_id reports it (were the first
+    attempt reported as failed, the resumed one's report would be dropped: a run_id is stored
+    once)."""
+    with pytest.raises(type(error)):
         with tracked_run(SPEC, server=target, run_id="preempted") as run:
             run.log(3.0, step=1)
-            raise SystemExit(143)
-    assert run.report is None and "was interrupted (SystemExit); not reported" in caplog.text
+            raise error
+    assert run.report is None
+    assert f"was interrupted ({type(error).__name__}); not reported" in caplog.text
     with tracked_run(SPEC, server=target, run_id="preempted") as resumed:
         resumed.log(2.5, step=100)
     with Client(target) as client:
@@ -185,20 +184,24 @@ def test_a_run_that_never_trained_is_not_reported(target):
 
 
 @pytest.mark.parametrize("how", ["exception", "no loss logged"])
-def test_an_explore_trial_whose_run_never_trained_is_freed_at_once(target, how):
-    """Its run teaches nothing, but its trial must not stay pending until the time-out."""
+def test_an_explore_run_that_never_trained_leaves_its_trial_to_its_requeued_job(target, how):
+    """Its run teaches nothing and is not reported, so the job requeued under its run_id
+    (after a crash at start-up, say) is handed the trial again, and its report counts."""
     with Client(target) as client:
         if how == "exception":
             with pytest.raises(ValueError):
                 with tracked_run(SPEC, server=target, run_id="never", mode="explore") as run:
-                    raise ValueError("bad config")
+                    raise ValueError("NCCL timeout")
         else:
             with tracked_run(SPEC, server=target, run_id="never", mode="explore") as run:
                 pass
-        stored = client.get_run("never")
-        assert stored.trial_id == run.trial_id != ""
-        assert stored.outcome.status is RunStatus.FAILED and stored.outcome.final_loss is None
-        assert client.heartbeat(run.trial_id).state is TrialState.REPORTED  # no longer running
+        assert run.report is None and client.list_runs().runs == []
+        assert client.heartbeat(run.trial_id).state is TrialState.RUNNING
+        with tracked_run(SPEC, server=target, run_id="never", mode="explore") as requeued:
+            requeued.log(2.5, step=1)
+        assert requeued.trial_id == run.trial_id
+        assert client.get_run("never").trial_id == run.trial_id
+        assert client.heartbeat(run.trial_id).state is TrialState.REPORTED
 
 
 def test_an_unreachable_service_does_not_stop_training(caplog):

@@ -9,16 +9,18 @@ from clients.models import RunStatus
 @pytest.mark.parametrize("error, status", [
     (RuntimeError("nan in gradients"), RunStatus.DIVERGED),
     (FloatingPointError(), RunStatus.DIVERGED),
-    (MemoryError(), RunStatus.FAILED),
-    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"), RunStatus.FAILED),
 ])
 def test_exceptions_map_to_outcomes(error, status):
     assert outcome_of_exception(error, 3.0).status is status
 
 
-@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(143)])
+@pytest.mark.parametrize("error", [
+    KeyboardInterrupt(), SystemExit(143), MemoryError(),
+    type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"),
+])
 def test_an_interruption_is_no_outcome(error):
-    """Ctrl-C or a preemption's SIGTERM: the run has not ended, its resumed job reports it."""
+    """Ctrl-C, a preemption's SIGTERM, out-of-memory: the run has not ended, and the job
+    resumed or requeued under its run_id reports it."""
     assert outcome_of_exception(error, 3.0) is None
 
 
