@@ -2,8 +2,11 @@
 for the run (a retry, another process of its job, the job restarted) returns its trial while it
 runs; a run already stored is refused. Real server, SQLite and PostgreSQL."""
 
+import asyncio
+
 import pytest
 
+from clients import AsyncClient
 from clients.errors import InvalidArgumentError
 from clients.integrations import tracked_run
 from tests.integration.test_refine import (PINS, SPEC, backdate, explore_concurrently, report,
@@ -95,3 +98,13 @@ def test_a_restarted_tracked_run_gets_its_trial_back(target, service):
         run.log(2.5, step=2)
     trials = study_of(service.settings.database_url).trials
     assert [(t.state.name, t.user_attrs.get("run_id")) for t in trials] == [("COMPLETE", "preempted")]
+
+
+def test_the_async_client_names_the_run_too(target):
+    async def twice():
+        async with AsyncClient(target, retries=0) as client:
+            return [await client.recommend(SPEC, PINS, mode="explore", run_id="async-job")
+                    for _ in range(2)]
+
+    first, again = asyncio.run(twice())
+    assert first.trial_id and again.trial_id == first.trial_id
