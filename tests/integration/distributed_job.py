@@ -64,6 +64,9 @@ def main() -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({
         "trial_id": run.trial_id, "lr": hp.lr, "batch_size_tokens": hp.batch_size_tokens,
         "weight_decay": hp.weight_decay, "reported": run.report is not None}))
+    # Left to the interpreter's exit, gloo's threads sometimes abort the process (SIGABRT).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
