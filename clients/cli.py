@@ -74,6 +74,8 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
 def recommend(explain, mode, run_id, client, as_json, **kw) -> None:
     """Recommend lr, batch size, weight decay and QAT fraction for a spec. The hyperparameters
     given are pinned; the rest are their conditional optimum."""
+    if run_id and mode != "explore":
+        raise CliError("--run-id names the run of an explore trial: use it with --mode explore")
     pins = pins_of(kw)
     with client() as c:
         rec = c.recommend(spec_of(kw), pins, mode=mode, run_id=run_id)

@@ -53,3 +53,5 @@ def test_explore_for_a_named_run_hands_its_trial_out_again(target):
     refused = cli("recommend", *SPEC, "--mode", "explore", "--run-id", "job 9", server=target)
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "run_id" in refused.stderr
+    exploit = cli("recommend", *SPEC, "--run-id", "job 10", server=target)
+    assert exploit.returncode == 2 and "use it with --mode explore" in exploit.stderr
