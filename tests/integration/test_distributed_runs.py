@@ -70,6 +70,20 @@ def test_the_processes_of_a_distributed_job_train_one_trial_and_report_it_once(
     assert [(r.run_id, r.trial_id) for r in runs] == [("dist-job", ranks[0]["trial_id"])]
 
 
+def test_an_exploit_job_asks_again_at_its_batch_once_for_every_process(target, tmp_path):
+    """2 processes x 4 samples cannot make the recommended 7: the transformers callback asks
+    again with the batch pinned, and both processes train rank 0's answer to that."""
+    job = run_job("transformers", target, "exploit", tmp_path)
+    assert job.returncode == 0, job.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == {**ranks[1], "reported": True} and not ranks[0]["trial_id"]
+    assert ranks[0]["batch_size_tokens"] == 2 * 4 * 16
+    with Client(target) as client:
+        stored = client.get_run("dist-job")
+    assert (stored.hyperparameters.lr, stored.hyperparameters.batch_size_tokens) == (
+        ranks[0]["lr"], ranks[0]["batch_size_tokens"])
+
+
 def test_an_error_fetching_on_rank_zero_stops_every_process(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
