@@ -9,8 +9,8 @@ import pytest
 from clients import AsyncClient
 from clients.errors import InvalidArgumentError
 from clients.integrations import tracked_run
-from tests.integration.test_refine import (PINS, SPEC, backdate, explore_concurrently, report,
-                                          study_of)
+from tests.integration.test_refine import (PINS, SPEC, backdate, explore_concurrently,
+                                          explore_on_two_replicas, report, study_of)
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +108,11 @@ def test_the_async_client_names_the_run_too(target):
 
     first, again = asyncio.run(twice())
     assert first.trial_id and again.trial_id == first.trial_id
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_replicas_on_postgresql_hand_one_run_one_trial(database_url):
+    """Two replicas on one PostgreSQL, each asked twice at once for one run: the advisory lock
+    makes the first ask's trial the one every other ask finds."""
+    results = explore_on_two_replicas(database_url, run_id="one-job")
+    assert len({r.trial_id for r in results}) == 1
