@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from clients.integrations.tracking import FinalLoss
+from clients.integrations.final_loss import FinalLoss
 
 
 def reference(losses: list[tuple[int, float]], window: float) -> float:

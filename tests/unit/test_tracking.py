@@ -29,8 +29,9 @@ def test_an_interruption_is_no_outcome(error):
 
 import math  # noqa: E402
 
-from clients.integrations.tracking import (FINAL_LOSS_COUNT, FINAL_LOSS_WINDOW,  # noqa: E402
-                                           MAX_KEPT_LOSSES, FinalLoss, TrackedRun)
+from clients.integrations.final_loss import (FINAL_LOSS_COUNT, FINAL_LOSS_WINDOW,  # noqa: E402
+                                             MAX_KEPT_LOSSES, FinalLoss)
+from clients.integrations.tracking import TrackedRun  # noqa: E402
 
 SPEC = {"n_params": 1e6, "n_tokens": 1e8}
 HP = {"lr": 1e-3, "batch_size_tokens": 64, "weight_decay": 0.1}
