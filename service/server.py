@@ -57,7 +57,10 @@ class Service:
                      # gRPC sheds calls (CANCELLED, never reaching a handler) at random once
                      # over 1,000 wait for a worker; a burst of launchers must queue instead.
                      ("grpc.server.max_pending_requests", settings.max_pending_calls),
-                     ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls)],
+                     ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
+                     # gRPC binds with SO_REUSEPORT by default: a second server on a port in
+                     # use would start, and clients' calls be split between two databases.
+                     ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(
             RecommenderServicer(self.engine, self.store), self.server)
@@ -66,12 +69,16 @@ class Service:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         address = f"{host}:{settings.port}"
-        if settings.tls_cert_file:
-            self.port = self.server.add_secure_port(address, _tls_credentials(settings))
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if settings.tls_cert_file:
+                self.port = self.server.add_secure_port(address, _tls_credentials(settings))
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # what grpc raises when it cannot bind
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+            raise OSError(f"cannot listen on {settings.host}:{settings.port}: the port is in use "
+                          "or the host is not an address of this machine")
 
     def start(self) -> None:
         self.server.start()

@@ -111,3 +111,20 @@ def test_serve_refuses_a_trial_time_out_out_of_range_in_one_line(tmp_path, value
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert out.stderr.startswith("error: trial_timeout_seconds: ")
+
+
+def test_serve_refuses_a_port_already_in_use(tmp_path):
+    """gRPC would otherwise share the port (SO_REUSEPORT): two servers on two databases, each
+    call answered by either."""
+    process, target = start(f"sqlite:///{tmp_path / 'first.db'}", "--no-auth")
+    try:
+        port = target.rsplit(":", 1)[1]
+        out = subprocess.run([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 'second.db'}",
+                              "--port", port, "--metrics-port", "0", "--no-auth"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2  # the server's own logs precede the error line on stderr
+        assert out.stderr.strip().splitlines()[-1].startswith(
+            f"error: cannot listen on 127.0.0.1:{port}: the port is in use")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
