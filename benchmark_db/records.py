@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
 
@@ -22,6 +22,21 @@ FLOPS_PER_PARAM_TOKEN = 6.0  # C = 6 * N_active * D
 COMPUTE_TOLERANCE = 0.02
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+# A learning rate below this trains nothing in any budget the service covers; smaller ones
+# underflow the AdamW timescale B / (lr wd D) to infinities in the models.
+MIN_LR = 1e-10
+# The validation context of rows read back from the database: bounds added after a row may
+# have been stored (MIN_LR, MIN_COMPLETED_LOSS) do not apply, so older rows still load.
+STORED = {"stored": True}
+
+
+def _new_input(info: ValidationInfo) -> bool:
+    return not (info.context or {}).get("stored")
+
+
+def _check_min_lr(lr: float | None, info: ValidationInfo) -> None:
+    if lr is not None and lr < MIN_LR and _new_input(info):
+        raise ValueError(f"lr: must be at least {MIN_LR:g} (got {lr:g})")
 
 
 class Architecture(StrEnum):
@@ -79,6 +94,11 @@ class Hyperparameters(_Model):
     weight_decay: Finite = Field(ge=0, le=100)
     qat_fraction: Finite = Field(default=0.0, ge=0, le=1)
 
+    @model_validator(mode="after")
+    def _lr_trains(self, info: ValidationInfo) -> "Hyperparameters":
+        _check_min_lr(self.lr, info)
+        return self
+
 
 class Pins(_Model):
     """Hyperparameters fixed by the caller; None means free."""
@@ -87,6 +107,11 @@ class Pins(_Model):
     batch_size_tokens: Finite | None = Field(default=None, ge=1, le=1e12)
     weight_decay: Finite | None = Field(default=None, ge=0, le=100)
     qat_fraction: Finite | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _lr_trains(self, info: ValidationInfo) -> "Pins":
+        _check_min_lr(self.lr, info)
+        return self
 
 
 # A run is of a spec (ListRuns' filter) when its sizes are within this relative distance of the
@@ -141,8 +166,11 @@ class SpecFilter(_Model):
         return all(stored[name] == value for name, value in self.exact().items())
 
 
-# A completed run's loss in nats per token is far below this; a diverged one may be anything.
+# A completed run's loss in nats per token is far below MAX and far above MIN (text's entropy is
+# about one nat per token); a diverged one may be anything. A loss below MIN is a wrong unit or
+# a bug, and would become its group's loss level in every model fitted on it.
 MAX_COMPLETED_LOSS = 1e3
+MIN_COMPLETED_LOSS = 1e-2
 
 
 class RunOutcome(_Model):
@@ -150,13 +178,17 @@ class RunOutcome(_Model):
     final_loss: Finite | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _completed_has_plausible_loss(self) -> "RunOutcome":
+    def _completed_has_plausible_loss(self, info: ValidationInfo) -> "RunOutcome":
         if self.status is RunStatus.COMPLETED:
             if self.final_loss is None:
                 raise ValueError("final_loss: required when the run completed")
             if self.final_loss > MAX_COMPLETED_LOSS:
                 raise ValueError(f"final_loss: {self.final_loss:g} nats is not a completed run's "
                                  "loss; report it as diverged")
+            if self.final_loss < MIN_COMPLETED_LOSS and _new_input(info):
+                raise ValueError(f"final_loss: {self.final_loss:g} nats is below any language "
+                                 f"model's loss (at least {MIN_COMPLETED_LOSS:g}); report the mean "
+                                 "cross-entropy in nats per token")
         return self
 
 

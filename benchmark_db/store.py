@@ -13,7 +13,7 @@ from benchmark_db.engine import create_engine
 from benchmark_db.errors import InvalidArgument, NotFound
 from benchmark_db.group_commit import GroupCommitter
 from benchmark_db.keys import KeyStore
-from benchmark_db.records import RunRecord, RunReport, SpecFilter, check_tenant
+from benchmark_db.records import STORED, RunRecord, RunReport, SpecFilter, check_tenant
 from benchmark_db.schema import runs
 
 DEFAULT_TENANT = "default"
@@ -198,7 +198,7 @@ def _from_row(row) -> RunRecord:
         "trial_id": row["trial_id"],
         "source": row["source"],
         "created_at": created,
-    })
+    }, context=STORED)
 
 
 def _encode_token(last_id: int) -> str:

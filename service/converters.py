@@ -4,7 +4,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
-from benchmark_db.records import (Pins, RunRecord, RunReport, RunStatus, SpecFilter,
+from benchmark_db.records import (MIN_LR, Pins, RunRecord, RunReport, RunStatus, SpecFilter,
                                   TrainingSpec, resolve_spec, validated)
 from hparamrec.v1 import recommender_pb2 as pb
 from predictor.recommendation import Interval, Recommendation
@@ -148,7 +148,7 @@ def points_from_proto(request: pb.PredictLossRequest, spec: TrainingSpec) -> dic
     }
     with np.errstate(invalid="ignore"):
         checks = (
-            ("lr", ~((arrays["lr"] > 0) & (arrays["lr"] <= 10)), "must be in (0, 10]"),
+            ("lr", ~((arrays["lr"] >= MIN_LR) & (arrays["lr"] <= 10)), f"must be in [{MIN_LR:g}, 10]"),
             ("batch_size_tokens", ~((arrays["batch_size_tokens"] >= 1)
                                     & (arrays["batch_size_tokens"] <= spec.n_tokens)),
              "must be at least 1 and at most spec.n_tokens"),

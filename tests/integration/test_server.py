@@ -83,6 +83,7 @@ def test_bad_spec_is_invalid_argument_with_field(client, training_spec, field):
     ({"batch_size_tokens": 1e12}, "hyperparameters.batch_size_tokens"),
     ({"lr": float("nan")}, "hyperparameters.lr"),
     ({"lr": -1e-3}, "hyperparameters.lr"),
+    ({"lr": 5e-324}, "hyperparameters.lr"),  # underflows the models' AdamW timescale
     ({"weight_decay": float("inf")}, "hyperparameters.weight_decay"),
 ])
 def test_bad_report_changes_nothing(client, change, field):
@@ -100,6 +101,43 @@ def test_bad_pins(client):
     with pytest.raises(InvalidArgumentError) as exc:
         client.recommend(spec(n_params=1e9, n_tokens=1e10), pb.Pins(qat_fraction=0.5))
     assert exc.value.field_violations[0][0] == "pins.qat_fraction"
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.recommend(spec(n_params=1e9, n_tokens=1e10), pb.Pins(lr=1e-300))
+    assert exc.value.field_violations == [("pins.lr", "must be at least 1e-10 (got 1e-300)")]
+
+
+@pytest.mark.parametrize("loss", [1e-300, 5e-324, 0.009])
+def test_an_implausibly_small_loss_is_refused_and_changes_nothing(client, loss):
+    """A completed run's loss sets its group's level in every model fitted on it: a loss in
+    the wrong unit (or a bug's 1e-300) would skew every recommendation of the tenant."""
+    client.report_run(report_request("keep"))
+    before = client.list_runs()
+    request = report_request("tiny")
+    request.outcome.final_loss = loss
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.report_run(request)
+    [(field, reason)] = exc.value.field_violations
+    assert field == "outcome.final_loss" and "nats per token" in reason
+    assert client.list_runs() == before
+    request.outcome.final_loss = 0.01  # the bound itself is a loss
+    assert client.report_run(request).created
+
+
+def test_rows_stored_before_the_plausibility_bounds_still_load(service, client):
+    """Bounds added later (the least lr and completed loss) apply to new input only: a row
+    stored before them is still read, listed and fitted on."""
+    import sqlalchemy as sa
+
+    from benchmark_db.schema import runs
+
+    client.report_run(report_request("old"))
+    with service.store.engine.begin() as conn:
+        conn.execute(sa.update(runs).where(runs.c.run_id == "old")
+                     .values(final_loss=1e-300, lr=1e-300))
+    old = client.get_run("old")
+    assert (old.outcome.final_loss, old.hyperparameters.lr) == (1e-300, 1e-300)
+    assert [r.run_id for r in client.list_runs().runs] == ["old"]
+    assert client.recommend(spec(n_params=1e9, n_tokens=1e10)).lr > 0
 
 
 def test_raw_status_carries_bad_request_details(target):
@@ -203,5 +241,10 @@ def test_predict_loss_over_points(client, target):
         with pytest.raises(grpc.RpcError) as exc:
             stub.PredictLoss(pb.PredictLossRequest(spec=spec(n_params=1e9, n_tokens=2e10),
                                                    points=[pb.Hyperparameters(lr=-1, batch_size_tokens=1e6)]))
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "points[0].lr" in exc.value.details()
+        with pytest.raises(grpc.RpcError) as exc:  # its timescale would be infinite: no NaN loss
+            stub.PredictLoss(pb.PredictLossRequest(spec=spec(n_params=1e9, n_tokens=2e10),
+                                                   points=[pb.Hyperparameters(lr=5e-324, batch_size_tokens=1e6)]))
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "points[0].lr" in exc.value.details()
