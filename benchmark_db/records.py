@@ -25,6 +25,9 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 # A learning rate below this trains nothing in any budget the service covers; smaller ones
 # underflow the AdamW timescale B / (lr wd D) to infinities in the models.
 MIN_LR = 1e-10
+MAX_LR, MAX_WEIGHT_DECAY, MAX_BATCH_TOKENS = 10.0, 100.0, 1e12
+# A batch's sequences travel as an int32 (RecommendResponse.batch_size_sequences).
+MAX_BATCH_SEQUENCES = 2**31 - 1
 # The validation context of rows read back from the database: bounds added after a row may
 # have been stored (MIN_LR, MIN_COMPLETED_LOSS) do not apply, so older rows still load.
 STORED = {"stored": True}
@@ -70,10 +73,23 @@ class TrainingSpec(_Model):
     weight_bits: int = Field(default=NO_QUANTIZATION_BITS, ge=1, le=32)
 
     @model_validator(mode="after")
-    def _active_within_total(self) -> "TrainingSpec":
+    def _active_within_total(self, info: ValidationInfo) -> "TrainingSpec":
         if self.n_active_params > self.n_params * (1 + 1e-9):
             raise ValueError("n_active_params: must not exceed n_params")
+        if self.n_tokens < self.seq_len and _new_input(info):
+            raise ValueError(f"n_tokens: fewer than one sequence of seq_len {self.seq_len} tokens")
         return self
+
+    def feasible(self) -> dict[str, tuple[float, float]]:
+        """The range of each hyperparameter a run of this spec can report: what the service
+        recommends within. A batch is whole sequences, at most the training tokens and
+        MAX_BATCH_SEQUENCES."""
+        seq = self.seq_len
+        most = min(self.n_tokens, MAX_BATCH_TOKENS, seq * MAX_BATCH_SEQUENCES)
+        return {"lr": (MIN_LR, MAX_LR),
+                "batch_size_tokens": (float(seq), float(max(1, math.floor(most / seq)) * seq)),
+                "weight_decay": (0.0, MAX_WEIGHT_DECAY),
+                "qat_fraction": (0.0, 1.0 if self.quantized else 0.0)}
 
     @property
     def compute_flops(self) -> float:
@@ -89,9 +105,9 @@ class TrainingSpec(_Model):
 
 
 class Hyperparameters(_Model):
-    lr: Finite = Field(gt=0, le=10)
-    batch_size_tokens: Finite = Field(ge=1, le=1e12)
-    weight_decay: Finite = Field(ge=0, le=100)
+    lr: Finite = Field(gt=0, le=MAX_LR)
+    batch_size_tokens: Finite = Field(ge=1, le=MAX_BATCH_TOKENS)
+    weight_decay: Finite = Field(ge=0, le=MAX_WEIGHT_DECAY)
     qat_fraction: Finite = Field(default=0.0, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -103,9 +119,9 @@ class Hyperparameters(_Model):
 class Pins(_Model):
     """Hyperparameters fixed by the caller; None means free."""
 
-    lr: Finite | None = Field(default=None, gt=0, le=10)
-    batch_size_tokens: Finite | None = Field(default=None, ge=1, le=1e12)
-    weight_decay: Finite | None = Field(default=None, ge=0, le=100)
+    lr: Finite | None = Field(default=None, gt=0, le=MAX_LR)
+    batch_size_tokens: Finite | None = Field(default=None, ge=1, le=MAX_BATCH_TOKENS)
+    weight_decay: Finite | None = Field(default=None, ge=0, le=MAX_WEIGHT_DECAY)
     qat_fraction: Finite | None = Field(default=None, ge=0, le=1)
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from predictor import laws
 from predictor.loss_model import LossPrediction
 from predictor.prior import PriorRecommender
 from predictor.prior_model import PriorLossModel
-from predictor.recommendation import Recommendation
+from predictor.recommendation import Recommendation, within_feasible
 from predictor.registry import ModelRegistry
 from predictor.table import RunTable
 
@@ -40,11 +40,11 @@ class RecommendationEngine:
 
     def _recommend(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
         if self.refiner is not None:  # conditioned on the spec's study once it has trials
-            return self.refiner.exploit(tenant, spec, pins)
+            return within_feasible(self.refiner.exploit(tenant, spec, pins))
         predictor = self.registry.get(tenant)
         if predictor is None:
-            return self.prior.recommend(spec, pins)
-        return predictor.recommend(spec, pins)
+            return within_feasible(self.prior.recommend(spec, pins))
+        return within_feasible(predictor.recommend(spec, pins))
 
     def predict_loss(self, tenant: str, spec: TrainingSpec, lr: np.ndarray, batch_size_tokens: np.ndarray,
                      weight_decay: np.ndarray, qat_fraction: np.ndarray
@@ -72,7 +72,8 @@ class RecommendationEngine:
         if self.refiner is None:
             raise NotImplementedError("explore needs a refiner (predictor/refine.py)")
         try:
-            return self.refiner.explore(tenant, spec, pins, run_id)
+            # The trial's values are in its space, which is feasible: only intervals can move.
+            return within_feasible(self.refiner.explore(tenant, spec, pins, run_id))
         finally:
             self._changed(tenant)
 

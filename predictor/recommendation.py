@@ -55,3 +55,22 @@ class Recommendation(BaseModel):
 def whole_sequences(batch_size_tokens: float, seq_len: int) -> float:
     """A batch in tokens rounded to a whole number (at least one) of sequences."""
     return float(max(1, round(batch_size_tokens / seq_len)) * seq_len)
+
+
+def within_feasible(rec: Recommendation) -> Recommendation:
+    """rec with each value and interval inside what a run of its spec can report
+    (TrainingSpec.feasible), and a warning for each value moved: the laws extrapolated to tiny
+    or huge specs can ask for a weight decay above 100 or a batch above the training tokens."""
+    changes, warnings = {}, list(rec.warnings)
+    for name, (lo, hi) in rec.spec.feasible().items():
+        value, interval = getattr(rec, name), getattr(rec, f"{name}_interval")
+        kept = min(max(value, lo), hi)
+        clipped = Interval(lo=min(max(interval.lo, lo), kept), hi=max(min(interval.hi, hi), kept))
+        if kept != value:
+            warnings.append(f"{name}: the models ask for {value:g}, outside what a run of this "
+                            f"spec can use ({lo:g} to {hi:g}); {kept:g} is recommended instead")
+        if kept != value or clipped != interval:
+            changes |= {name: kept, f"{name}_interval": clipped}
+    if not changes:
+        return rec
+    return rec.model_copy(update=changes | {"warnings": tuple(warnings)})

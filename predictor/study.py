@@ -114,11 +114,14 @@ class SearchSpace:
             else:
                 value = getattr(rec, name)
                 bounds[name] = (value / SPACE_FACTOR, value * SPACE_FACTOR)
-        if "batch_size_tokens" in bounds:
+        for name, (lo, hi) in bounds.items():  # within what a run of the spec can report
+            least, most = spec.feasible()[name]
+            bounds[name] = (min(max(lo, least), most), max(min(hi, most), least))
+        if "batch_size_tokens" in bounds:  # whole sequences (feasible()'s ends are)
             lo, hi = bounds["batch_size_tokens"]
             seq = spec.seq_len
-            hi = max(seq, math.floor(min(hi, spec.n_tokens) / seq) * seq)
-            bounds["batch_size_tokens"] = (min(hi, max(seq, math.ceil(lo / seq) * seq)), hi)
+            hi = math.floor(hi / seq) * seq
+            bounds["batch_size_tokens"] = (min(hi, math.ceil(lo / seq) * seq), hi)
         return cls(bounds, fixed, spec.seq_len)
 
     @classmethod

@@ -248,3 +248,34 @@ def test_predict_loss_over_points(client, target):
                                                    points=[pb.Hyperparameters(lr=5e-324, batch_size_tokens=1e6)]))
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "points[0].lr" in exc.value.details()
+
+
+@pytest.mark.parametrize("sizes", [
+    dict(n_params=1e3, n_tokens=3e3),  # the timescale rule asks for a weight decay of 7
+    dict(n_params=1e14, n_tokens=3e3),  # ... of 823
+    dict(n_params=1e6, n_tokens=2e6, seq_len=2**20),  # one sequence is half the tokens
+    dict(n_params=1e9, n_tokens=1e17, seq_len=1),  # a batch of more sequences than an int32
+])
+def test_recommendations_of_extreme_specs_can_be_reported_as_they_are(client, sizes):
+    """What the service recommends, exploit or explore, is a configuration its ReportRun accepts:
+    the laws extrapolated this far ask for more, and are clamped with a warning."""
+    for mode in (pb.MODE_EXPLOIT, pb.MODE_EXPLORE):
+        rec = client.recommend(spec(**sizes), mode=mode)
+        assert 1 <= rec.batch_size_sequences <= 2**31 - 1
+        assert rec.batch_size_tokens <= sizes["n_tokens"]
+        assert rec.batch_size_tokens_interval.lo <= rec.batch_size_tokens <= rec.batch_size_tokens_interval.hi
+        assert rec.weight_decay_interval.lo <= rec.weight_decay <= rec.weight_decay_interval.hi <= 100
+        hyper = pb.Hyperparameters(lr=rec.lr, batch_size_tokens=rec.batch_size_tokens,
+                                   weight_decay=rec.weight_decay)
+        stored = client.report_run(pb.ReportRunRequest(
+            run_id=f"as-recommended-{mode}", spec=spec(**sizes), hyperparameters=hyper,
+            trial_id=rec.trial_id, recommendation_id=rec.recommendation_id,
+            outcome=pb.RunOutcome(status=pb.RUN_STATUS_COMPLETED, final_loss=5.0)))
+        assert stored.created
+
+
+def test_a_spec_of_fewer_tokens_than_one_sequence_is_refused(client):
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.recommend(spec(n_params=1e3, n_tokens=1e3))
+    assert exc.value.field_violations == [
+        ("spec.n_tokens", "fewer than one sequence of seq_len 2048 tokens")]
