@@ -1,6 +1,7 @@
 """Durable storage of runs, scoped by tenant."""
 
 import base64
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -117,7 +118,8 @@ class RunStore:
         query = sa.select(runs).where(runs.c.tenant == tenant, *_matching(spec))
         query = query.order_by(runs.c.id.desc())
         if page_token:
-            query = query.where(runs.c.id < _decode_token(page_token))
+            query = query.where(runs.c.id < _decode_token(
+                page_token, _max_row_id(self.engine.dialect.name)))
         with self.engine.connect() as conn:
             rows = conn.execute(query.limit(page_size + 1)).mappings().all()
         more = len(rows) > page_size
@@ -205,11 +207,21 @@ def _encode_token(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode()
 
 
-def _decode_token(token: str) -> int:
+# A token is the id of a row: positive, and within the id column (an Integer: 32 bits in
+# PostgreSQL, 64 in SQLite). Beyond it the driver overflows (INTERNAL); 0 or a negative id
+# would silently return an empty page.
+_TOKEN_ID = re.compile(r"id:([1-9][0-9]{0,18})")
+
+
+def _max_row_id(dialect: str) -> int:
+    return 2**31 - 1 if dialect == "postgresql" else 2**63 - 1
+
+
+def _decode_token(token: str, max_id: int) -> int:
     try:
-        kind, value = base64.urlsafe_b64decode(token.encode()).decode().split(":")
-        if kind != "id":
+        found = _TOKEN_ID.fullmatch(base64.urlsafe_b64decode(token.encode()).decode())
+        if found is None or int(found.group(1)) > max_id:
             raise ValueError
-        return int(value)
+        return int(found.group(1))
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument.single("page_token", "not a token this service returned") from None

@@ -1,5 +1,6 @@
 """One storage suite, run against SQLite and a real PostgreSQL."""
 
+import base64
 import threading
 
 import pytest
@@ -96,10 +97,29 @@ def test_paging_newest_first(store):
     assert seen == [f"r{i}" for i in reversed(range(7))]
 
 
-@pytest.mark.parametrize("token", ["garbage", "aWQ6eA=="])
+def token_of(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+# Well-formed but not a row id: beyond the 64-bit column (the driver overflowed: INTERNAL), or
+# not positive (an empty page, silently).
+@pytest.mark.parametrize("token", ["garbage", "aWQ6eA==", token_of("id:99999999999999999999999"),
+                                   token_of(f"id:{2**63}"), token_of("id:-5"), token_of("id:0"),
+                                   token_of("id:007"), token_of("id: 5")])
 def test_bad_page_token(store, token):
+    store.report("t", make_report("a"))
     with pytest.raises(InvalidArgument) as exc:
         store.page("t", page_token=token)
+    assert exc.value.violations[0].field == "page_token"
+
+
+def test_page_token_of_the_largest_row_id_pages_from_the_top(store):
+    largest = 2**31 - 1 if store.engine.dialect.name == "postgresql" else 2**63 - 1
+    store.report("t", make_report("a"))
+    page, token = store.page("t", page_token=token_of(f"id:{largest}"))
+    assert [r.run_id for r in page] == ["a"] and token == ""
+    with pytest.raises(InvalidArgument) as exc:
+        store.page("t", page_token=token_of(f"id:{largest + 1}"))
     assert exc.value.violations[0].field == "page_token"
 
 
