@@ -29,7 +29,8 @@ MAX_LR, MAX_WEIGHT_DECAY, MAX_BATCH_TOKENS = 10.0, 100.0, 1e12
 # A batch's sequences travel as an int32 (RecommendResponse.batch_size_sequences).
 MAX_BATCH_SEQUENCES = 2**31 - 1
 # The validation context of rows read back from the database: bounds added after a row may
-# have been stored (MIN_LR, MIN_COMPLETED_LOSS) do not apply, so older rows still load.
+# have been stored (MIN_LR, MIN_COMPLETED_LOSS, QAT without quantization) do not apply, so
+# older rows still load.
 STORED = {"stored": True}
 
 
@@ -244,11 +245,17 @@ class RunReport(_Model):
     source: str = "report"
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RunReport":
+    def _consistent(self, info: ValidationInfo) -> "RunReport":
         if self.hyperparameters.batch_size_tokens > self.spec.n_tokens:
             raise ValueError(
                 "hyperparameters.batch_size_tokens: larger than the run's n_tokens "
                 f"({self.hyperparameters.batch_size_tokens:g} > {self.spec.n_tokens:g})"
+            )
+        # As for Pins and PredictLoss points; runs stored before this rule may break it.
+        if self.hyperparameters.qat_fraction and not self.spec.quantized and _new_input(info):
+            raise ValueError(
+                "hyperparameters.qat_fraction: must be 0 or unset when spec.weight_bits is "
+                f"{self.spec.weight_bits} (no quantization)"
             )
         for key, value in self.metadata.items():
             if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:

@@ -5,7 +5,9 @@ import base64
 
 import pytest
 
-from clients.errors import InvalidArgumentError
+from clients.client import spec
+from clients.errors import InvalidArgumentError, NotFoundError
+from hparamrec.v1 import recommender_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
@@ -20,3 +22,23 @@ def test_list_runs_refuses_a_page_token_that_is_no_row_id(client, value):
     with pytest.raises(InvalidArgumentError) as exc:
         client.list_runs(page_token=token)
     assert fields_of(exc) == ["page_token"]
+
+
+def report_request(run_id: str, weight_bits: int, qat_fraction: float) -> pb.ReportRunRequest:
+    return pb.ReportRunRequest(
+        run_id=run_id, spec=spec(n_params=1e9, n_tokens=2e10, weight_bits=weight_bits),
+        hyperparameters=pb.Hyperparameters(lr=1e-3, batch_size_tokens=1e6, weight_decay=0.1,
+                                           qat_fraction=qat_fraction),
+        outcome=pb.RunOutcome(status=pb.RUN_STATUS_COMPLETED, final_loss=2.5))
+
+
+@pytest.mark.parametrize("weight_bits", [16, 32])
+def test_report_run_refuses_qat_without_quantization_as_pins_do(client, weight_bits):
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.report_run(report_request("qat-16", weight_bits, 0.5))
+    assert fields_of(exc) == ["hyperparameters.qat_fraction"]
+    assert f"weight_bits is {weight_bits}" in exc.value.field_violations[0][1]
+    with pytest.raises(NotFoundError):
+        client.get_run("qat-16")
+    assert client.report_run(report_request("qat-4", 4, 0.5)).created
+    assert client.report_run(report_request("no-qat-16", weight_bits, 0.0)).created

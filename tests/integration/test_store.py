@@ -123,6 +123,16 @@ def test_page_token_of_the_largest_row_id_pages_from_the_top(store):
     assert exc.value.violations[0].field == "page_token"
 
 
+def test_a_run_stored_before_a_rule_was_added_still_reads(store):
+    """Runs are read back as they were accepted: QAT on a 16-bit run was once accepted."""
+    store.report("t", make_report("a"))
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE runs SET qat_fraction = 0.5"))
+    assert store.get("t", "a").hyperparameters.qat_fraction == 0.5
+    assert [r.hyperparameters.qat_fraction for r in store.page("t")[0]] == [0.5]
+    assert [r.run_id for r in store.all_runs("t")] == ["a"]
+
+
 def test_add_many_is_idempotent(store):
     reports = [make_report(f"r{i}") for i in range(5)]
     assert store.add_many("t", reports) == 5

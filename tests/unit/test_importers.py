@@ -242,6 +242,8 @@ def test_error_message_reads_row_column_reason(tmp_path):
     ('{"n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3, "batch_size_tokens": 1e6, '
      '"weight_decay": 0.1, "final_loss": 2.5, "status": "completed", "diverged": true}',
      "row 1: diverged"),
+    ('{"n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3, "batch_size_tokens": 1e6, '
+     '"weight_decay": 0.1, "qat_fraction": 0.5, "final_loss": 2.5}', "row 1: qat_fraction"),
 ])
 def test_bad_jsonl_line_names_the_row(tmp_path, line, field):
     path = tmp_path / "r.jsonl"
