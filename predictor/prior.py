@@ -15,7 +15,8 @@ from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Architecture, Pins, TrainingSpec
 from predictor import laws
 from predictor.bowl import COORDS, Bowl
-from predictor.recommendation import Interval, Recommendation, Source, whole_sequences
+from predictor.recommendation import (MAX_BATCH_SEQUENCES, Interval, Recommendation, Source,
+                                      whole_sequences)
 
 PRIOR_VERSION = "prior@1"
 Z80 = 1.2816  # standard-normal quantile of a central 80% interval
@@ -165,6 +166,21 @@ def check_pins(spec: TrainingSpec, pins: Pins) -> None:
         raise InvalidArgument.single(
             "pins.batch_size_tokens",
             f"larger than spec.n_tokens ({pins.batch_size_tokens:g} > {spec.n_tokens:g})",
+        )
+    # A pinned batch is returned as is, in tokens and in whole sequences: it must be at least
+    # one sequence and no more sequences than batch_size_sequences can carry.
+    if pins.batch_size_tokens is not None and pins.batch_size_tokens < spec.seq_len:
+        raise InvalidArgument.single(
+            "pins.batch_size_tokens",
+            f"less than one sequence of spec.seq_len {spec.seq_len} tokens "
+            f"(got {pins.batch_size_tokens:g})",
+        )
+    if (pins.batch_size_tokens is not None
+            and round(pins.batch_size_tokens / spec.seq_len) > MAX_BATCH_SEQUENCES):
+        raise InvalidArgument.single(
+            "pins.batch_size_tokens",
+            f"more than {MAX_BATCH_SEQUENCES} sequences of spec.seq_len {spec.seq_len} tokens "
+            f"(got {pins.batch_size_tokens:g})",
         )
     if pins.qat_fraction and not spec.quantized:
         raise InvalidArgument.single(

@@ -42,3 +42,25 @@ def test_report_run_refuses_qat_without_quantization_as_pins_do(client, weight_b
         client.get_run("qat-16")
     assert client.report_run(report_request("qat-4", 4, 0.5)).created
     assert client.report_run(report_request("no-qat-16", weight_bits, 0.0)).created
+
+
+@pytest.mark.parametrize("training_spec, batch", [
+    (spec(n_params=1e9, n_tokens=1e12), 1000),  # under one sequence of 2048: 0 sequences
+    (spec(n_params=1e9, n_tokens=1e12, seq_len=1), 5e9),  # beyond an int32 of sequences
+])
+def test_recommend_refuses_a_pinned_batch_it_cannot_return_in_sequences(client, training_spec,
+                                                                        batch):
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.recommend(training_spec, pb.Pins(batch_size_tokens=batch))
+    assert fields_of(exc) == ["pins.batch_size_tokens"]
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.recommend(training_spec, pb.Pins(batch_size_tokens=batch), mode=pb.MODE_EXPLORE)
+    assert fields_of(exc) == ["pins.batch_size_tokens"]
+
+
+def test_recommend_takes_a_pinned_batch_of_one_sequence_up_to_the_int32_limit(client):
+    one = client.recommend(spec(n_params=1e9, n_tokens=1e12), pb.Pins(batch_size_tokens=2048))
+    assert (one.batch_size_tokens, one.batch_size_sequences) == (2048, 1)
+    most = client.recommend(spec(n_params=1e9, n_tokens=1e12, seq_len=1),
+                            pb.Pins(batch_size_tokens=2**31 - 1))
+    assert most.batch_size_sequences == 2**31 - 1
