@@ -225,8 +225,10 @@ def check_tenant(tenant: str) -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    """A run_id given outside a report (an explore's), held to the report's rules."""
-    if len(run_id) > MAX_ID_LENGTH or not RUN_ID_PATTERN.match(run_id):
+    """A run_id given outside a report (an explore's, GetRun's), held to the report's rules."""
+    # fullmatch: with match, "$" also matches before a final newline, which the report's
+    # pattern (pydantic's regex engine) refuses.
+    if len(run_id) > MAX_ID_LENGTH or not RUN_ID_PATTERN.fullmatch(run_id):
         raise InvalidArgument.single("run_id", f"1-{MAX_ID_LENGTH} characters, none of them a "
                                                "control character")
     return run_id

@@ -1,6 +1,7 @@
 """RecommenderService: each handler converts the request, makes one domain call, converts back."""
 
 from benchmark_db.errors import InvalidArgument
+from benchmark_db.records import check_run_id
 from benchmark_db.store import RunStore
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -52,7 +53,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         return converters.predictions_to_proto(queries, prediction, versions)
 
     def GetRun(self, request: pb.GetRunRequest, context) -> pb.GetRunResponse:
-        run = self.store.get(tenant_of(context), request.run_id)
+        # A run_id no report could carry is bad input, not a run not found. Checked on the
+        # request, not in RunStore.get, which also reads stored runs back by id (study_sync).
+        run = self.store.get(tenant_of(context), check_run_id(request.run_id))
         return pb.GetRunResponse(run=converters.run_to_proto(run))
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatResponse:

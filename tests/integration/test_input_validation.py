@@ -64,3 +64,10 @@ def test_recommend_takes_a_pinned_batch_of_one_sequence_up_to_the_int32_limit(cl
     most = client.recommend(spec(n_params=1e9, n_tokens=1e12, seq_len=1),
                             pb.Pins(batch_size_tokens=2**31 - 1))
     assert most.batch_size_sequences == 2**31 - 1
+
+
+@pytest.mark.parametrize("run_id", ["", "x" * 201, "a\nb", "run\n"])
+def test_get_run_refuses_a_run_id_no_report_could_carry(client, run_id):
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.get_run(run_id)
+    assert fields_of(exc) == ["run_id"]
