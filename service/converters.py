@@ -160,7 +160,9 @@ def points_from_proto(request: pb.PredictLossRequest, spec: TrainingSpec) -> dic
                                   & (spec.quantized | (arrays["qat_fraction"] == 0)))),
              "must be in [0, 1], and 0 when spec.weight_bits is 16"),
         )
-    violations = [FieldViolation(f"points[{i}].{name}", f"{reason} (got {arrays[name][i]!r})")
+    # float(): a numpy scalar's repr is "np.float64(0.0)", not the number the caller sent.
+    violations = [FieldViolation(f"points[{i}].{name}",
+                                 f"{reason} (got {float(arrays[name][i])!r})")
                   for name, bad, reason in checks for i in np.flatnonzero(bad)[:5]]
     if violations:
         raise InvalidArgument(violations)

@@ -3,11 +3,15 @@ INVALID_ARGUMENT naming the field, never INTERNAL or a silently wrong answer."""
 
 import base64
 
+import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from clients.client import spec
 from clients.errors import InvalidArgumentError, NotFoundError
 from hparamrec.v1 import recommender_pb2 as pb
+from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +75,18 @@ def test_get_run_refuses_a_run_id_no_report_could_carry(client, run_id):
     with pytest.raises(InvalidArgumentError) as exc:
         client.get_run(run_id)
     assert fields_of(exc) == ["run_id"]
+
+
+def test_predict_loss_violations_quote_plain_numbers(target):
+    points = [pb.Hyperparameters(lr=5e-324), pb.Hyperparameters(lr=1e-3, batch_size_tokens=1e6,
+                                                                weight_decay=float("nan"))]
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as exc:
+        pb_grpc.RecommenderServiceStub(channel).PredictLoss(pb.PredictLossRequest(
+            spec=spec(n_params=1e9, n_tokens=2e10), points=points))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = error_details_pb2.BadRequest()
+    assert rpc_status.from_call(exc.value).details[0].Unpack(bad)
+    reasons = {v.field: v.description for v in bad.field_violations}
+    assert reasons["points[0].lr"].endswith("(got 5e-324)")
+    assert reasons["points[0].batch_size_tokens"].endswith("(got 0.0)")
+    assert "np." not in exc.value.details() and "np." not in "".join(reasons.values())
