@@ -12,11 +12,10 @@ import math
 import numpy as np
 
 from benchmark_db.errors import InvalidArgument
-from benchmark_db.records import Architecture, Pins, TrainingSpec
+from benchmark_db.records import MAX_BATCH_SEQUENCES, Architecture, Pins, TrainingSpec
 from predictor import laws
 from predictor.bowl import COORDS, Bowl
-from predictor.recommendation import (MAX_BATCH_SEQUENCES, Interval, Recommendation, Source,
-                                      whole_sequences)
+from predictor.recommendation import Interval, Recommendation, Source, whole_sequences
 
 PRIOR_VERSION = "prior@1"
 Z80 = 1.2816  # standard-normal quantile of a central 80% interval

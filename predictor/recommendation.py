@@ -7,8 +7,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from benchmark_db.records import TrainingSpec
 
 HYPERPARAMETERS = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
-# A recommendation's batch in whole sequences travels as an int32 (batch_size_sequences).
-MAX_BATCH_SEQUENCES = 2**31 - 1
 
 
 class Interval(BaseModel):
