@@ -71,10 +71,11 @@ def backoff(attempt: int) -> float:
 # Requests and responses, shared by Client and AsyncClient.
 
 def recommend_request(training_spec, pins, mode, run_id: str = "") -> pb.RecommendRequest:
-    request = pb.RecommendRequest(spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec)),
+    request = pb.RecommendRequest(spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec),
+                                                       "spec"),
                                   mode=_mode(mode), run_id=run_id)
     if pins is not None:
-        request.pins.CopyFrom(convert.to_proto(convert.coerce(pins, Pins)))
+        request.pins.CopyFrom(convert.to_proto(convert.coerce(pins, Pins), "pins"))
     return request
 
 
@@ -100,7 +101,7 @@ def report_request(report, fields: dict) -> pb.ReportRunRequest:
 def list_runs_request(page_size: int, page_token: str, training_spec) -> pb.ListRunsRequest:
     request = pb.ListRunsRequest(page_size=page_size, page_token=page_token)
     if training_spec is not None:
-        request.spec.CopyFrom(convert.to_proto(convert.coerce(training_spec, TrainingSpec)))
+        request.spec.CopyFrom(convert.to_proto(convert.coerce(training_spec, TrainingSpec), "spec"))
     return request
 
 
@@ -121,8 +122,9 @@ def page_of(response: pb.ListRunsResponse, request: pb.ListRunsRequest) -> RunPa
 
 def predict_loss_request(training_spec, points: Iterable) -> pb.PredictLossRequest:
     return pb.PredictLossRequest(
-        spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec)),
-        points=[convert.to_proto(convert.coerce(p, Hyperparameters)) for p in points])
+        spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec), "spec"),
+        points=[convert.to_proto(convert.coerce(p, Hyperparameters), f"points[{i}]")
+                for i, p in enumerate(points)])
 
 
 class Client:

@@ -121,6 +121,10 @@ def test_runs_list_limit(target):
     (["report", "--params", "1B", "--tokens", "1B", "--lr", "1e-3", "--batch-size-tokens", "1M",
       "--weight-decay", "0.1"], 2, "--loss"),
     (["runs", "show", "nope"], 4, "nope"),
+    (["recommend", "--params", "1.3B", "--tokens", "100B", "--seq-len", "99999999999"], 2,
+     "spec.seq_len: out of range"),
+    (["runs", "list", "--params", "1.3B", "--tokens", "100B", "--bits", "99999999999"], 2,
+     "spec.weight_bits: out of range"),
     (["recommend", "--frobnicate"], 2, "--frobnicate"),
 ])
 def test_errors_are_one_line_with_meaningful_exit_codes(target, args, code, needle):

@@ -88,6 +88,24 @@ def test_sizes_take_human_units_and_typos_are_errors():
         models.TrainingSpec(n_params="lots")
 
 
+@pytest.mark.parametrize("field", ["seq_len", "weight_bits"])
+def test_an_integer_too_large_for_its_proto_field_is_bad_input_named_by_field(field):
+    from clients.client import list_runs_request, recommend_request, report_request
+    from clients.errors import InvalidArgumentError
+
+    spec = models.TrainingSpec(n_params="1.3B", n_tokens="100B", **{field: 99_999_999_999})
+    hp = models.Hyperparameters(lr=1e-3, batch_size_tokens="1M", weight_decay=0.1)
+    for build in (lambda: recommend_request(spec, None, "exploit"),
+                  lambda: list_runs_request(10, "", spec),
+                  lambda: report_request(None, {"spec": spec, "hyperparameters": hp,
+                                                "outcome": models.RunOutcome.failed()})):
+        with pytest.raises(InvalidArgumentError) as caught:
+            build()
+        assert str(caught.value) == (f"spec.{field}: out of range for a 32-bit integer "
+                                     "(got 99999999999)")
+        assert caught.value.exit_code == 2
+
+
 def test_coerce_takes_models_dicts_and_messages():
     expected = models.TrainingSpec(n_params=1e9, n_tokens=2e10)
     assert convert.coerce(expected, models.TrainingSpec) is expected
