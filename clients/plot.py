@@ -33,10 +33,13 @@ class Landscape:
 
 
 def log_axis(lo: float, hi: float, points: int) -> list[float]:
+    """`points` log-spaced values from lo to hi. The ends are lo and hi exactly: exp(log(x))
+    rounds, and an end a hair past a cap (lr 10, the spec's tokens) is refused by the service."""
     if points == 1 or lo == hi:
         return [math.sqrt(lo * hi)] * max(points, 1)
     step = (math.log(hi) - math.log(lo)) / (points - 1)
-    return [math.exp(math.log(lo) + i * step) for i in range(points)]
+    inner = [math.exp(math.log(lo) + i * step) for i in range(1, points - 1)]
+    return [lo, *(min(max(v, lo), hi) for v in inner), hi]
 
 
 def axes(rec: Recommendation, runs: list[Run], points: int) -> tuple[list[float], list[float]]:

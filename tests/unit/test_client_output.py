@@ -119,6 +119,16 @@ def test_plot_axes_cover_the_recommendation_and_the_runs():
     assert all(a < b for a, b in zip(lrs, lrs[1:]))
 
 
+@pytest.mark.parametrize("pins", [{"lr": 1.0}, {"batch_size_tokens": 5e10}])
+def test_plot_axes_end_exactly_at_the_caps_the_service_enforces(pins):
+    rec = recommendation([]).model_copy(update=pins)  # a pin puts the recommendation there
+    for points in range(5, 101):
+        lrs, batches = plot.axes(rec, [], points)
+        assert lrs[-1] <= 10.0 and batches[-1] <= SPEC.n_tokens
+        assert all(a < b for a, b in zip(lrs, lrs[1:]))
+    assert plot.log_axis(0.08, 10.0, 25)[-1] == 10.0 and plot.log_axis(0.08, 10.0, 25)[0] == 0.08
+
+
 def test_plot_marks_runs_of_the_same_spec_only():
     other = SPEC.model_copy(update={"n_tokens": 2e11})
     quantized = SPEC.model_copy(update={"weight_bits": 4})
