@@ -11,9 +11,9 @@ import sys
 import click
 
 from clients.cli_admin import backtest, import_runs, keys
-from clients.cli_options import (QUANTITY, CliError, client_options, json_option, pin_options,
-                                 pins_of, print_json, spec_filter_of, spec_of, spec_options,
-                                 to_dict)
+from clients.cli_options import (QUANTITY, CliError, check_out, client_options, json_option,
+                                 pin_options, pins_of, print_json, spec_filter_of, spec_of,
+                                 spec_options, to_dict)
 from clients.errors import HparamrecError
 
 
@@ -229,12 +229,17 @@ def runs_export(file_format, out, client, as_json, **kw) -> None:
     spec = spec_filter_of(kw)
     if as_json and not out:
         raise CliError("--json needs --out: without it the runs themselves go to standard output")
+    if out:
+        check_out(out)
     with client() as c:
         found = list(c.iter_runs(page_size=1000, spec=spec))
     found.reverse()
     if out:
-        with open(out, "w", encoding="utf-8", newline="") as f:
-            count = WRITERS[file_format](found, f)
+        try:
+            with open(out, "w", encoding="utf-8", newline="") as f:
+                count = WRITERS[file_format](found, f)
+        except OSError as exc:
+            raise CliError(f"--out: cannot write {out}: {exc.strerror}") from None
     else:
         count = WRITERS[file_format](found, sys.stdout)
     if as_json:
@@ -247,7 +252,8 @@ def runs_export(file_format, out, client, as_json, **kw) -> None:
 @spec_options
 @pin_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False, writable=True),
-              help="Image file to write (PNG; the format follows the extension).")
+              help="Image file to write: the format follows the extension (png, svg, pdf, ...); "
+                   "without one, .png is added.")
 @click.option("--study", is_flag=True,
               help="Plot the refinement history of the spec's study (its runs in the order "
                    "reported, and the exploit recommendation) instead of the loss landscape.")
@@ -267,9 +273,16 @@ def plot(out, study, points, client, as_json, **kw) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CliError("plot needs matplotlib: pip install 'hparamrec[plot]'", 1) from None
+    from clients import plot as plotting
+
+    # Checked before any call to the server; `out` becomes the file matplotlib will write.
+    check_out(out)
+    try:
+        out = plotting.figure_path(out)
+    except ValueError as exc:
+        raise CliError(f"--out: {exc}") from None
     if study:
         return _plot_study(out, spec_of(kw), pins_of(kw), client, as_json)
-    from clients import plot as plotting
 
     pins = pins_of(kw)
     say = None

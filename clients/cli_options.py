@@ -53,6 +53,18 @@ def client_options(f):
     return wrapper
 
 
+def check_out(path: str) -> None:
+    """--out must land in an existing, writable directory: checked before any call to the
+    server, so a typo does not cost the calls (click checks only files that exist)."""
+    import os
+
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise CliError(f"--out: no such directory: {directory}")
+    if not os.access(directory, os.W_OK):
+        raise CliError(f"--out: directory not writable: {directory}")
+
+
 def db_option(f):
     return click.option("--db", envvar="HPARAMREC_DATABASE_URL", default="sqlite:///var/hparamrec.db",
                         show_default=True, help="SQLAlchemy URL of the database "

@@ -129,6 +129,24 @@ def landscape(client: Client, spec: TrainingSpec, pins: Pins, points: int = 25,
     return rec, runs, loss_grid(client, rec.spec, lrs, batches, pins)
 
 
+def figure_path(path: str) -> str:
+    """The file matplotlib will write for `path`: its extension must name a format matplotlib
+    writes (ValueError, listing them, otherwise); with none it adds its default (l -> l.png)."""
+    import os
+
+    import matplotlib
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    extension = os.path.splitext(path)[1][1:].lower()
+    if not extension:  # as matplotlib's savefig names the file
+        return path.rstrip(".") + "." + matplotlib.rcParams["savefig.format"]
+    supported = sorted(FigureCanvasBase.get_supported_filetypes())
+    if extension not in supported:
+        raise ValueError(f"unsupported image format {extension!r}: use one of "
+                         f"{', '.join(supported)}")
+    return path
+
+
 def draw(path: str, rec: Recommendation, runs: list[Run], grid: Landscape) -> None:
     """Writes the figure (PNG, or any format matplotlib infers from the file name)."""
     import matplotlib

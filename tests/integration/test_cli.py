@@ -204,6 +204,34 @@ def test_plot_writes_a_png_with_the_runs_of_the_spec_marked(target, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["runs", "export", "--out", "/nonexistent/d/f.csv"], "--out: no such directory: /nonexistent/d"),
+    (["plot", "--params", "1.3B", "--tokens", "100B", "--out", "/nonexistent/l.png"],
+     "--out: no such directory: /nonexistent"),
+    (["plot", "--study", "--params", "1.3B", "--tokens", "100B", "--out", "/nonexistent/l.png"],
+     "--out: no such directory: /nonexistent"),
+    (["plot", "--params", "1.3B", "--tokens", "100B", "--out", "l.txt"],
+     "--out: unsupported image format 'txt': use one of "),
+    (["plot", "--study", "--params", "1.3B", "--tokens", "100B", "--out", "s.foo"],
+     "--out: unsupported image format 'foo': use one of "),
+])
+def test_a_bad_out_is_refused_before_calling_the_server(args, needle):
+    out = cli(*args, server="127.0.0.1:1")  # nothing listens there: exit 3 if it were called
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + needle)
+    if "format" in needle:
+        assert "png" in lines[0] and "svg" in lines[0] and "pdf" in lines[0]
+
+
+def test_plot_without_an_extension_says_the_file_it_wrote(target, tmp_path):
+    out = cli("plot", "--params", "1.3B", "--tokens", "100B", "--out", str(tmp_path / "l"),
+              "--grid", "5", server=target)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"wrote {tmp_path / 'l.png'}: ")
+    assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_shell_completion_scripts():
     for shell, needle in (("bash", "complete -o nosort -F _hparamrec_completion hparamrec"),
                           ("zsh", "#compdef hparamrec"), ("fish", "complete --no-files --command hparamrec")):
