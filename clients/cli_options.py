@@ -33,6 +33,10 @@ class Quantity(click.ParamType):
 QUANTITY = Quantity()
 
 
+# Client's arguments by the flags that set them, for the errors of unusable settings.
+CLIENT_FLAGS = {"target": "--server", "tls_ca": "--tls-ca"}
+
+
 def client_options(f):
     """--server, --api-key and --tls-ca, handed to the command as a `client()` factory."""
 
@@ -45,8 +49,13 @@ def client_options(f):
     def wrapper(*args, server, api_key, tls_ca, **kwargs):
         def client():
             from clients.client import Client
+            from clients.errors import ClientSettingsError
 
-            return Client(server, api_key=api_key, tls_ca=tls_ca)
+            try:
+                return Client(server, api_key=api_key, tls_ca=tls_ca)
+            except ClientSettingsError as exc:  # named by the flag, not the argument
+                field, problem = exc.field_violations[0]
+                raise CliError(f"{CLIENT_FLAGS.get(field, field)}: {problem}") from None
 
         return f(*args, client=client, **kwargs)
 

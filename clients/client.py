@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import grpc
 
 from clients import convert
-from clients.errors import UnimplementedError, from_rpc_error
+from clients.errors import ClientSettingsError, UnimplementedError, from_rpc_error
 from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
                             Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
@@ -54,8 +54,13 @@ class Settings:
         tls_ca = tls_ca or os.environ.get("HPARAMREC_TLS_CA")
         roots = None
         if tls_ca:
-            with open(tls_ca, "rb") as f:
-                roots = f.read()
+            try:
+                with open(tls_ca, "rb") as f:
+                    roots = f.read()
+            except OSError as exc:
+                raise ClientSettingsError(
+                    f"tls_ca: cannot read {tls_ca}",
+                    [("tls_ca", f"cannot read {tls_ca}: {exc.strerror}")]) from None
         metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         return cls(target, metadata, bool(tls or tls_ca), roots)
 

@@ -57,6 +57,11 @@ class ResourceExhaustedError(HparamrecError):
 _BY_CODE = {cls.code: cls for cls in HparamrecError.__subclasses__()}
 
 
+class ClientSettingsError(InvalidArgumentError):
+    """A setting of the client itself is unusable (a tls_ca file that cannot be read), found
+    before any call; its field violation names the setting (Client's argument name)."""
+
+
 def from_rpc_error(error: grpc.RpcError) -> HparamrecError:
     cls = _BY_CODE.get(error.code(), HparamrecError)
     violations = []

@@ -141,6 +141,17 @@ def test_unreachable_server_exits_3():
     assert out.stderr.count("\n") == 1 and "cannot reach" in out.stderr
 
 
+@pytest.mark.parametrize("args, env, needle", [
+    (["--tls-ca", "/nonexistent.pem"], {}, "--tls-ca: cannot read /nonexistent.pem: "),
+    ([], {"HPARAMREC_TLS_CA": "/nonexistent.pem"}, "--tls-ca: cannot read /nonexistent.pem: "),
+])
+def test_unusable_client_settings_are_one_line_and_exit_2(args, env, needle):
+    out = cli("runs", "list", *args, server="127.0.0.1:1", env=env)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + needle)
+
+
 def test_runs_export_reimports_cleanly(target, tmp_path):
     runs = [REPORT[:-1] + ["a"] + ["--meta", "cluster=a100", "--meta", "team=x"],
             ["report", "--params", "8B", "--active-params", "1B", "--tokens", "200B",

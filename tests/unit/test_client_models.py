@@ -106,6 +106,17 @@ def test_an_integer_too_large_for_its_proto_field_is_bad_input_named_by_field(fi
         assert caught.value.exit_code == 2
 
 
+def test_a_tls_ca_that_cannot_be_read_is_a_settings_error_naming_it(tmp_path):
+    from clients.client import Client
+    from clients.errors import ClientSettingsError, InvalidArgumentError
+
+    with pytest.raises(ClientSettingsError) as caught:
+        Client("127.0.0.1:1", tls_ca=str(tmp_path / "missing.pem"))
+    assert isinstance(caught.value, InvalidArgumentError)
+    assert caught.value.field_violations[0][0] == "tls_ca"
+    assert str(caught.value).startswith(f"tls_ca: cannot read {tmp_path / 'missing.pem'}: ")
+
+
 def test_coerce_takes_models_dicts_and_messages():
     expected = models.TrainingSpec(n_params=1e9, n_tokens=2e10)
     assert convert.coerce(expected, models.TrainingSpec) is expected
