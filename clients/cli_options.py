@@ -48,10 +48,11 @@ def client_options(f):
     @functools.wraps(f)
     def wrapper(*args, server, api_key, tls_ca, **kwargs):
         def client():
-            from clients.client import Client
+            from clients.client import Client, check_target
             from clients.errors import ClientSettingsError
 
             try:
+                check_target(server, require_port=True)  # the documented HOST:PORT
                 return Client(server, api_key=api_key, tls_ca=tls_ca)
             except ClientSettingsError as exc:  # named by the flag, not the argument
                 field, problem = exc.field_violations[0]

@@ -13,6 +13,7 @@ Errors come back as the exceptions of clients/errors.py.
 
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,35 @@ from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+# gRPC's own target forms (unix:/run/x.sock, dns:///host:port, ...) are passed through as given.
+GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:", "xds:")
+_HOST_PORT = re.compile(r"(?P<host>\[[^\]]+\]|[^:\[\]]+)(?::(?P<port>[^:]*))?")
+
+
+def check_target(target: str, require_port: bool = False) -> None:
+    """A HOST:PORT target has a port in 1..65535 (gRPC would otherwise try another port, or
+    443 when there is none: require_port, as the CLI does); ClientSettingsError if not."""
+    if target.startswith(GRPC_SCHEMES):
+        return
+    match = _HOST_PORT.fullmatch(target)
+    if match is None:
+        if ":" in target and not require_port:
+            return  # an unbracketed IPv6 address: left to gRPC
+        problem = "expected HOST:PORT"
+    else:
+        port = match["port"]
+        if port is None:
+            if not require_port:
+                return
+            problem = "expected HOST:PORT, with the port"
+        elif not (port.isdigit() and 1 <= int(port) <= 65535):
+            problem = "the port must be a number from 1 to 65535"
+        else:
+            return
+    raise ClientSettingsError(f"target: {problem} (got {target!r})",
+                              [("target", f"{problem} (got {target!r})")])
 
 
 def spec(**fields) -> pb.TrainingSpec:
@@ -50,6 +80,7 @@ class Settings:
     def resolve(cls, target: str | None, api_key: str | None, tls: bool,
                 tls_ca: str | None) -> "Settings":
         target = target or os.environ.get("HPARAMREC_SERVER") or DEFAULT_TARGET
+        check_target(target)
         api_key = api_key or os.environ.get("HPARAMREC_API_KEY")
         tls_ca = tls_ca or os.environ.get("HPARAMREC_TLS_CA")
         roots = None

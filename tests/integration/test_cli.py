@@ -144,12 +144,24 @@ def test_unreachable_server_exits_3():
 @pytest.mark.parametrize("args, env, needle", [
     (["--tls-ca", "/nonexistent.pem"], {}, "--tls-ca: cannot read /nonexistent.pem: "),
     ([], {"HPARAMREC_TLS_CA": "/nonexistent.pem"}, "--tls-ca: cannot read /nonexistent.pem: "),
+    (["--server", "127.0.0.1:99999"], {}, "--server: the port must be a number from 1 to 65535"),
+    (["--server", "127.0.0.1"], {}, "--server: expected HOST:PORT, with the port"),
+    ([], {"HPARAMREC_SERVER": "127.0.0.1"}, "--server: expected HOST:PORT, with the port"),
 ])
 def test_unusable_client_settings_are_one_line_and_exit_2(args, env, needle):
-    out = cli("runs", "list", *args, server="127.0.0.1:1", env=env)
+    if "--server" not in args and "HPARAMREC_SERVER" not in env:
+        args = [*args, "--server", "127.0.0.1:1"]  # nothing listens there: exit 3 if called
+    out = cli("runs", "list", *args, env=env)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: " + needle)
+
+
+def test_grpc_target_forms_still_reach_the_server(target):
+    port = target.rsplit(":", 1)[1]
+    for server in (f"localhost:{port}", f"dns:///127.0.0.1:{port}", f"ipv4:127.0.0.1:{port}"):
+        out = cli("runs", "list", "--json", server=server)
+        assert out.returncode == 0 and json.loads(out.stdout) == {"runs": []}, (server, out.stderr)
 
 
 def test_runs_export_reimports_cleanly(target, tmp_path):

@@ -117,6 +117,24 @@ def test_a_tls_ca_that_cannot_be_read_is_a_settings_error_naming_it(tmp_path):
     assert str(caught.value).startswith(f"tls_ca: cannot read {tmp_path / 'missing.pem'}: ")
 
 
+@pytest.mark.parametrize("target, require_port, ok", [
+    ("127.0.0.1:50051", True, True), ("localhost:1", True, True), ("[::1]:443", True, True),
+    ("dns:///svc.example.com:443", True, True), ("unix:/run/hparamrec.sock", True, True),
+    ("svc.example.com", False, True), ("::1", False, True),
+    ("127.0.0.1", True, False), ("127.0.0.1:99999", False, False), ("127.0.0.1:0", False, False),
+    ("127.0.0.1:", False, False), ("host:port", False, False), ("", True, False),
+])
+def test_a_target_s_port_is_checked(target, require_port, ok):
+    from clients.client import check_target
+    from clients.errors import ClientSettingsError
+
+    if ok:
+        check_target(target, require_port)
+    else:
+        with pytest.raises(ClientSettingsError, match="target: "):
+            check_target(target, require_port)
+
+
 def test_coerce_takes_models_dicts_and_messages():
     expected = models.TrainingSpec(n_params=1e9, n_tokens=2e10)
     assert convert.coerce(expected, models.TrainingSpec) is expected
