@@ -11,8 +11,8 @@ import sys
 import click
 
 from clients.cli_admin import backtest, import_runs, keys
-from clients.cli_options import (QUANTITY, CliError, check_out, client_options, json_option,
-                                 pin_options, pins_of, print_json, spec_filter_of, spec_of,
+from clients.cli_options import (QUANTITY, CliError, check_out, client_options,
+                                 database_errors, json_option, pin_options, pins_of, print_json, spec_filter_of, spec_of,
                                  spec_options, to_dict)
 from clients.errors import HparamrecError
 
@@ -54,9 +54,15 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
         raise CliError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     configure_logging(settings.log_format)
     try:
-        run_server(settings)
+        with database_errors():  # the store is opened as the server is built
+            run_server(settings)
     except (ConfigurationError, ValueError, OSError) as exc:
         raise CliError(str(exc), 2) from None
+    except RuntimeError as exc:  # gRPC's "Failed to bind to address ..."
+        if "bind" not in str(exc):
+            raise
+        raise CliError(f"--host/--port: cannot listen on {settings.host}:{settings.port}",
+                       2) from None
 
 
 @app.command()

@@ -3,6 +3,7 @@
 
 import functools
 import json
+from contextlib import contextmanager
 
 import click
 
@@ -81,19 +82,26 @@ def db_option(f):
                         "(or HPARAMREC_DATABASE_URL).")(f)
 
 
-def open_store(db: str):
-    """The store behind --db, with unusable URLs and unreachable databases as one-line errors."""
+@contextmanager
+def database_errors():
+    """Unusable --db URLs and unreachable databases as one-line errors (import, keys, serve)."""
     from sqlalchemy.exc import ArgumentError, OperationalError
 
-    from benchmark_db.store import RunStore
-
     try:
-        return RunStore(db)
+        yield
     except (ArgumentError, ValueError) as exc:
         raise CliError(f"--db: {exc}") from None
     except OperationalError as exc:  # unreachable, like a server that cannot be reached
         reason = str(exc.orig).strip().splitlines()[0]
         raise CliError(f"cannot open the database: {reason}", 3) from None
+
+
+def open_store(db: str):
+    """The store behind --db (database_errors)."""
+    from benchmark_db.store import RunStore
+
+    with database_errors():
+        return RunStore(db)
 
 
 def json_option(f=None, *, help="Print one JSON object whose keys are the proto field names."):
