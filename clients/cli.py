@@ -5,6 +5,7 @@ unreachable, 4 not found, 5 not authorised, 1 anything else. With --json a comma
 JSON object whose keys are the proto field names.
 """
 
+import os
 import shlex
 import sys
 
@@ -15,6 +16,9 @@ from clients.cli_options import (QUANTITY, CliError, check_out, client_options,
                                  database_errors, json_option, pin_options, pins_of, print_json, spec_filter_of, spec_of,
                                  spec_options, to_dict)
 from clients.errors import HparamrecError
+
+# click >= 8.2 raises it for a group called with no arguments (older versions print the help).
+NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 @click.group(help="Hyperparameter recommendations for language-model pretraining.")
@@ -347,6 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: turns every error into one line on stderr and an exit code."""
     try:
         result = app.main(args=argv, prog_name="hparamrec", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): stop quietly with 1, as click does when the pipe
+        # closes during a command; stdout goes to /dev/null so the flush at exit cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except NoArgsIsHelp as exc:  # bare `hparamrec`: the help, as click prints it, not an error
+        click.echo(exc.ctx.get_help(), err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code)
     except click.Abort:

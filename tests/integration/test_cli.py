@@ -255,6 +255,13 @@ def test_plot_without_an_extension_says_the_file_it_wrote(target, tmp_path):
     assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_no_subcommand_prints_the_help_without_an_error_prefix():
+    out = cli()
+    assert out.returncode == 2  # click's convention for a group called with no arguments
+    assert out.stderr.startswith("Usage: hparamrec [OPTIONS] COMMAND") and "error:" not in out.stderr
+    assert "recommend" in out.stderr and out.stdout == ""
+
+
 def test_shell_completion_scripts():
     for shell, needle in (("bash", "complete -o nosort -F _hparamrec_completion hparamrec"),
                           ("zsh", "#compdef hparamrec"), ("fish", "complete --no-files --command hparamrec")):
