@@ -212,6 +212,8 @@ def runs_list(limit, client, as_json, **kw) -> None:
 @json_option
 def runs_show(run_id, client, as_json) -> None:
     """One stored run."""
+    if not run_id:
+        raise CliError("run_id: required")
     with client() as c:
         run = c.get_run(run_id)
     if as_json:

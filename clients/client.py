@@ -275,5 +275,5 @@ class Client:
                 return method(request, timeout=timeout, metadata=self.settings.metadata)
             except grpc.RpcError as error:
                 if error.code() not in RETRYABLE or attempt == self.retries:
-                    raise from_rpc_error(error) from None
+                    raise from_rpc_error(error, self.target, timeout) from None
                 time.sleep(backoff(attempt))

@@ -121,6 +121,7 @@ def test_runs_list_limit(target):
     (["report", "--params", "1B", "--tokens", "1B", "--lr", "1e-3", "--batch-size-tokens", "1M",
       "--weight-decay", "0.1"], 2, "--loss"),
     (["runs", "show", "nope"], 4, "nope"),
+    (["runs", "show", ""], 2, "run_id: required"),
     (["recommend", "--params", "1.3B", "--tokens", "100B", "--seq-len", "99999999999"], 2,
      "spec.seq_len: out of range"),
     (["runs", "list", "--params", "1.3B", "--tokens", "100B", "--bits", "99999999999"], 2,
@@ -316,3 +317,19 @@ def test_heartbeat_keeps_a_trial_alive_and_says_when_it_has_finished(target):
                                                  "closed by run 'beaten' (complete)\n"
     out = cli("heartbeat", "--trial-id", "999-0", server=target)
     assert out.returncode == 2 and out.stderr.startswith("error: trial_id: no trial '999-0'")
+
+
+def test_a_service_that_never_answers_is_named_in_the_deadline_error():
+    import socket
+
+    from clients.client import Client
+    from clients.errors import DeadlineExceededError
+
+    with socket.socket() as silent:  # accepts connections, never speaks HTTP/2
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        with Client(target, timeout=0.5, retries=0) as c, pytest.raises(DeadlineExceededError) as caught:
+            c.get_run("x")
+    assert str(caught.value) == f"the service at {target} did not answer within the deadline (0.5 s)"
+    assert caught.value.exit_code == 3
