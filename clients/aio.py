@@ -112,5 +112,5 @@ class AsyncClient:
                 return await method(request, timeout=timeout, metadata=self.settings.metadata)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE or attempt == self.retries:
-                    raise from_rpc_error(error) from None
+                    raise from_rpc_error(error, self.target, timeout) from None
                 await asyncio.sleep(backoff(attempt))

@@ -5,16 +5,20 @@ unreachable, 4 not found, 5 not authorised, 1 anything else. With --json a comma
 JSON object whose keys are the proto field names.
 """
 
+import os
 import shlex
 import sys
 
 import click
 
 from clients.cli_admin import backtest, import_runs, keys
-from clients.cli_options import (QUANTITY, CliError, client_options, json_option, pin_options,
-                                 pins_of, print_json, spec_filter_of, spec_of, spec_options,
-                                 to_dict)
+from clients.cli_options import (QUANTITY, CliError, check_out, client_options,
+                                 database_errors, json_option, pin_options, pins_of, print_json,
+                                 spec_filter_of, spec_of, spec_options, to_dict)
 from clients.errors import HparamrecError
+
+# click >= 8.2 raises it for a group called with no arguments (older versions print the help).
+NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 @click.group(help="Hyperparameter recommendations for language-model pretraining.")
@@ -54,8 +58,9 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
         raise CliError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     configure_logging(settings.log_format)
     try:
-        run_server(settings)
-    except (ConfigurationError, ValueError, OSError) as exc:
+        with database_errors():  # the store is opened as the server is built
+            run_server(settings)
+    except (ConfigurationError, ValueError, OSError) as exc:  # OSError: cannot listen
         raise CliError(str(exc), 2) from None
 
 
@@ -202,6 +207,8 @@ def runs_list(limit, client, as_json, **kw) -> None:
 @json_option
 def runs_show(run_id, client, as_json) -> None:
     """One stored run."""
+    if not run_id:
+        raise CliError("run_id: required")
     with client() as c:
         run = c.get_run(run_id)
     if as_json:
@@ -229,12 +236,17 @@ def runs_export(file_format, out, client, as_json, **kw) -> None:
     spec = spec_filter_of(kw)
     if as_json and not out:
         raise CliError("--json needs --out: without it the runs themselves go to standard output")
+    if out:
+        check_out(out)
     with client() as c:
         found = list(c.iter_runs(page_size=1000, spec=spec))
     found.reverse()
     if out:
-        with open(out, "w", encoding="utf-8", newline="") as f:
-            count = WRITERS[file_format](found, f)
+        try:
+            with open(out, "w", encoding="utf-8", newline="") as f:
+                count = WRITERS[file_format](found, f)
+        except OSError as exc:
+            raise CliError(f"--out: cannot write {out}: {exc.strerror}") from None
     else:
         count = WRITERS[file_format](found, sys.stdout)
     if as_json:
@@ -247,7 +259,8 @@ def runs_export(file_format, out, client, as_json, **kw) -> None:
 @spec_options
 @pin_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False, writable=True),
-              help="Image file to write (PNG; the format follows the extension).")
+              help="Image file to write: the format follows the extension (png, svg, pdf, ...); "
+                   "without one, .png is added.")
 @click.option("--study", is_flag=True,
               help="Plot the refinement history of the spec's study (its runs in the order "
                    "reported, and the exploit recommendation) instead of the loss landscape.")
@@ -267,9 +280,16 @@ def plot(out, study, points, client, as_json, **kw) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CliError("plot needs matplotlib: pip install 'hparamrec[plot]'", 1) from None
+    from clients import plot as plotting
+
+    # Checked before any call to the server; `out` becomes the file matplotlib will write.
+    check_out(out)
+    try:
+        out = plotting.figure_path(out)
+    except ValueError as exc:
+        raise CliError(f"--out: {exc}") from None
     if study:
         return _plot_study(out, spec_of(kw), pins_of(kw), client, as_json)
-    from clients import plot as plotting
 
     pins = pins_of(kw)
     say = None
@@ -328,6 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: turns every error into one line on stderr and an exit code."""
     try:
         result = app.main(args=argv, prog_name="hparamrec", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): stop quietly with 1, as click does when the pipe
+        # closes during a command; stdout goes to /dev/null so the flush at exit cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except NoArgsIsHelp as exc:  # bare `hparamrec`: the help, as click prints it, not an error
+        click.echo(exc.ctx.get_help(), err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code)
     except click.Abort:

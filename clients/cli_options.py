@@ -3,6 +3,7 @@
 
 import functools
 import json
+from contextlib import contextmanager
 
 import click
 
@@ -33,6 +34,10 @@ class Quantity(click.ParamType):
 QUANTITY = Quantity()
 
 
+# Client's arguments by the flags that set them, for the errors of unusable settings.
+CLIENT_FLAGS = {"target": "--server", "tls_ca": "--tls-ca"}
+
+
 def client_options(f):
     """--server, --api-key and --tls-ca, handed to the command as a `client()` factory."""
 
@@ -44,13 +49,31 @@ def client_options(f):
     @functools.wraps(f)
     def wrapper(*args, server, api_key, tls_ca, **kwargs):
         def client():
-            from clients.client import Client
+            from clients.client import Client, check_target
+            from clients.errors import ClientSettingsError
 
-            return Client(server, api_key=api_key, tls_ca=tls_ca)
+            try:
+                check_target(server, require_port=True)  # the documented HOST:PORT
+                return Client(server, api_key=api_key, tls_ca=tls_ca)
+            except ClientSettingsError as exc:  # named by the flag, not the argument
+                field, problem = exc.field_violations[0]
+                raise CliError(f"{CLIENT_FLAGS.get(field, field)}: {problem}") from None
 
         return f(*args, client=client, **kwargs)
 
     return wrapper
+
+
+def check_out(path: str) -> None:
+    """--out must land in an existing, writable directory: checked before any call to the
+    server, so a typo does not cost the calls (click checks only files that exist)."""
+    import os
+
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise CliError(f"--out: no such directory: {directory}")
+    if not os.access(directory, os.W_OK):
+        raise CliError(f"--out: directory not writable: {directory}")
 
 
 def db_option(f):
@@ -59,19 +82,26 @@ def db_option(f):
                         "(or HPARAMREC_DATABASE_URL).")(f)
 
 
-def open_store(db: str):
-    """The store behind --db, with unusable URLs and unreachable databases as one-line errors."""
+@contextmanager
+def database_errors():
+    """Unusable --db URLs and unreachable databases as one-line errors (import, keys, serve)."""
     from sqlalchemy.exc import ArgumentError, OperationalError
 
-    from benchmark_db.store import RunStore
-
     try:
-        return RunStore(db)
+        yield
     except (ArgumentError, ValueError) as exc:
         raise CliError(f"--db: {exc}") from None
     except OperationalError as exc:  # unreachable, like a server that cannot be reached
         reason = str(exc.orig).strip().splitlines()[0]
         raise CliError(f"cannot open the database: {reason}", 3) from None
+
+
+def open_store(db: str):
+    """The store behind --db (database_errors)."""
+    from benchmark_db.store import RunStore
+
+    with database_errors():
+        return RunStore(db)
 
 
 def json_option(f=None, *, help="Print one JSON object whose keys are the proto field names."):

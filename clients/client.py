@@ -13,6 +13,7 @@ Errors come back as the exceptions of clients/errors.py.
 
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 import grpc
 
 from clients import convert
-from clients.errors import UnimplementedError, from_rpc_error
+from clients.errors import ClientSettingsError, UnimplementedError, from_rpc_error
 from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
                             Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
@@ -29,6 +30,35 @@ from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+# gRPC's own target forms (unix:/run/x.sock, dns:///host:port, ...) are passed through as given.
+GRPC_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:", "xds:")
+_HOST_PORT = re.compile(r"(?P<host>\[[^\]]+\]|[^:\[\]]+)(?::(?P<port>[^:]*))?")
+
+
+def check_target(target: str, require_port: bool = False) -> None:
+    """A HOST:PORT target has a port in 1..65535 (gRPC would otherwise try another port, or
+    443 when there is none: require_port, as the CLI does); ClientSettingsError if not."""
+    if target.startswith(GRPC_SCHEMES):
+        return
+    match = _HOST_PORT.fullmatch(target)
+    if match is None:
+        if ":" in target and not require_port:
+            return  # an unbracketed IPv6 address: left to gRPC
+        problem = "expected HOST:PORT"
+    else:
+        port = match["port"]
+        if port is None:
+            if not require_port:
+                return
+            problem = "expected HOST:PORT, with the port"
+        elif not (port.isdigit() and 1 <= int(port) <= 65535):
+            problem = "the port must be a number from 1 to 65535"
+        else:
+            return
+    raise ClientSettingsError(f"target: {problem} (got {target!r})",
+                              [("target", f"{problem} (got {target!r})")])
 
 
 def spec(**fields) -> pb.TrainingSpec:
@@ -50,12 +80,18 @@ class Settings:
     def resolve(cls, target: str | None, api_key: str | None, tls: bool,
                 tls_ca: str | None) -> "Settings":
         target = target or os.environ.get("HPARAMREC_SERVER") or DEFAULT_TARGET
+        check_target(target)
         api_key = api_key or os.environ.get("HPARAMREC_API_KEY")
         tls_ca = tls_ca or os.environ.get("HPARAMREC_TLS_CA")
         roots = None
         if tls_ca:
-            with open(tls_ca, "rb") as f:
-                roots = f.read()
+            try:
+                with open(tls_ca, "rb") as f:
+                    roots = f.read()
+            except OSError as exc:
+                raise ClientSettingsError(
+                    f"tls_ca: cannot read {tls_ca}",
+                    [("tls_ca", f"cannot read {tls_ca}: {exc.strerror}")]) from None
         metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         return cls(target, metadata, bool(tls or tls_ca), roots)
 
@@ -71,10 +107,11 @@ def backoff(attempt: int) -> float:
 # Requests and responses, shared by Client and AsyncClient.
 
 def recommend_request(training_spec, pins, mode, run_id: str = "") -> pb.RecommendRequest:
-    request = pb.RecommendRequest(spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec)),
+    request = pb.RecommendRequest(spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec),
+                                                       "spec"),
                                   mode=_mode(mode), run_id=run_id)
     if pins is not None:
-        request.pins.CopyFrom(convert.to_proto(convert.coerce(pins, Pins)))
+        request.pins.CopyFrom(convert.to_proto(convert.coerce(pins, Pins), "pins"))
     return request
 
 
@@ -100,7 +137,7 @@ def report_request(report, fields: dict) -> pb.ReportRunRequest:
 def list_runs_request(page_size: int, page_token: str, training_spec) -> pb.ListRunsRequest:
     request = pb.ListRunsRequest(page_size=page_size, page_token=page_token)
     if training_spec is not None:
-        request.spec.CopyFrom(convert.to_proto(convert.coerce(training_spec, TrainingSpec)))
+        request.spec.CopyFrom(convert.to_proto(convert.coerce(training_spec, TrainingSpec), "spec"))
     return request
 
 
@@ -121,8 +158,9 @@ def page_of(response: pb.ListRunsResponse, request: pb.ListRunsRequest) -> RunPa
 
 def predict_loss_request(training_spec, points: Iterable) -> pb.PredictLossRequest:
     return pb.PredictLossRequest(
-        spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec)),
-        points=[convert.to_proto(convert.coerce(p, Hyperparameters)) for p in points])
+        spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec), "spec"),
+        points=[convert.to_proto(convert.coerce(p, Hyperparameters), f"points[{i}]")
+                for i, p in enumerate(points)])
 
 
 class Client:
@@ -237,5 +275,5 @@ class Client:
                 return method(request, timeout=timeout, metadata=self.settings.metadata)
             except grpc.RpcError as error:
                 if error.code() not in RETRYABLE or attempt == self.retries:
-                    raise from_rpc_error(error) from None
+                    raise from_rpc_error(error, self.target, timeout) from None
                 time.sleep(backoff(attempt))

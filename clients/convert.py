@@ -14,11 +14,13 @@ from enum import StrEnum
 from typing import TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel
 
 from clients import models
+from clients.errors import InvalidArgumentError
 from hparamrec.v1 import recommender_pb2 as pb
 
 M = TypeVar("M", bound=BaseModel)
@@ -87,14 +89,23 @@ def _scalar_or_model(field, value):
     return value
 
 
-def to_proto(model: BaseModel) -> Message:
-    """The generated message of a model (whose type must be in MODELS)."""
+def to_proto(model: BaseModel, path: str = "") -> Message:
+    """The generated message of a model (whose type must be in MODELS). `path` is where the
+    message sits in its request ("spec"), for the field names of InvalidArgumentError."""
     message = _MESSAGE_CLASSES[_MODEL_NAMES[type(model)]]()
-    _fill(message, model)
+    _fill(message, model, path + "." if path else "")
     return message
 
 
-def _fill(message: Message, model: BaseModel) -> None:
+# The range of each integer field type: a value outside it cannot be sent at all, so it is bad
+# input found before the call (the server's own, narrower limits then apply to the rest).
+_INT_RANGES = {FieldDescriptor.CPPTYPE_INT32: ("a 32-bit integer", -2**31, 2**31 - 1),
+               FieldDescriptor.CPPTYPE_UINT32: ("an unsigned 32-bit integer", 0, 2**32 - 1),
+               FieldDescriptor.CPPTYPE_INT64: ("a 64-bit integer", -2**63, 2**63 - 1),
+               FieldDescriptor.CPPTYPE_UINT64: ("an unsigned 64-bit integer", 0, 2**64 - 1)}
+
+
+def _fill(message: Message, model: BaseModel, prefix: str = "") -> None:
     for field in message.DESCRIPTOR.fields:
         value = getattr(model, field.name)
         if value is None:
@@ -104,24 +115,29 @@ def _fill(message: Message, model: BaseModel) -> None:
             target.update(value)
         elif field.is_repeated:
             if field.message_type is not None:
-                for item in value:
-                    _fill(target.add(), item)
+                for i, item in enumerate(value):
+                    _fill(target.add(), item, f"{prefix}{field.name}[{i}].")
             else:
-                target.extend(_proto_scalar(field, v) for v in value)
+                target.extend(_proto_scalar(field, v, f"{prefix}{field.name}[{i}]")
+                              for i, v in enumerate(value))
         elif field.message_type is not None:
             if isinstance(value, datetime):
                 target.FromDatetime(value.astimezone(UTC) if value.tzinfo else value)
             else:
-                _fill(target, value)
+                _fill(target, value, f"{prefix}{field.name}.")
                 if not message.HasField(field.name):
                     target.SetInParent()  # an all-default message is still set
         else:
-            setattr(message, field.name, _proto_scalar(field, value))
+            setattr(message, field.name, _proto_scalar(field, value, prefix + field.name))
 
 
-def _proto_scalar(field, value):
+def _proto_scalar(field, value, name: str):
     if field.enum_type is not None:
         return field.enum_type.values_by_name[enum_prefix(field.enum_type.name) + value.upper()].number
+    kind, lo, hi = _INT_RANGES.get(field.cpp_type, (None, None, None))
+    if kind and isinstance(value, int) and not lo <= value <= hi:
+        raise InvalidArgumentError(f"{name} out of range",
+                                   [(name, f"out of range for {kind} (got {value})")])
     return value
 
 

@@ -57,7 +57,16 @@ class ResourceExhaustedError(HparamrecError):
 _BY_CODE = {cls.code: cls for cls in HparamrecError.__subclasses__()}
 
 
-def from_rpc_error(error: grpc.RpcError) -> HparamrecError:
+class ClientSettingsError(InvalidArgumentError):
+    """A setting of the client itself is unusable (a tls_ca file that cannot be read, a target
+    whose port is out of range), found
+    before any call; its field violation names the setting (Client's argument name)."""
+
+
+def from_rpc_error(error: grpc.RpcError, target: str = "",
+                   timeout: float | None = None) -> HparamrecError:
+    """The exception of a failed call; `target` and `timeout` make the messages of a service
+    that cannot be reached or does not answer say which one, and how long it was given."""
     cls = _BY_CODE.get(error.code(), HparamrecError)
     violations = []
     status = rpc_status.from_call(error)
@@ -70,4 +79,8 @@ def from_rpc_error(error: grpc.RpcError) -> HparamrecError:
     message = error.details() or error.code().name
     if cls is UnavailableError:
         message = f"cannot reach the service: {message}"
+    elif cls is DeadlineExceededError:  # gRPC says only "Deadline Exceeded"
+        at = f" at {target}" if target else ""
+        within = f" ({timeout:g} s)" if timeout is not None else ""
+        message = f"the service{at} did not answer within the deadline{within}"
     return cls(message, violations)

@@ -33,10 +33,13 @@ class Landscape:
 
 
 def log_axis(lo: float, hi: float, points: int) -> list[float]:
+    """`points` log-spaced values from lo to hi. The ends are lo and hi exactly: exp(log(x))
+    rounds, and an end a hair past a cap (lr 10, the spec's tokens) is refused by the service."""
     if points == 1 or lo == hi:
         return [math.sqrt(lo * hi)] * max(points, 1)
     step = (math.log(hi) - math.log(lo)) / (points - 1)
-    return [math.exp(math.log(lo) + i * step) for i in range(points)]
+    inner = [math.exp(math.log(lo) + i * step) for i in range(1, points - 1)]
+    return [lo, *(min(max(v, lo), hi) for v in inner), hi]
 
 
 def axes(rec: Recommendation, runs: list[Run], points: int) -> tuple[list[float], list[float]]:
@@ -124,6 +127,24 @@ def landscape(client: Client, spec: TrainingSpec, pins: Pins, points: int = 25,
     lrs, batches = axes(rec, runs, points)
     say(f"predicting the loss at {points} x {points} points")
     return rec, runs, loss_grid(client, rec.spec, lrs, batches, pins)
+
+
+def figure_path(path: str) -> str:
+    """The file matplotlib will write for `path`: its extension must name a format matplotlib
+    writes (ValueError, listing them, otherwise); with none it adds its default (l -> l.png)."""
+    import os
+
+    import matplotlib
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    extension = os.path.splitext(path)[1][1:].lower()
+    if not extension:  # as matplotlib's savefig names the file
+        return path.rstrip(".") + "." + matplotlib.rcParams["savefig.format"]
+    supported = sorted(FigureCanvasBase.get_supported_filetypes())
+    if extension not in supported:
+        raise ValueError(f"unsupported image format {extension!r}: use one of "
+                         f"{', '.join(supported)}")
+    return path
 
 
 def draw(path: str, rec: Recommendation, runs: list[Run], grid: Landscape) -> None:

@@ -117,32 +117,89 @@ def status(run: Run) -> str:
 
 
 def runs_table(runs: list[Run]) -> None:
-    table = Table(box=box.SIMPLE_HEAD)
-    for column in ("run_id", "params", "tokens", "lr", "batch", "wd", "outcome", "created"):
-        table.add_column(column)
+    rows = []
     for run in runs:
         hp = run.hyperparameters
         wd = "" if hp.weight_decay is None else f"{hp.weight_decay:.3g}"
-        created = run.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if run.created_at else ""
-        style = "red" if run.outcome.status is RunStatus.DIVERGED else None
-        table.add_row(escape(run.run_id), format_quantity(run.spec.n_params),
-                      format_quantity(run.spec.n_tokens), f"{hp.lr:.3g}",
-                      format_quantity(hp.batch_size_tokens), wd, status(run), created, style=style)
-    if runs:
-        console.print(table)
-    else:
+        rows.append((run.run_id, format_quantity(run.spec.n_params),
+                     format_quantity(run.spec.n_tokens), f"{hp.lr:.3g}",
+                     format_quantity(hp.batch_size_tokens), wd, status(run), _created(run)))
+    if not runs:
         console.print("no runs stored")
+        return
+    headers = ("run_id", "params", "tokens", "lr", "batch", "wd", "outcome", "created")
+    # A run id is never cut short, even in 80 columns or a pipe: it is what `runs show` takes.
+    # No other value is cut either: the outcome and the time wrap between words, then columns
+    # are left out, least useful first, until the rest fit (`runs show` has every field).
+    wrapping = ("outcome", "created")
+    natural = {h: max(len(v) for v in [h, *(row[k] for row in rows)]) for k, h in enumerate(headers)}
+    least = {h: max(len(w) for v in [h, *(row[k] for row in rows)] for w in v.split())
+             if h in wrapping else natural[h] for k, h in enumerate(headers)}
+
+    def width(widths, shown):  # each column has 1 space of padding and a 1-space divider
+        return sum(widths[h] + 2 for h in shown) - 1
+
+    shown = list(headers)
+    for dropped in ("created", "wd", "batch", "tokens", "params", "lr", "outcome"):
+        if width(least, shown) <= console.width:
+            break
+        shown.remove(dropped)
+    widths = dict(least)
+    for h in wrapping:  # what room there is goes to the outcome first
+        if h in shown:
+            widths[h] = min(natural[h], widths[h] + max(console.width - width(widths, shown), 0))
+    if shown == ["run_id"]:
+        widths["run_id"] = min(natural["run_id"], console.width - 1)  # it folds, never cut
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for header in shown:
+        table.add_column(header, width=widths[header], overflow="fold")
+    for run, row in zip(runs, rows):
+        style = "red" if run.outcome.status is RunStatus.DIVERGED else None
+        table.add_row(*(escape(v) for h, v in zip(headers, row) if h in shown), style=style)
+    console.print(table)
+
+
+def _created(run: Run) -> str:
+    return run.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if run.created_at else ""
+
+
+def _optional(value, pattern: str = "{}") -> str:
+    return "not given" if value is None else pattern.format(value)
 
 
 def run_detail(run: Run) -> None:
-    runs_table([run])
-    extra = {"source": run.source, "recommendation_id": run.recommendation_id,
-             "trial_id": run.trial_id}
-    for key, value in extra.items():
+    """Every field of the run, one per line (a 4-bit QAT run must not read as a dense 16-bit
+    one): the spec, the hyperparameters, the outcome, where it came from and its labels."""
+    s, hp = run.spec, run.hyperparameters
+    active = "" if s.n_active_params is None else format_quantity(s.n_active_params)
+    lines = {
+        "run_id": run.run_id,
+        "params": _optional(s.n_params and format_quantity(s.n_params)),
+        "active params": active + (" (moe)" if s.architecture == "moe" else ""),
+        "tokens": _optional(s.n_tokens and format_quantity(s.n_tokens)),
+        "compute": _optional(s.compute_flops, "{:.3g} FLOPs"),
+        "seq len": _optional(s.seq_len),
+        "architecture": s.architecture,
+        "optimizer": s.optimizer,
+        "weight bits": _optional(s.weight_bits),
+        "learning rate": f"{hp.lr:.6g}",
+        "batch (tokens)": format_quantity(hp.batch_size_tokens),
+        "weight decay": _optional(hp.weight_decay, "{:.6g}"),
+        "QAT fraction": _optional(hp.qat_fraction, "{:.6g}"),
+        "outcome": status(run),
+        "created": _created(run),
+        "source": run.source,
+        "recommendation_id": run.recommendation_id,
+        "trial_id": run.trial_id,
+    }
+    width = max(map(len, lines))
+    for key, value in lines.items():
         if value:
-            console.print(f"{key}: {escape(value)}", highlight=False)
+            console.print(f"{key:<{width}}  {escape(str(value))}", highlight=False, soft_wrap=True)
+    if run.metadata:
+        console.print("labels:", highlight=False)
     for key, value in sorted(run.metadata.items()):
-        console.print(f"  {escape(key)} = {escape(value)}", highlight=False)
+        console.print(f"  {escape(key)} = {escape(value)}", highlight=False, soft_wrap=True)
 
 
 def backtest_table(table, result: dict) -> None:

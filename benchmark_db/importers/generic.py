@@ -80,6 +80,9 @@ def _jsonl_fields(lines: Iterable[str]) -> Iterator[tuple[int, dict]]:
         except json.JSONDecodeError as exc:
             raise InvalidArgument.single(
                 f"row {line_number}", f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        except RecursionError:  # nested deeper than the parser goes: no run is
+            raise InvalidArgument.single(f"row {line_number}", "not valid JSON: nested too "
+                                         "deeply") from None
         if not isinstance(obj, dict):
             raise InvalidArgument.single(f"row {line_number}", "expected a JSON object")
         unknown = [key for key in obj if key not in COLUMNS]

@@ -121,6 +121,11 @@ def test_runs_list_limit(target):
     (["report", "--params", "1B", "--tokens", "1B", "--lr", "1e-3", "--batch-size-tokens", "1M",
       "--weight-decay", "0.1"], 2, "--loss"),
     (["runs", "show", "nope"], 4, "nope"),
+    (["runs", "show", ""], 2, "run_id: required"),
+    (["recommend", "--params", "1.3B", "--tokens", "100B", "--seq-len", "99999999999"], 2,
+     "spec.seq_len: out of range"),
+    (["runs", "list", "--params", "1.3B", "--tokens", "100B", "--bits", "99999999999"], 2,
+     "spec.weight_bits: out of range"),
     (["recommend", "--frobnicate"], 2, "--frobnicate"),
 ])
 def test_errors_are_one_line_with_meaningful_exit_codes(target, args, code, needle):
@@ -135,6 +140,29 @@ def test_unreachable_server_exits_3():
     out = cli("recommend", "--params", "1B", "--tokens", "20B", server="127.0.0.1:1")
     assert out.returncode == 3
     assert out.stderr.count("\n") == 1 and "cannot reach" in out.stderr
+
+
+@pytest.mark.parametrize("args, env, needle", [
+    (["--tls-ca", "/nonexistent.pem"], {}, "--tls-ca: cannot read /nonexistent.pem: "),
+    ([], {"HPARAMREC_TLS_CA": "/nonexistent.pem"}, "--tls-ca: cannot read /nonexistent.pem: "),
+    (["--server", "127.0.0.1:99999"], {}, "--server: the port must be a number from 1 to 65535"),
+    (["--server", "127.0.0.1"], {}, "--server: expected HOST:PORT, with the port"),
+    ([], {"HPARAMREC_SERVER": "127.0.0.1"}, "--server: expected HOST:PORT, with the port"),
+])
+def test_unusable_client_settings_are_one_line_and_exit_2(args, env, needle):
+    if "--server" not in args and "HPARAMREC_SERVER" not in env:
+        args = [*args, "--server", "127.0.0.1:1"]  # nothing listens there: exit 3 if called
+    out = cli("runs", "list", *args, env=env)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + needle)
+
+
+def test_grpc_target_forms_still_reach_the_server(target):
+    port = target.rsplit(":", 1)[1]
+    for server in (f"localhost:{port}", f"dns:///127.0.0.1:{port}", f"ipv4:127.0.0.1:{port}"):
+        out = cli("runs", "list", "--json", server=server)
+        assert out.returncode == 0 and json.loads(out.stdout) == {"runs": []}, (server, out.stderr)
 
 
 def test_runs_export_reimports_cleanly(target, tmp_path):
@@ -200,6 +228,41 @@ def test_plot_writes_a_png_with_the_runs_of_the_spec_marked(target, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["runs", "export", "--out", "/nonexistent/d/f.csv"], "--out: no such directory: /nonexistent/d"),
+    (["plot", "--params", "1.3B", "--tokens", "100B", "--out", "/nonexistent/l.png"],
+     "--out: no such directory: /nonexistent"),
+    (["plot", "--study", "--params", "1.3B", "--tokens", "100B", "--out", "/nonexistent/l.png"],
+     "--out: no such directory: /nonexistent"),
+    (["plot", "--params", "1.3B", "--tokens", "100B", "--out", "l.txt"],
+     "--out: unsupported image format 'txt': use one of "),
+    (["plot", "--study", "--params", "1.3B", "--tokens", "100B", "--out", "s.foo"],
+     "--out: unsupported image format 'foo': use one of "),
+])
+def test_a_bad_out_is_refused_before_calling_the_server(args, needle):
+    out = cli(*args, server="127.0.0.1:1")  # nothing listens there: exit 3 if it were called
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + needle)
+    if "format" in needle:
+        assert "png" in lines[0] and "svg" in lines[0] and "pdf" in lines[0]
+
+
+def test_plot_without_an_extension_says_the_file_it_wrote(target, tmp_path):
+    out = cli("plot", "--params", "1.3B", "--tokens", "100B", "--out", str(tmp_path / "l"),
+              "--grid", "5", server=target)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"wrote {tmp_path / 'l.png'}: ")
+    assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_subcommand_prints_the_help_without_an_error_prefix():
+    out = cli()
+    assert out.returncode == 2  # click's convention for a group called with no arguments
+    assert out.stderr.startswith("Usage: hparamrec [OPTIONS] COMMAND") and "error:" not in out.stderr
+    assert "recommend" in out.stderr and out.stdout == ""
+
+
 def test_shell_completion_scripts():
     for shell, needle in (("bash", "complete -o nosort -F _hparamrec_completion hparamrec"),
                           ("zsh", "#compdef hparamrec"), ("fish", "complete --no-files --command hparamrec")):
@@ -254,3 +317,19 @@ def test_heartbeat_keeps_a_trial_alive_and_says_when_it_has_finished(target):
                                                  "closed by run 'beaten' (complete)\n"
     out = cli("heartbeat", "--trial-id", "999-0", server=target)
     assert out.returncode == 2 and out.stderr.startswith("error: trial_id: no trial '999-0'")
+
+
+def test_a_service_that_never_answers_is_named_in_the_deadline_error():
+    import socket
+
+    from clients.client import Client
+    from clients.errors import DeadlineExceededError
+
+    with socket.socket() as silent:  # accepts connections, never speaks HTTP/2
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        with Client(target, timeout=0.5, retries=0) as c, pytest.raises(DeadlineExceededError) as caught:
+            c.get_run("x")
+    assert str(caught.value) == f"the service at {target} did not answer within the deadline (0.5 s)"
+    assert caught.value.exit_code == 3

@@ -101,3 +101,13 @@ def test_missing_file_is_one_line_exit_2(tmp_path):
     out = cli("import", "--db", f"sqlite:///{tmp_path / 'r.db'}", "--format", "csv",
               str(tmp_path / "absent.csv"))
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1
+
+
+def test_a_deeply_nested_jsonl_line_is_a_row_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"metadata": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    out = subprocess.run([HPARAMREC, "import", "--db", f"sqlite:///{tmp_path / 'd.db'}",
+                          "--format", "jsonl", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"error: {path}: row 1: not valid JSON: nested too deeply"

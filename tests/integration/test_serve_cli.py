@@ -128,3 +128,20 @@ def test_serve_refuses_a_port_already_in_use(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("flags, code, needle", [
+    (["--db", "bogus://x"], 2, "error: --db: "),
+    (["--db", "sqlite:////proc/x.db"], 3, "error: cannot open the database: "),
+    (["--db", "postgresql://u:p@127.0.0.1:1/db"], 3, "error: cannot open the database: "),
+    (["--host", "999.1.1.1", "--no-auth"], 2, "error: cannot listen on 999.1.1.1:0"),
+])
+def test_serve_with_a_bad_database_or_host_fails_in_one_line(tmp_path, flags, code, needle):
+    db = [] if "--db" in flags else ["--db", f"sqlite:///{tmp_path / 's.db'}"]
+    out = cli("serve", *db, *flags, "--port", "0", "--metrics-port", "0")
+    assert out.returncode == code, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith(needle) and "Traceback" not in out.stderr
+    # The rest are logs: the server's (JSON) and gRPC's own ("E1125 ... add_port.cc ...").
+    assert all(line.startswith("{") or line[:1] in "EWI" and line[1:5].isdigit()
+               for line in lines[:-1])

@@ -88,6 +88,53 @@ def test_sizes_take_human_units_and_typos_are_errors():
         models.TrainingSpec(n_params="lots")
 
 
+@pytest.mark.parametrize("field", ["seq_len", "weight_bits"])
+def test_an_integer_too_large_for_its_proto_field_is_bad_input_named_by_field(field):
+    from clients.client import list_runs_request, recommend_request, report_request
+    from clients.errors import InvalidArgumentError
+
+    spec = models.TrainingSpec(n_params="1.3B", n_tokens="100B", **{field: 99_999_999_999})
+    hp = models.Hyperparameters(lr=1e-3, batch_size_tokens="1M", weight_decay=0.1)
+    for build in (lambda: recommend_request(spec, None, "exploit"),
+                  lambda: list_runs_request(10, "", spec),
+                  lambda: report_request(None, {"spec": spec, "hyperparameters": hp,
+                                                "outcome": models.RunOutcome.failed()})):
+        with pytest.raises(InvalidArgumentError) as caught:
+            build()
+        assert str(caught.value) == (f"spec.{field}: out of range for a 32-bit integer "
+                                     "(got 99999999999)")
+        assert caught.value.exit_code == 2
+
+
+def test_a_tls_ca_that_cannot_be_read_is_a_settings_error_naming_it(tmp_path):
+    from clients.client import Client
+    from clients.errors import ClientSettingsError, InvalidArgumentError
+
+    with pytest.raises(ClientSettingsError) as caught:
+        Client("127.0.0.1:1", tls_ca=str(tmp_path / "missing.pem"))
+    assert isinstance(caught.value, InvalidArgumentError)
+    assert caught.value.field_violations[0][0] == "tls_ca"
+    assert str(caught.value).startswith(f"tls_ca: cannot read {tmp_path / 'missing.pem'}: ")
+
+
+@pytest.mark.parametrize("target, require_port, ok", [
+    ("127.0.0.1:50051", True, True), ("localhost:1", True, True), ("[::1]:443", True, True),
+    ("dns:///svc.example.com:443", True, True), ("unix:/run/hparamrec.sock", True, True),
+    ("svc.example.com", False, True), ("::1", False, True),
+    ("127.0.0.1", True, False), ("127.0.0.1:99999", False, False), ("127.0.0.1:0", False, False),
+    ("127.0.0.1:", False, False), ("host:port", False, False), ("", True, False),
+])
+def test_a_target_s_port_is_checked(target, require_port, ok):
+    from clients.client import check_target
+    from clients.errors import ClientSettingsError
+
+    if ok:
+        check_target(target, require_port)
+    else:
+        with pytest.raises(ClientSettingsError, match="target: "):
+            check_target(target, require_port)
+
+
 def test_coerce_takes_models_dicts_and_messages():
     expected = models.TrainingSpec(n_params=1e9, n_tokens=2e10)
     assert convert.coerce(expected, models.TrainingSpec) is expected

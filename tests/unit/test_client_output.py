@@ -119,6 +119,16 @@ def test_plot_axes_cover_the_recommendation_and_the_runs():
     assert all(a < b for a, b in zip(lrs, lrs[1:]))
 
 
+@pytest.mark.parametrize("pins", [{"lr": 1.0}, {"batch_size_tokens": 5e10}])
+def test_plot_axes_end_exactly_at_the_caps_the_service_enforces(pins):
+    rec = recommendation([]).model_copy(update=pins)  # a pin puts the recommendation there
+    for points in range(5, 101):
+        lrs, batches = plot.axes(rec, [], points)
+        assert lrs[-1] <= 10.0 and batches[-1] <= SPEC.n_tokens
+        assert all(a < b for a, b in zip(lrs, lrs[1:]))
+    assert plot.log_axis(0.08, 10.0, 25)[-1] == 10.0 and plot.log_axis(0.08, 10.0, 25)[0] == 0.08
+
+
 def test_plot_marks_runs_of_the_same_spec_only():
     other = SPEC.model_copy(update={"n_tokens": 2e11})
     quantized = SPEC.model_copy(update={"weight_bits": 4})
@@ -136,3 +146,39 @@ def test_a_trial_is_shown_as_a_trial_with_the_optimum_s_interval(monkeypatch):
     render.recommendation(recommendation([law("lr", "refine")]).model_copy(update={"trial_id": "1-2"}))
     header = out.getvalue().splitlines()[2]
     assert header.split() == ["trial", "optimum's", "80%", "interval", "source"]
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100])
+def test_runs_list_never_cuts_a_run_id(monkeypatch, width):
+    from rich.console import Console
+
+    out = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=out, width=width))
+    ids = ["792a8f6c0d5e4b1f9a3c2e7d8b6f4a10", "run-with-a-rather-long-name-2026-01"]
+    render.runs_table([run(i) for i in ids])
+    text = out.getvalue()
+    assert "…" not in text and all(i in text for i in ids)
+    assert max(map(len, text.splitlines())) <= width
+    if width >= 80:  # room for the outcome beside the id
+        assert "completed" in text
+
+
+def test_runs_show_prints_the_whole_run(monkeypatch):
+    from rich.console import Console
+
+    out = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=out, width=80))
+    moe = SPEC.model_copy(update={"n_active_params": 2e8, "architecture": "moe",
+                                  "seq_len": 4096, "weight_bits": 4})
+    shown = run("q4", spec=moe, metadata={"cluster": "a100"}).model_copy(
+        update={"hyperparameters": Hyperparameters(lr=1e-3, batch_size_tokens=1e6,
+                                                   weight_decay=0.1, qat_fraction=0.3),
+                "trial_id": "3-7"})
+    render.run_detail(shown)
+    lines = [" ".join(line.split()) for line in out.getvalue().splitlines()]
+    for expected in ("run_id q4", "params 1.3B", "active params 200M (moe)", "tokens 100B",
+                     "seq len 4096", "architecture moe", "optimizer adamw", "weight bits 4",
+                     "learning rate 0.001", "batch (tokens) 1M", "weight decay 0.1",
+                     "QAT fraction 0.3", "outcome completed 2.5000", "created 2026-01-01 00:00",
+                     "source report", "trial_id 3-7", "cluster = a100"):
+        assert expected in lines, (expected, lines)

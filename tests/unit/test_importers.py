@@ -237,6 +237,7 @@ def test_error_message_reads_row_column_reason(tmp_path):
 @pytest.mark.parametrize("line, field", [
     ('{"n_params": 1e9,', "row 1"),
     ('[1, 2]', "row 1"),
+    ('[' * 100_000 + ']' * 100_000, "row 1"),  # deeper than the parser's recursion
     ('{"n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3, "batch_size_tokens": 1e6, '
      '"weight_decay": 0.1, "final_loss": 2.5, "metadata": {"seed": 3}}', "row 1: metadata.seed"),
     ('{"n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3, "batch_size_tokens": 1e6, '
