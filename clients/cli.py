@@ -147,6 +147,21 @@ def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, fa
     else:
         verb = "stored" if response.created else "already stored"
         click.echo(f"run {response.run.run_id} {verb}")
+    if not response.created and _differs(response.run, report):
+        click.echo(f"warning: run {response.run.run_id} was stored before with other values, "
+                   "which are kept: this report was not stored (give each run its own "
+                   "--run-id)", err=True)
+
+
+def _differs(stored, report) -> bool:
+    """Whether a run_id's stored run says something else than this report of it (a retry of
+    the same report says the same)."""
+    mine, theirs = report.hyperparameters, stored.hyperparameters
+    return (stored.outcome.status != report.outcome.status
+            or stored.outcome.final_loss != report.outcome.final_loss
+            or (mine.lr, mine.batch_size_tokens, mine.weight_decay)
+            != (theirs.lr, theirs.batch_size_tokens, theirs.weight_decay)
+            or (mine.qat_fraction or 0.0) != (theirs.qat_fraction or 0.0))
 
 @app.command()
 @click.option("--trial-id", required=True, help="The explore trial whose run is still going "

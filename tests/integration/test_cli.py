@@ -96,6 +96,12 @@ def test_report_then_list(target):
     assert json.loads(first.stdout)["created"] is True
     again = cli(*REPORT, server=target)
     assert again.returncode == 0 and "already stored" in again.stdout
+    assert again.stderr == ""  # a retry of the same report: nothing to warn of
+    changed = list(REPORT)
+    changed[changed.index("--loss") + 1] = "9.99"
+    other = cli(*changed, server=target)
+    assert other.returncode == 0 and "already stored" in other.stdout
+    assert other.stderr.startswith("warning: run ") and "this report was not stored" in other.stderr
     listed = cli("runs", "list", "--json", server=target)
     runs = json.loads(listed.stdout)["runs"]
     assert [r["run_id"] for r in runs] == ["my-run-7"]
