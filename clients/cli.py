@@ -147,6 +147,8 @@ def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, fa
     else:
         verb = "stored" if response.created else "already stored"
         click.echo(f"run {response.run.run_id} {verb}")
+    for warning in response.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if not response.created and _differs(response.run, report):
         click.echo(f"warning: run {response.run.run_id} was stored before with other values, "
                    "which are kept: this report was not stored (give each run its own "

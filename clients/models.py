@@ -205,10 +205,12 @@ class Run(_Message):
 
 
 class ReportResult(_Message):
-    """ReportRunResponse: the stored run, and False in `created` when run_id was already stored."""
+    """ReportRunResponse: the stored run, False in `created` when run_id was already stored, and
+    warnings (e.g. the trial reported against had been closed by another run)."""
 
     run: Run = Run()
     created: bool = False
+    warnings: list[str] = Field(default_factory=list)
 
 
 class RunPage(_Message):

@@ -5,6 +5,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +18,15 @@ from predictor.prior_model import PriorLossModel
 from predictor.recommendation import Recommendation, within_feasible
 from predictor.registry import ModelRegistry
 from predictor.table import RunTable
+
+
+class Reported(NamedTuple):
+    """What ReportRun answers: the stored run (the first one, if run_id was known), whether
+    this report stored it, and warnings for the reporter (Refiner.tell)."""
+
+    run: RunRecord
+    created: bool
+    warnings: tuple[str, ...] = ()
 
 
 class RecommendationEngine:
@@ -84,21 +94,22 @@ class RecommendationEngine:
             raise NotImplementedError("heartbeats need a refiner (predictor/refine.py)")
         return self.refiner.timeouts.heartbeat(tenant, trial_id, interval_seconds)
 
-    def report(self, tenant: str, report: RunReport) -> tuple[RunRecord, bool]:
+    def report(self, tenant: str, report: RunReport) -> "Reported":
         if self.refiner is not None:  # an unknown trial_id is refused before anything is stored
             self.refiner.check_report(tenant, report)
         run, created = self.store.report(tenant, report)
         if created:
             self.registry.schedule_refit(tenant)
+        warnings = []
         try:
             if self.refiner is not None:  # idempotent: a re-sent run is not told twice
-                self.refiner.tell(tenant, run)
+                warnings = self.refiner.tell(tenant, run)
         finally:
             # Also when the tell failed (the run is stored, and the study's next sync tells
             # it), and for a re-sent run, which may be told only now if its first tell failed.
             if created or self.refiner is not None:
                 self._changed(tenant)
-        return run, created
+        return Reported(run, created, tuple(warnings))
 
     def _changed(self, tenant: str) -> None:
         """The tenant's studies changed: its cached recommendations are stale."""

@@ -45,7 +45,7 @@ from predictor.sampler import PredictorGuidedSampler, candidates, space_point
 from predictor.study import SearchSpace, Studies, study_name, trial_id
 from predictor.study_sync import StudySync, add_runs, close_trial
 from predictor.table import RunTable
-from predictor.trial_timeouts import TIMED_OUT_ATTR, TrialTimeouts
+from predictor.trial_timeouts import TIMED_OUT_ATTR, TrialStatus, TrialTimeouts
 
 GP_VERSION = "study-gp@1"
 FOR_RUN_ATTR = "for_run_id"  # a trial's user attribute: the run_id it was handed out for
@@ -341,12 +341,18 @@ class Refiner:
         if report.trial_id:
             self.studies.find_trial(tenant, report.trial_id)
 
-    def tell(self, tenant: str, run: RunRecord) -> None:
+    def tell(self, tenant: str, run: RunRecord) -> list[str]:
         """Tells the run's trial, or adds the run as a trial of every existing study of its
         spec whose pins it matches. (A study created later starts with the matching stored
-        runs: see predictor/study_sync.py.)"""
-        if run.trial_id and self._tell_trial(tenant, run):
-            return
+        runs: see predictor/study_sync.py.) Returns warnings for the reporter: why the trial
+        it named could not take the run."""
+        warnings = []
+        if run.trial_id:
+            refused = self._tell_trial(tenant, run)
+            if refused is None:
+                return []
+            warnings.append(f"trial {run.trial_id} did not take run {run.run_id!r}: {refused}; "
+                            "the run joins the study as a configuration of its own")
         values = {n: getattr(run.hyperparameters, n) for n in HYPERPARAMETERS}
         for name in self._matching_studies(tenant, run.spec, values):
             with self.studies.lock(name):
@@ -354,20 +360,27 @@ class Refiner:
                 if study is not None and not any(t.user_attrs.get("run_id") == run.run_id
                                                  for t in study.get_trials(deepcopy=False)):
                     add_runs(study, [run])
+        return warnings
 
-    def _tell_trial(self, tenant: str, run: RunRecord) -> bool:
-        """True when the run closed (or had closed) its trial; False when the trial cannot take
+    def _tell_trial(self, tenant: str, run: RunRecord) -> str | None:
+        """None when the run closed (or had closed) its trial; else why the trial cannot take
         it (finished by another run or by the time-out, or run with another spec or other
-        values): the trial is then closed as FAIL, and the run is added like a user's own
-        configuration. A sync may have told the run first (its tell never came, or is this one
-        retried): close_trial, under the lock, finds the trial carrying the run_id, or the
-        caller finds a trial made from it, and nothing is told twice."""
+        values): a trial still running is then closed as FAIL, and the run is added like a
+        user's own configuration. A sync may have told the run first (its tell never came, or
+        is this one retried): close_trial, under the lock, finds the trial carrying the run_id,
+        or the caller finds a trial made from it, and nothing is told twice."""
         name, study_id, trial = self.studies.find_trial(tenant, run.trial_id)
         storage = self.studies.storage()
         with self.studies.lock(name):
             study_pins = Pins(**storage.get_study_user_attrs(study_id).get("pins", {}))
             same_spec = study_name(tenant, run.spec, study_pins) == name
-            return close_trial(storage, trial._trial_id, run, same_spec)
+            if close_trial(storage, trial._trial_id, run, same_spec):
+                return None
+            closed = storage.get_trial(trial._trial_id)
+        if closed.user_attrs.get("superseded_by_run") == run.run_id:
+            return ("the run's spec or values are not the ones the trial handed out (the trial "
+                    "is closed)")
+        return TrialStatus.of_finished(closed).detail
 
     def _matching_studies(self, tenant: str, spec: TrainingSpec, values: dict[str, float]) -> list[str]:
         """Existing studies of the spec whose pins the values satisfy (to the key's 2%)."""

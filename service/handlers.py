@@ -37,8 +37,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
     def ReportRun(self, request: pb.ReportRunRequest, context) -> pb.ReportRunResponse:
         report = converters.report_from_proto(request)
-        run, created = self.engine.report(tenant_of(context), report)
-        return pb.ReportRunResponse(run=converters.run_to_proto(run), created=created)
+        reported = self.engine.report(tenant_of(context), report)
+        return pb.ReportRunResponse(run=converters.run_to_proto(reported.run),
+                                    created=reported.created, warnings=reported.warnings)
 
     def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
         runs, token = self.store.page(tenant_of(context), request.page_size, request.page_token,

@@ -311,6 +311,8 @@ class TrackedRun:
             log.warning("hparamrec: could not report run %s (%s); the report was: %s",
                         self.run_id, error, convert.as_json(report, indent=None))
         else:
+            for warning in self.report.warnings:
+                log.warning("hparamrec: run %s: %s", self.run_id, warning)
             stored = self.report.run.outcome
             if not self.report.created and stored != outcome:
                 log.warning("hparamrec: run %s was already stored (%s) and is kept as it was: "

@@ -25,6 +25,7 @@ def test_explore_prints_the_trial_and_report_closes_it(target):
                  "--loss", "2.5", "--trial-id", trial["trial_id"], "--json", server=target)
     assert report.returncode == 0, report.stderr
     assert json.loads(report.stdout)["run"]["trial_id"] == trial["trial_id"]
+    assert json.loads(report.stdout)["warnings"] == [] and report.stderr == ""
 
     human = cli("recommend", *SPEC, "--mode", "explore", server=target)
     assert human.returncode == 0, human.stderr
@@ -55,3 +56,29 @@ def test_explore_for_a_named_run_hands_its_trial_out_again(target):
     assert refused.stderr.count("\n") == 1 and "run_id" in refused.stderr
     exploit = cli("recommend", *SPEC, "--run-id", "job 10", server=target)
     assert exploit.returncode == 2 and "use it with --mode explore" in exploit.stderr
+
+
+def report_against(target, trial: dict, run_id: str, lr: float):
+    return cli("report", "--params", "1B", "--tokens", "20B", "--lr", repr(lr),
+               "--batch-size-tokens", repr(trial["batch_size_tokens"]), "--weight-decay", "0.1",
+               "--loss", "2.5", "--trial-id", trial["trial_id"], "--run-id", run_id, server=target)
+
+
+def test_a_report_the_trial_cannot_take_is_stored_with_a_warning_saying_why(target):
+    """A second run against a trial another run closed, and a run with other values than its
+    trial's, are stored and join the study as configurations of their own: the reporter is
+    told, instead of believing the run closed its trial."""
+    trial = json.loads(cli("recommend", *SPEC, "--mode", "explore", "--json", server=target).stdout)
+    first = report_against(target, trial, "first", trial["lr"])
+    assert first.returncode == 0 and first.stderr == ""
+    second = report_against(target, trial, "second", trial["lr"])
+    assert second.returncode == 0 and "run second stored" in second.stdout
+    assert second.stderr.splitlines() == [
+        f"warning: trial {trial['trial_id']} did not take run 'second': the trial was closed by "
+        "run 'first' (complete); the run joins the study as a configuration of its own"]
+
+    other = json.loads(cli("recommend", *SPEC, "--mode", "explore", "--json", server=target).stdout)
+    moved = report_against(target, other, "moved", other["lr"] * 2)
+    assert moved.returncode == 0
+    assert moved.stderr.startswith(f"warning: trial {other['trial_id']} did not take run 'moved': "
+                                   "the run's spec or values are not the ones the trial handed out")
