@@ -59,8 +59,8 @@ _BY_CODE = {cls.code: cls for cls in HparamrecError.__subclasses__()}
 
 class ClientSettingsError(InvalidArgumentError):
     """A setting of the client itself is unusable (a tls_ca file that cannot be read, a target
-    whose port is out of range), found
-    before any call; its field violation names the setting (Client's argument name)."""
+    whose port is out of range), found before any call; its field violation names the setting
+    (Client's argument name)."""
 
 
 def from_rpc_error(error: grpc.RpcError, target: str = "",
