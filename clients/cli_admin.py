@@ -129,20 +129,15 @@ def keys_revoke(db, key_id, as_json) -> None:
 def backtest(runs_file, file_format, context_files, predictor, as_json) -> None:
     """Leave-one-group-out backtest: each (n_params, n_active_params, n_tokens) group is
     predicted by a model fitted on all other groups (plus --context) and never on itself."""
-    from benchmark_db.errors import InvalidArgument
-    from benchmark_db.importers import read_runs
     from predictor.backtest import backtest as run_backtest
     from predictor.predictors import MODEL_FACTORIES
     from predictor.table import RunTable
 
     if predictor not in MODEL_FACTORIES:
         raise CliError(f"--predictor: choose from {', '.join(MODEL_FACTORIES)}")
-    try:
-        table = RunTable.from_runs(read_runs(runs_file, file_format))
-        context = RunTable.concat([RunTable.from_runs(read_runs(f, file_format))
-                                   for f in context_files]) if context_files else None
-    except InvalidArgument as exc:
-        raise CliError(str(exc)) from None
+    table = _read_table(runs_file, file_format)
+    context = RunTable.concat([_read_table(f, file_format)
+                               for f in context_files]) if context_files else None
     if len(table) == 0:
         raise CliError(f"{runs_file}: no runs to backtest")
     progress = None
@@ -155,6 +150,19 @@ def backtest(runs_file, file_format, context_files, predictor, as_json) -> None:
         from clients import render
 
         render.backtest_table(table, result)
+
+
+def _read_table(path: str, file_format: str):
+    """The runs of a file as a table; a bad row names the file, as `import` does (backtest
+    reads several)."""
+    from benchmark_db.errors import InvalidArgument
+    from benchmark_db.importers import read_runs
+    from predictor.table import RunTable
+
+    try:
+        return RunTable.from_runs(read_runs(path, file_format))
+    except InvalidArgument as exc:
+        raise CliError(f"{path}: {exc}") from None
 
 
 def _stderr_row_counter():
