@@ -76,7 +76,7 @@ def keys_create(db, tenant, label, as_json) -> None:
 @json_option(help='Print {"keys": [{"key_id": ..., "tenant": ..., ...}]}.')
 def keys_list(db, as_json) -> None:
     """Key ids, tenants and states (never the keys)."""
-    store = open_store(db)
+    store = open_store(db, must_exist=True)
     try:
         found = store.keys.list()
     finally:
@@ -102,7 +102,7 @@ def keys_revoke(db, key_id, as_json) -> None:
     """Revoke a key by its id: every replica refuses it from the next call on."""
     from benchmark_db.errors import NotFound
 
-    store = open_store(db)
+    store = open_store(db, must_exist=True)
     try:
         info = store.keys.revoke(key_id)
     except NotFound as exc:

@@ -96,11 +96,23 @@ def database_errors():
         raise CliError(f"cannot open the database: {reason}", 3) from None
 
 
-def open_store(db: str):
-    """The store behind --db (database_errors)."""
+def open_store(db: str, must_exist: bool = False):
+    """The store behind --db (database_errors). must_exist: for commands that only read or
+    change what is stored (keys list, keys revoke), a SQLite file that is not there is a typo,
+    not a new database to create (the engine would create it, and its directories)."""
+    from pathlib import Path
+
+    import sqlalchemy as sa
+
     from benchmark_db.store import RunStore
 
     with database_errors():
+        url = sa.make_url(db)
+        if (must_exist and url.get_backend_name() == "sqlite" and url.database
+                and url.database != ":memory:"):  # the engine says why that one is refused
+            path = Path(url.database).expanduser()
+            if not path.is_file():
+                raise CliError(f"--db: no database at {path}")
         return RunStore(db)
 
 

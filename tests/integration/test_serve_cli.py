@@ -88,8 +88,20 @@ def test_keys_lifecycle_through_the_cli(tmp_path):
 
 
 def test_keys_revoke_unknown_id_exits_4(tmp_path):
-    out = cli("keys", "revoke", "--db", f"sqlite:///{tmp_path / 'k.db'}", "nope")
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    assert cli("keys", "create", "--db", db, "--tenant", "t").returncode == 0
+    out = cli("keys", "revoke", "--db", db, "nope")
     assert out.returncode == 4 and out.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("command", [["list"], ["revoke", "abc123"]])
+def test_keys_on_a_missing_sqlite_file_exit_2_and_create_nothing(tmp_path, command):
+    """A typo in --db must not answer from (or leave behind) a new empty database."""
+    path = tmp_path / "typo" / "path.db"
+    out = cli("keys", *command, "--db", f"sqlite:///{path}")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [f"error: --db: no database at {path}"]
+    assert not path.parent.exists()
 
 
 def test_serve_refuses_a_public_address_without_keys(tmp_path):
