@@ -50,7 +50,8 @@ def keys() -> None:
 @keys.command("create")
 @db_option
 @click.option("--tenant", required=True, help="Tenant the key acts for.")
-@click.option("--label", default="", help="What the key is for, e.g. the cluster's name.")
+@click.option("--label", default="", help="What the key is for, e.g. the cluster's name "
+                                          "(one line, at most 200 characters).")
 @json_option(help='Print {"key": ..., "key_id": ..., "tenant": ..., "label": ...}.')
 def keys_create(db, tenant, label, as_json) -> None:
     """Create a key. It is printed once and only its hash is stored."""
@@ -59,8 +60,8 @@ def keys_create(db, tenant, label, as_json) -> None:
     store = open_store(db)
     try:
         key, info = store.keys.create(tenant, label)
-    except InvalidArgument as exc:
-        raise CliError(str(exc)) from None
+    except InvalidArgument as exc:  # named by the flag
+        raise CliError("; ".join(f"--{v.field}: {v.reason}" for v in exc.violations)) from None
     finally:
         store.close()
     if as_json:
