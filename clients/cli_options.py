@@ -116,6 +116,20 @@ def open_store(db: str, must_exist: bool = False):
         return RunStore(db)
 
 
+def metadata_of(items: tuple[str, ...]) -> dict[str, str]:
+    """--meta KEY=VALUE labels as a dict; a key given twice is an error, not the last value
+    silently kept."""
+    metadata: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--meta: expected KEY=VALUE, got {item!r}")
+        if key in metadata:
+            raise CliError(f"--meta: key {key} given twice")
+        metadata[key] = value
+    return metadata
+
+
 def json_option(f=None, *, help="Print one JSON object whose keys are the proto field names."):
     """--json; json_option(help=...) for commands whose JSON is not a proto message."""
     if f is None:

@@ -142,6 +142,18 @@ def test_errors_are_one_line_with_meaningful_exit_codes(target, args, code, need
     assert out.stdout == ""
 
 
+@pytest.mark.parametrize("meta, needle", [
+    (["k=v", "k=w"], "--meta: key k given twice"),
+])
+def test_report_metadata_is_checked_before_the_call(meta, needle):
+    """Nothing listens on the server given (exit 3 if called): a repeated key was silently
+    overwritten."""
+    args = [arg for item in meta for arg in ("--meta", item)]
+    out = cli(*REPORT, *args, server="127.0.0.1:1")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [f"error: {needle}"]
+
+
 def test_unreachable_server_exits_3():
     out = cli("recommend", "--params", "1B", "--tokens", "20B", server="127.0.0.1:1")
     assert out.returncode == 3
