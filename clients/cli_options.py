@@ -127,7 +127,22 @@ def metadata_of(items: tuple[str, ...]) -> dict[str, str]:
         if key in metadata:
             raise CliError(f"--meta: key {key} given twice")
         metadata[key] = value
+    check_metadata(metadata)
     return metadata
+
+
+def check_metadata(metadata: dict[str, str]) -> None:
+    """The server's limits, in its words, before the call (see clients/models.py)."""
+    from clients.models import (MAX_METADATA_ENTRIES, MAX_METADATA_KEY_BYTES,
+                                MAX_METADATA_VALUE_BYTES)
+
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise CliError(f"metadata: at most {MAX_METADATA_ENTRIES} entries")
+    for key, value in metadata.items():
+        if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:
+            raise CliError(f"metadata: key must be 1-{MAX_METADATA_KEY_BYTES} bytes")
+        if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
+            raise CliError(f"metadata[{key!r}]: value over {MAX_METADATA_VALUE_BYTES} bytes")
 
 
 def json_option(f=None, *, help="Print one JSON object whose keys are the proto field names."):
