@@ -4,16 +4,28 @@
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from benchmark_db.errors import NotFound
+from benchmark_db.errors import InvalidArgument, NotFound
 from benchmark_db.records import check_tenant
 from benchmark_db.schema import api_keys
 
 KEY_PREFIX = "hpr"
+MAX_LABEL_LENGTH = 200  # the column's size
+
+
+def check_label(label: str) -> str:
+    """A label is shown on one line per key (keys list): no control characters or line
+    separators, and short. Empty is no label."""
+    if len(label) > MAX_LABEL_LENGTH or any(unicodedata.category(c) in ("Cc", "Zl", "Zp")
+                                            for c in label):
+        raise InvalidArgument.single("label", f"at most {MAX_LABEL_LENGTH} characters, none of "
+                                              "them a control character or line break")
+    return label
 
 
 @dataclass(frozen=True)
@@ -36,9 +48,10 @@ class KeyStore:
     def create(self, tenant: str, label: str = "") -> tuple[str, ApiKeyInfo]:
         """Returns the key (shown once, never stored) and its public record."""
         check_tenant(tenant)
+        check_label(label)
         key_id = secrets.token_hex(6)
         key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        row = {"key_id": key_id, "key_hash": _hash(key), "tenant": tenant, "label": label[:200],
+        row = {"key_id": key_id, "key_hash": _hash(key), "tenant": tenant, "label": label,
                "created_at": datetime.now(UTC), "revoked_at": None}
         with self.engine.begin() as conn:
             conn.execute(api_keys.insert().values(row))

@@ -13,8 +13,8 @@ import click
 
 from clients.cli_admin import backtest, import_runs, keys
 from clients.cli_options import (QUANTITY, CliError, check_out, client_options,
-                                 database_errors, json_option, pin_options, pins_of, print_json,
-                                 spec_filter_of, spec_of, spec_options, to_dict)
+                                 database_errors, json_option, metadata_of, pin_options, pins_of,
+                                 print_json, spec_filter_of, spec_of, spec_options, to_dict)
 from clients.errors import HparamrecError
 
 # click >= 8.2 raises it for a group called with no arguments (older versions print the help).
@@ -112,7 +112,7 @@ def recommend(explain, mode, run_id, client, as_json, **kw) -> None:
 @click.option("--recommendation-id", default="", help="The recommendation this run followed.")
 @click.option("--trial-id", default="", help="The explore trial this run evaluated "
                                              "(printed by `recommend --mode explore`).")
-@click.option("--meta", multiple=True, help="KEY=VALUE label, repeatable.")
+@click.option("--meta", multiple=True, help="KEY=VALUE label, repeatable (each key once).")
 @client_options
 @json_option
 def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, failed, run_id,
@@ -124,12 +124,7 @@ def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, fa
 
     status = (RunStatus.DIVERGED if diverged else RunStatus.FAILED if failed
               else RunStatus.COMPLETED)
-    metadata = {}
-    for item in meta:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"--meta: expected KEY=VALUE, got {item!r}")
-        metadata[key] = value
+    metadata = metadata_of(meta)
     report = RunReport(
         run_id=run_id,
         spec=spec_of(kw),

@@ -50,7 +50,8 @@ def keys() -> None:
 @keys.command("create")
 @db_option
 @click.option("--tenant", required=True, help="Tenant the key acts for.")
-@click.option("--label", default="", help="What the key is for, e.g. the cluster's name.")
+@click.option("--label", default="", help="What the key is for, e.g. the cluster's name "
+                                          "(one line, at most 200 characters).")
 @json_option(help='Print {"key": ..., "key_id": ..., "tenant": ..., "label": ...}.')
 def keys_create(db, tenant, label, as_json) -> None:
     """Create a key. It is printed once and only its hash is stored."""
@@ -59,8 +60,8 @@ def keys_create(db, tenant, label, as_json) -> None:
     store = open_store(db)
     try:
         key, info = store.keys.create(tenant, label)
-    except InvalidArgument as exc:
-        raise CliError(str(exc)) from None
+    except InvalidArgument as exc:  # named by the flag
+        raise CliError("; ".join(f"--{v.field}: {v.reason}" for v in exc.violations)) from None
     finally:
         store.close()
     if as_json:
@@ -76,7 +77,7 @@ def keys_create(db, tenant, label, as_json) -> None:
 @json_option(help='Print {"keys": [{"key_id": ..., "tenant": ..., ...}]}.')
 def keys_list(db, as_json) -> None:
     """Key ids, tenants and states (never the keys)."""
-    store = open_store(db)
+    store = open_store(db, must_exist=True)
     try:
         found = store.keys.list()
     finally:
@@ -102,7 +103,7 @@ def keys_revoke(db, key_id, as_json) -> None:
     """Revoke a key by its id: every replica refuses it from the next call on."""
     from benchmark_db.errors import NotFound
 
-    store = open_store(db)
+    store = open_store(db, must_exist=True)
     try:
         info = store.keys.revoke(key_id)
     except NotFound as exc:
@@ -129,20 +130,15 @@ def keys_revoke(db, key_id, as_json) -> None:
 def backtest(runs_file, file_format, context_files, predictor, as_json) -> None:
     """Leave-one-group-out backtest: each (n_params, n_active_params, n_tokens) group is
     predicted by a model fitted on all other groups (plus --context) and never on itself."""
-    from benchmark_db.errors import InvalidArgument
-    from benchmark_db.importers import read_runs
     from predictor.backtest import backtest as run_backtest
     from predictor.predictors import MODEL_FACTORIES
     from predictor.table import RunTable
 
     if predictor not in MODEL_FACTORIES:
         raise CliError(f"--predictor: choose from {', '.join(MODEL_FACTORIES)}")
-    try:
-        table = RunTable.from_runs(read_runs(runs_file, file_format))
-        context = RunTable.concat([RunTable.from_runs(read_runs(f, file_format))
-                                   for f in context_files]) if context_files else None
-    except InvalidArgument as exc:
-        raise CliError(str(exc)) from None
+    table = _read_table(runs_file, file_format)
+    context = RunTable.concat([_read_table(f, file_format)
+                               for f in context_files]) if context_files else None
     if len(table) == 0:
         raise CliError(f"{runs_file}: no runs to backtest")
     progress = None
@@ -155,6 +151,19 @@ def backtest(runs_file, file_format, context_files, predictor, as_json) -> None:
         from clients import render
 
         render.backtest_table(table, result)
+
+
+def _read_table(path: str, file_format: str):
+    """The runs of a file as a table; a bad row names the file, as `import` does (backtest
+    reads several)."""
+    from benchmark_db.errors import InvalidArgument
+    from benchmark_db.importers import read_runs
+    from predictor.table import RunTable
+
+    try:
+        return RunTable.from_runs(read_runs(path, file_format))
+    except InvalidArgument as exc:
+        raise CliError(f"{path}: {exc}") from None
 
 
 def _stderr_row_counter():

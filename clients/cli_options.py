@@ -96,12 +96,53 @@ def database_errors():
         raise CliError(f"cannot open the database: {reason}", 3) from None
 
 
-def open_store(db: str):
-    """The store behind --db (database_errors)."""
+def open_store(db: str, must_exist: bool = False):
+    """The store behind --db (database_errors). must_exist: for commands that only read or
+    change what is stored (keys list, keys revoke), a SQLite file that is not there is a typo,
+    not a new database to create (the engine would create it, and its directories)."""
+    from pathlib import Path
+
+    import sqlalchemy as sa
+
     from benchmark_db.store import RunStore
 
     with database_errors():
+        url = sa.make_url(db)
+        if (must_exist and url.get_backend_name() == "sqlite" and url.database
+                and url.database != ":memory:"):  # the engine says why that one is refused
+            path = Path(url.database).expanduser()
+            if not path.is_file():
+                raise CliError(f"--db: no database at {path}")
         return RunStore(db)
+
+
+def metadata_of(items: tuple[str, ...]) -> dict[str, str]:
+    """--meta KEY=VALUE labels as a dict; a key given twice is an error, not the last value
+    silently kept."""
+    metadata: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--meta: expected KEY=VALUE, got {item!r}")
+        if key in metadata:
+            raise CliError(f"--meta: key {key} given twice")
+        metadata[key] = value
+    check_metadata(metadata)
+    return metadata
+
+
+def check_metadata(metadata: dict[str, str]) -> None:
+    """The server's limits, in its words, before the call (see clients/models.py)."""
+    from clients.models import (MAX_METADATA_ENTRIES, MAX_METADATA_KEY_BYTES,
+                                MAX_METADATA_VALUE_BYTES)
+
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise CliError(f"metadata: at most {MAX_METADATA_ENTRIES} entries")
+    for key, value in metadata.items():
+        if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:
+            raise CliError(f"metadata: key must be 1-{MAX_METADATA_KEY_BYTES} bytes")
+        if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
+            raise CliError(f"metadata[{key!r}]: value over {MAX_METADATA_VALUE_BYTES} bytes")
 
 
 def json_option(f=None, *, help="Print one JSON object whose keys are the proto field names."):

@@ -177,6 +177,14 @@ class RunOutcome(_Message):
         return cls(status=RunStatus.FAILED)
 
 
+# The server's limits on a report's metadata (benchmark_db/records.py; a unit test keeps them
+# equal), known here so the CLI can refuse a report before sending it: one far over them is
+# refused by gRPC's message size limit, in an error that names no field.
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_BYTES = 256
+MAX_METADATA_VALUE_BYTES = 4096
+
+
 class RunReport(_Message):
     """A finished, diverged or failed run as the client reports it (ReportRunRequest). An
     empty run_id is replaced by a random one, chosen once so retries cannot duplicate the run."""

@@ -1,5 +1,7 @@
 """Human-readable output of the CLI (rich tables), from the client's typed models."""
 
+import math
+import statistics
 from collections import Counter
 from datetime import UTC
 
@@ -222,9 +224,34 @@ def backtest_table(table, result: dict) -> None:
         lo, hi = np.array([p["loss_lo"] for p in pts]), np.array([p["loss_hi"] for p in pts])
         regret = scoring.regret(held, rec["lr"], rec["batch_size_tokens"])
         regrets.append(regret)
+        into_diverged = held.diverged[scoring.nearest_point(held, rec["lr"], rec["batch_size_tokens"])]
         out.add_row(format_quantity(group["n_params"]), format_quantity(group["n_tokens"]),
                     f"{rec['lr']:.3g}", format_quantity(rec["batch_size_tokens"]),
-                    f"{100 * regret:.3f}%", f"{scoring.rank_correlation(held, mean):.3f}",
+                    _regret_cell(regret, into_diverged),
+                    f"{scoring.rank_correlation(held, mean):.3f}",
                     f"{scoring.coverage(held, lo, hi):.0%}")
     console.print(out)
-    console.print(f"mean regret {100 * np.mean(regrets):.3f}%, median {100 * np.median(regrets):.3f}%")
+    console.print(_regret_summary(regrets))
+
+
+def _regret_cell(regret: float, into_diverged: bool) -> str:
+    """A diverged run with no loss has no finite regret (scoring makes it inf): say what
+    happened. One that kept its loss costs what it cost, and is marked."""
+    if not math.isfinite(regret):
+        return "diverged"
+    return f"{100 * regret:.3f}%" + (" (diverged)" if into_diverged else "")
+
+
+def _regret_summary(regrets: list[float]) -> str:
+    """Mean and median over the finite regrets: one inf would make them inf and hide the rest;
+    the groups left out are counted instead."""
+    finite = [r for r in regrets if math.isfinite(r)]
+    lost = len(regrets) - len(finite)
+    text = (f"mean regret {100 * statistics.mean(finite):.3f}%, "
+            f"median {100 * statistics.median(finite):.3f}%"
+            if finite else "no group has a finite regret")
+    if lost:
+        if finite:
+            text += f" over the {len(finite)} of {len(regrets)} groups with a finite regret"
+        text += f"; {lost} recommended into a diverged run with no loss"
+    return text

@@ -142,6 +142,25 @@ def test_errors_are_one_line_with_meaningful_exit_codes(target, args, code, need
     assert out.stdout == ""
 
 
+BIG = "x" * 110_000  # ten of these make a report over the server's 1 MB message limit
+
+
+@pytest.mark.parametrize("meta, needle", [
+    (["k=v", "k=w"], "--meta: key k given twice"),
+    ([f"k{i}=v" for i in range(65)], "metadata: at most 64 entries"),
+    ([f"k{i}={BIG}" for i in range(10)], "metadata['k0']: value over 4096 bytes"),
+    ([f"{'k' * 257}=v"], "metadata: key must be 1-256 bytes"),
+    (["=v"], "metadata: key must be 1-256 bytes"),
+])
+def test_report_metadata_is_checked_before_the_call(meta, needle):
+    """Nothing listens on the server given (exit 3 if called): a repeated key was silently
+    overwritten, and a report over the message limit was refused naming no field."""
+    args = [arg for item in meta for arg in ("--meta", item)]
+    out = cli(*REPORT, *args, server="127.0.0.1:1")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [f"error: {needle}"]
+
+
 def test_unreachable_server_exits_3():
     out = cli("recommend", "--params", "1B", "--tokens", "20B", server="127.0.0.1:1")
     assert out.returncode == 3

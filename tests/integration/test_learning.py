@@ -78,3 +78,20 @@ def test_backtest_rejects_an_unknown_predictor(tmp_path):
     out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "csv",
                           "--predictor", "oracle"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.startswith("error: --predictor")
+
+
+@pytest.mark.parametrize("bad", ["runs", "context"])
+def test_backtest_names_the_file_of_a_bad_row(tmp_path, bad):
+    good = tmp_path / "good.csv"
+    write_csv(good, synthetic_sweep(groups=SWEEP_GROUPS[:2]))
+    broken = tmp_path / "badrow.csv"
+    broken.write_text("run_id,n_params,n_tokens,lr,batch_size_tokens,weight_decay,final_loss\n"
+                      "a,1e9,2e10,1e-3,1e6,0.1,2.5\n"
+                      "b,1e9,2e10,-1e-3,1e6,0.1,2.6\n")
+    files = {"runs": good, "context": good} | {bad: broken}
+    out = subprocess.run([HPARAMREC, "backtest", "--runs", str(files["runs"]), "--format", "csv",
+                          "--context", str(files["context"]), "--predictor", "prior"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.splitlines()  # as import names it
+    assert len(lines) == 1 and lines[0].startswith(f"error: {broken}: row 3: lr: ")

@@ -88,8 +88,20 @@ def test_keys_lifecycle_through_the_cli(tmp_path):
 
 
 def test_keys_revoke_unknown_id_exits_4(tmp_path):
-    out = cli("keys", "revoke", "--db", f"sqlite:///{tmp_path / 'k.db'}", "nope")
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    assert cli("keys", "create", "--db", db, "--tenant", "t").returncode == 0
+    out = cli("keys", "revoke", "--db", db, "nope")
     assert out.returncode == 4 and out.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("command", [["list"], ["revoke", "abc123"]])
+def test_keys_on_a_missing_sqlite_file_exit_2_and_create_nothing(tmp_path, command):
+    """A typo in --db must not answer from (or leave behind) a new empty database."""
+    path = tmp_path / "typo" / "path.db"
+    out = cli("keys", *command, "--db", f"sqlite:///{path}")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [f"error: --db: no database at {path}"]
+    assert not path.parent.exists()
 
 
 def test_serve_refuses_a_public_address_without_keys(tmp_path):
@@ -145,3 +157,23 @@ def test_serve_with_a_bad_database_or_host_fails_in_one_line(tmp_path, flags, co
     # The rest are logs: the server's (JSON) and gRPC's own ("E1125 ... add_port.cc ...").
     assert all(line.startswith("{") or line[:1] in "EWI" and line[1:5].isdigit()
                for line in lines[:-1])
+
+
+@pytest.mark.parametrize("label", ["x" * 201, "cluster-a\nrevoked", "tab\there"])
+def test_keys_create_refuses_a_long_or_multiline_label(tmp_path, label):
+    """keys list prints one line per key: a label may not break it (nor be 100 kB)."""
+    from benchmark_db.errors import InvalidArgument
+    from benchmark_db.store import RunStore
+
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    out = cli("keys", "create", "--db", db, "--tenant", "t", "--label", label)
+    assert out.returncode == 2 and out.stdout == ""
+    assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith("error: --label: ")
+    store = RunStore(db)  # the rule is the store's, for any caller
+    try:
+        with pytest.raises(InvalidArgument, match="label"):
+            store.keys.create("t", label)
+        assert store.keys.list() == []
+        assert store.keys.create("t", "é" * 200)[1].label == "é" * 200
+    finally:
+        store.close()

@@ -176,3 +176,11 @@ def test_importing_the_client_imports_no_heavy_package():
     out = subprocess.run([sys.executable, "-c", LIGHT], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_metadata_limits_mirror_the_servers():
+    """The CLI checks a report's metadata before the call with the client's copy of them."""
+    from benchmark_db import records
+
+    for name in ("MAX_METADATA_ENTRIES", "MAX_METADATA_KEY_BYTES", "MAX_METADATA_VALUE_BYTES"):
+        assert getattr(models, name) == getattr(records, name), name

@@ -182,3 +182,38 @@ def test_runs_show_prints_the_whole_run(monkeypatch):
                      "QAT fraction 0.3", "outcome completed 2.5000", "created 2026-01-01 00:00",
                      "source report", "trial_id 3-7", "cluster = a100"):
         assert expected in lines, (expected, lines)
+
+
+def test_backtest_says_diverged_where_the_nearest_point_has_no_loss(monkeypatch):
+    """Recommending into a diverged run (no loss) has no finite regret: the row says so and the
+    mean is over the other groups, with the count, instead of inf%."""
+    import numpy as np
+    from rich.console import Console
+
+    from predictor.table import RunTable
+
+    out = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=out, width=200))
+    n = np.array([1e9, 1e9, 1e9, 2e9, 2e9])
+    d = 20 * n
+    table = RunTable(n_params=n, n_active_params=n, n_tokens=d, seq_len=np.full(5, 2048.0),
+                     weight_bits=np.full(5, 16.0), lr=np.array([1e-3, 2e-3, 8e-3, 1e-3, 2e-3]),
+                     batch_size_tokens=np.full(5, 1e6), weight_decay=np.full(5, 0.1),
+                     qat_fraction=np.zeros(5), loss=np.array([2.5, 2.45, np.nan, 2.4, 2.3]),
+                     diverged=np.array([False, False, True, False, False]))
+
+    def group(i, lr, points):
+        return {"n_params": n[i], "n_active_params": n[i], "n_tokens": d[i],
+                "recommendation": {"lr": lr, "batch_size_tokens": 1e6},
+                "points": [{"loss_pred": 2.4 + k / 10, "loss_lo": 2.0, "loss_hi": 3.0}
+                           for k in range(points)]}
+
+    render.backtest_table(table, {"predictor": "prior",
+                                  "groups": [group(0, 7e-3, 3), group(3, 1e-3, 2)]})
+    text = out.getvalue()
+    assert "inf" not in text
+    rows = [next(line for line in text.splitlines() if f"│ {size} " in line) for size in ("1B", "2B")]
+    assert "diverged" in rows[0] and "4.348%" in rows[1]
+    assert text.splitlines()[-1] == ("mean regret 4.348%, median 4.348% over the 1 of 2 groups "
+                                     "with a finite regret; 1 recommended into a diverged run "
+                                     "with no loss")
