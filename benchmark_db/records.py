@@ -218,7 +218,8 @@ RUN_ID_PATTERN = re.compile(r"^[^\x00-\x1f]+$")  # any text without control char
 
 
 def check_tenant(tenant: str) -> str:
-    if not TENANT_PATTERN.match(tenant):
+    # fullmatch: with match, "$" also matches before a final newline ("team\n" passed).
+    if not TENANT_PATTERN.fullmatch(tenant):
         raise InvalidArgument.single("tenant", "1-100 letters, digits, '.', '_' or '-', "
                                                "starting with a letter or digit")
     return tenant

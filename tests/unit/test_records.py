@@ -83,7 +83,7 @@ def test_diverged_run_may_carry_a_huge_loss_but_completed_may_not():
     assert fields_of(exc) == ["outcome.final_loss"]
 
 
-@pytest.mark.parametrize("tenant", ["", "-x", "a" * 101, "a b", "ten/ant"])
+@pytest.mark.parametrize("tenant", ["", "-x", "a" * 101, "a b", "ten/ant", "team\n"])
 def test_bad_tenants_are_rejected(tenant):
     from benchmark_db.records import check_tenant
     with pytest.raises(InvalidArgument):
