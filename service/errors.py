@@ -51,8 +51,26 @@ def to_status(exc: DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether the error (or one it was raised from: Optuna wraps SQLAlchemy's) is the database
+    being out of reach: down, restarting, its connections cut, its pool exhausted, SQLite's
+    file locked. Such a call may succeed if retried, which UNAVAILABLE tells clients to do."""
+    from sqlalchemy import exc as sa_exc
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.TimeoutError)):
+            return True
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Turns domain errors raised by unary handlers into their status codes; anything else is
+    """Turns domain errors raised by unary handlers into their status codes, and an unreachable
+    database into UNAVAILABLE (clients retry it, through another replica too); anything else is
     logged with its traceback and becomes INTERNAL without leaking internals to the caller."""
 
     def intercept_service(self, continuation, handler_call_details):
@@ -69,9 +87,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 status = to_status(exc)
                 context.abort_with_status(status._replace(
                     trailing_metadata=tuple(status.trailing_metadata) + request_id_metadata()))
-            except Exception:
+            except Exception as exc:
                 if context.code() is not None:  # already aborted on purpose
                     raise
+                if database_unreachable(exc):
+                    log.warning("database unreachable in %s: %s", method, exc)
+                    context.abort(grpc.StatusCode.UNAVAILABLE,
+                                  "the service's database is unreachable; retry shortly")
                 log.exception("internal error in %s", method)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 

@@ -49,9 +49,10 @@ class Service:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="hparamrec-rpc"),
-            interceptors=[self.observer,
-                          AuthInterceptor(None if settings.auth_disabled else self.store.keys),
-                          ErrorInterceptor()],
+            # The first is outermost: the key lookup runs inside ErrorInterceptor, so a database
+            # out of reach there is UNAVAILABLE too.
+            interceptors=[self.observer, ErrorInterceptor(),
+                          AuthInterceptor(None if settings.auth_disabled else self.store.keys)],
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", 4 * limit),
                      # gRPC sheds calls (CANCELLED, never reaching a handler) at random once

@@ -1,0 +1,62 @@
+"""A database out of reach (PostgreSQL refusing connections, its sessions cut) is UNAVAILABLE,
+which clients retry, through the key lookup too; the service recovers when it is back."""
+
+from contextlib import contextmanager
+
+import pytest
+import sqlalchemy as sa
+
+from benchmark_db.store import RunStore
+from clients import Client
+from clients.errors import UnavailableError
+from tests.integration.in_process_server import running_service
+
+pytestmark = pytest.mark.integration
+
+
+def make_report(run_id: str) -> dict:
+    return {"run_id": run_id, "spec": {"n_params": 1e9, "n_tokens": 2e10},
+            "hyperparameters": {"lr": 1e-3, "batch_size_tokens": 1 << 20, "weight_decay": 0.1},
+            "outcome": {"status": "completed", "final_loss": 2.5}}
+
+
+@contextmanager
+def database_down(url: str):
+    """The test's database refuses new connections and its open ones are cut, as when its
+    server restarts; the PostgreSQL server itself (shared by the session) stays up."""
+    name = sa.make_url(url).database
+    admin = sa.create_engine(sa.make_url(url).set(database="postgres",
+                                                   drivername="postgresql+psycopg"),
+                             isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"))
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = :name"), {"name": name})
+    try:
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("auth", [False, True])
+def test_an_unreachable_database_is_unavailable_and_the_service_recovers(database_url, auth):
+    key = ""
+    if auth:
+        store = RunStore(database_url)
+        key, _ = store.keys.create("team")
+        store.close()
+    with running_service(database_url, auth_disabled=not auth) as svc:
+        target = f"127.0.0.1:{svc.port}"
+        with Client(target, api_key=key or None, retries=0) as client:
+            assert client.report_run(make_report("before")).created
+            with database_down(database_url):
+                with pytest.raises(UnavailableError, match="database is unreachable"):
+                    client.list_runs()  # with a key: its lookup already needs the database
+                with pytest.raises(UnavailableError):
+                    client.report_run(make_report("during"))
+        with Client(target, api_key=key or None, retries=5) as client:  # retried, as clients do
+            assert client.report_run(make_report("after")).created
+            assert {r.run_id for r in client.list_runs().runs} == {"before", "after"}
