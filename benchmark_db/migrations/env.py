@@ -2,11 +2,8 @@
 
 from alembic import context
 
+from benchmark_db.migrate import VERSION_TABLE  # ours, not Optuna's alembic_version
 from benchmark_db.schema import metadata
-
-# Our own version table: Optuna's RDB storage, which shares this database for the refinement
-# studies, keeps its schema revision in Alembic's default `alembic_version`.
-VERSION_TABLE = "hparamrec_alembic_version"
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True,

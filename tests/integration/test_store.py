@@ -37,6 +37,38 @@ def test_optuna_storage_can_share_the_database(store, database_url):
     assert optuna.load_study(study_name="s", storage=database_url).trials == []
 
 
+def test_a_database_from_before_our_version_table_is_upgraded_with_its_rows(database_url):
+    """Releases before hparamrec_alembic_version kept our revision in Alembic's default table
+    (which Optuna also uses): opening such a database resumes from that revision; it created
+    every table again before, and failed on the first."""
+    from datetime import UTC, datetime
+
+    from benchmark_db.migrate import upgrade
+
+    engine = sa.create_engine(database_url)
+    upgrade(engine, "0002")  # runs and api_keys, as that release left them
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE hparamrec_alembic_version"))
+        conn.execute(sa.text(  # as Alembic makes its default version table
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('0002')"))
+        conn.execute(sa.text(
+            "INSERT INTO api_keys (key_id, key_hash, tenant, label, created_at) "
+            "VALUES ('k1', :h, 'team', 'old', :t)"), {"h": "0" * 64, "t": datetime.now(UTC)})
+    engine.dispose()
+    store = RunStore(database_url)
+    try:
+        assert [k.key_id for k in store.keys.list()] == ["k1"]
+        store.report("t", make_report("after"))  # 0003's trial_id column is there
+        with store.engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            version = conn.execute(sa.text("SELECT version_num FROM hparamrec_alembic_version"))
+            assert "alembic_version" not in tables and version.scalar() == "0004"
+    finally:
+        store.close()
+
+
 def test_reopening_an_upgraded_database_is_a_no_op(store, database_url):
     store.report("t", make_report("a"))
     again = RunStore(database_url)
