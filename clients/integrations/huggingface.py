@@ -40,7 +40,7 @@ import math
 
 from transformers import TrainerCallback
 
-from clients.integrations.tracking import TrackedRun
+from clients.integrations.tracking import TrackedRun, peak_lr
 from clients.models import TrainingSpec
 
 log = logging.getLogger("hparamrec.integrations")
@@ -57,7 +57,9 @@ class HparamrecCallback(TrainerCallback):
     def __init__(self, spec: TrainingSpec | dict, *, apply: bool = True,
                  fit_steps_to_tokens: bool = True, stop_on_divergence: bool = True, **options):
         self.run = TrackedRun(spec, integration="transformers", **options)
-        self.apply = apply
+        # With the caller's own hyperparameters there is nothing to apply: train as configured
+        # and report what training uses.
+        self.apply = apply and self.run.hyperparameters is None
         self.fit_steps_to_tokens = fit_steps_to_tokens
         self.stop_on_divergence = stop_on_divergence
         self._applied = False
@@ -99,7 +101,7 @@ class HparamrecCallback(TrainerCallback):
                         "recommendation could not be applied; pass it in Trainer(callbacks=[...])")
         lr, weight_decay = args.learning_rate, args.weight_decay
         if optimizer is not None and optimizer.param_groups:  # a custom optimizer wins
-            lr = max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+            lr = peak_lr(optimizer.param_groups)
             weight_decay = max(g.get("weight_decay", 0.0) for g in optimizer.param_groups)
         batch = (args.per_device_train_batch_size * max(1, args.world_size)
                  * args.gradient_accumulation_steps * self._seq_len())

@@ -12,7 +12,9 @@ has a `batch_size` (the micro-batch that fits in memory), it sets
 trainer.accumulate_grad_batches so the global batch is as close as whole steps allow to the
 recommended one, asks again with that batch pinned if it differs (an explore trial keeps its
 values: TrackedRun.at_batch), and (with max_steps set) sets max_steps so training sees the
-spec's n_tokens at that batch. apply=False trains as configured (the run is still reported).
+spec's n_tokens at that batch. apply=False, or the caller's own hyperparameters=, trains as
+configured (the run is still reported). A module that optimizes manually gets lr and weight
+decay only (its batches and steps are its own).
 
 Every training step's loss is checked: the first NaN/inf reports the run as diverged and stops
 training (stop_on_divergence). At the end of fit the run is reported as completed with the mean
@@ -39,7 +41,7 @@ from lightning.pytorch.utilities.parsing import (lightning_getattr, lightning_ha
                                                  lightning_setattr)
 
 from clients.integrations.distributed import ProcessGroup
-from clients.integrations.tracking import TrackedRun
+from clients.integrations.tracking import TrackedRun, peak_lr
 from clients.models import TrainingSpec
 
 log = logging.getLogger("hparamrec.integrations")
@@ -57,7 +59,9 @@ class HparamrecLightningCallback(Callback):
     def __init__(self, spec: TrainingSpec | dict, *, apply: bool = True,
                  fit_steps_to_tokens: bool = True, stop_on_divergence: bool = True, **options):
         self.run = TrackedRun(spec, integration="lightning", **options)
-        self.apply = apply
+        # With the caller's own hyperparameters there is nothing to apply: train as configured
+        # and report what training uses.
+        self.apply = apply and self.run.hyperparameters is None
         self.fit_steps_to_tokens = fit_steps_to_tokens
         self.stop_on_divergence = stop_on_divergence
         self._step = 0
@@ -77,7 +81,13 @@ class HparamrecLightningCallback(Callback):
         if stage != "fit" or not self.apply:
             return
         hp = self.run.start()
-        if lightning_hasattr(pl_module, "batch_size"):
+        if not pl_module.automatic_optimization:
+            # The module steps its optimizers itself: gradient accumulation is its own, and
+            # trainer.global_step counts every optimizer's steps, so neither the batch nor
+            # max_steps can be set from here.
+            log.warning("hparamrec: manual optimization: the batch size and max_steps are not "
+                        "applied; lr and weight decay are those of the recommended batch")
+        elif lightning_hasattr(pl_module, "batch_size"):
             micro = int(lightning_getattr(pl_module, "batch_size")) * max(1, trainer.world_size)
             seq_len = self._seq_len()
             steps = max(1, round(hp.batch_size_tokens / (micro * seq_len)))
@@ -106,14 +116,14 @@ class HparamrecLightningCallback(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         """Records what training actually uses."""
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
-        lr = max(g.get("initial_lr", g["lr"]) for g in groups) if groups else None
+        lr = peak_lr(groups) if groups else None
         weight_decay = max(g.get("weight_decay", 0.0) for g in groups) if groups else None
         batch = None
         loader = trainer.train_dataloader
         micro = getattr(loader, "batch_size", None)
-        if micro:
-            batch = float(micro * trainer.accumulate_grad_batches * max(1, trainer.world_size)
-                          * self._seq_len())
+        if micro:  # a module that optimizes manually accumulates (if it does) unseen
+            steps = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+            batch = float(micro * steps * max(1, trainer.world_size) * self._seq_len())
         recommended = self.run.hyperparameters
         self.run.use(lr=lr, weight_decay=weight_decay, batch_size_tokens=batch,
                      qat_fraction=recommended.qat_fraction if recommended else None)
@@ -128,8 +138,10 @@ class HparamrecLightningCallback(Callback):
         if loss is None:
             self.run.heartbeat()  # log() sends it otherwise (throttled: heartbeat_seconds)
             return
-        # Lightning hands over the loss divided by the accumulation steps.
-        if not self.run.log(float(loss) * trainer.accumulate_grad_batches, step=self._step):
+        # Under automatic optimization Lightning hands over the loss divided by the accumulation
+        # steps; a module that optimizes manually returns its loss as it is.
+        scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+        if not self.run.log(float(loss) * scale, step=self._step):
             if self.stop_on_divergence:
                 trainer.should_stop = True
 

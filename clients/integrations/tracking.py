@@ -75,6 +75,13 @@ HEARTBEAT_SECONDS = 600.0
 HEARTBEAT_TIMEOUT_SECONDS = 5.0
 
 
+def peak_lr(param_groups) -> float:
+    """The peak learning rate of an optimizer's groups, as schedulers leave it: OneCycleLR keeps
+    it in `max_lr` (its `initial_lr` is max_lr / div_factor); the others in `initial_lr` (the
+    group's `lr` is the current, scheduled one) or, without a scheduler, in `lr`."""
+    return max(g.get("max_lr", g.get("initial_lr", g["lr"])) for g in param_groups)
+
+
 def outcome_of_exception(error: BaseException, last_loss: float | None) -> RunOutcome | None:
     """None for interruptions (Ctrl-C, a preemption's SystemExit, out-of-memory): the run has
     not ended, it may resume. Any other exception during training means it diverged."""
@@ -232,7 +239,8 @@ class TrackedRun:
         leave this one pending; its report, at the batch used, closes the trial (as the run's own
         configuration when the batch is more than the service's 1% off)."""
         hp = self.hyperparameters
-        if batch == hp.batch_size_tokens or self.pins.batch_size_tokens is not None:
+        if (batch == hp.batch_size_tokens or self.pins.batch_size_tokens is not None
+                or self.recommendation is None):  # the caller's own values are never replaced
             return hp
         if self.trial_id:
             log.info("hparamrec: trial %s is at batch %g tokens; training at %g with its lr and "
