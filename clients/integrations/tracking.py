@@ -295,7 +295,9 @@ class TrackedRun:
         if outcome is None:
             final = self.final_losses.value(last_step)
             if final is None:
-                return self._not_reported("logged no loss")
+                return self._not_reported("logged no loss, so it has no final loss (a "
+                                          "trainer logs it every logging_steps; a custom loop "
+                                          "with run.log)")
             loss, how = final
             outcome = RunOutcome.completed(loss)
         elif outcome.final_loss is not None and outcome.final_loss == self.last_loss:
