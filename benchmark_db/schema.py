@@ -48,3 +48,18 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
 )
+
+# The exploit recommendation first given for a run (RecommendRequest.run_id), by its spec and
+# pins: a job resumed under the run_id is given it again, though the models moved on since.
+run_recommendations = sa.Table(
+    "run_recommendations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("run_id", sa.String(200), nullable=False),
+    # SHA-256 of the resolved spec and the pins, in canonical JSON.
+    sa.Column("request_key", sa.String(64), nullable=False),
+    sa.Column("recommendation", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("tenant", "run_id", "request_key", name="uq_run_recommendations"),
+)

@@ -14,6 +14,7 @@ from benchmark_db.engine import create_engine
 from benchmark_db.errors import InvalidArgument, NotFound
 from benchmark_db.group_commit import GroupCommitter
 from benchmark_db.keys import KeyStore
+from benchmark_db.run_recommendations import RunRecommendations
 from benchmark_db.records import STORED, RunRecord, RunReport, SpecFilter, check_tenant
 from benchmark_db.schema import runs
 
@@ -32,6 +33,7 @@ class RunStore:
         self.engine = create_engine(url)
         migrate.upgrade(self.engine)
         self.keys = KeyStore(self.engine)  # API keys live in the same database
+        self.run_recommendations = RunRecommendations(self.engine)
         # SQLite takes one writer at a time: concurrent reports are committed in groups by one
         # thread (benchmark_db/group_commit.py). PostgreSQL handles concurrent writers itself.
         self._committer = (GroupCommitter(self.report_many) if self.engine.dialect.name == "sqlite"

@@ -72,15 +72,14 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
 @click.option("--mode", type=click.Choice(["exploit", "explore"]), default="exploit",
               show_default=True, help="exploit: the best predicted configuration; explore: the "
               "next trial of the spec's study, with the trial id to report the run against.")
-@click.option("--run-id", default="", help="With --mode explore: the run the trial is for (the "
-              "run_id you will report); asking again for it returns its trial while it runs.")
+@click.option("--run-id", default="", help="The run this is for (the run_id you will report): "
+              "asking again for it, as a restarted job does, returns the same recommendation "
+              "(with --mode explore, its trial while it runs).")
 @client_options
 @json_option
 def recommend(explain, mode, run_id, client, as_json, **kw) -> None:
     """Recommend lr, batch size, weight decay and QAT fraction for a spec. The hyperparameters
     given are pinned; the rest are their conditional optimum."""
-    if run_id and mode != "explore":
-        raise CliError("--run-id names the run of an explore trial: use it with --mode explore")
     pins = pins_of(kw)
     with client() as c:
         rec = c.recommend(spec_of(kw), pins, mode=mode, run_id=run_id)

@@ -197,8 +197,9 @@ class Client:
                   pins: Pins | dict | pb.Pins | None = None, mode: Mode | str | int = Mode.EXPLOIT,
                   *, run_id: str = "", timeout: float | None = None) -> Recommendation:
         """The recommended hyperparameters for a spec; pinned ones are kept and the rest are
-        their conditional optimum. With mode="explore", run_id (optional) names the run the
-        trial is for: asking again for the same run returns its trial while it is running."""
+        their conditional optimum. run_id (optional) names the run the answer is for: asking
+        again for the same run (and spec and pins) returns the same recommendation, or with
+        mode="explore" the same trial while it is running, so a resumed job keeps its values."""
         response = self._call(self.stub.Recommend, recommend_request(spec, pins, mode, run_id),
                               timeout)
         return convert.from_proto(response.recommendation)

@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from benchmark_db.records import Pins, RunRecord, RunReport, TrainingSpec
+from benchmark_db.records import STORED, Pins, RunRecord, RunReport, TrainingSpec, check_run_id
+from benchmark_db.run_recommendations import request_key
 from benchmark_db.store import RunStore
 from predictor import laws
 from predictor.loss_model import LossPrediction
@@ -41,12 +42,27 @@ class RecommendationEngine:
         self.refiner = refiner  # predictor/refine.py: the studies of EXPLORE; None: exploit only
         self.cache = RecommendationCache(cache_seconds) if cache_seconds > 0 else None
 
-    def recommend(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
+    def recommend(self, tenant: str, spec: TrainingSpec, pins: Pins,
+                  run_id: str = "") -> Recommendation:
+        """The exploit recommendation; for a run_id, the one first given for it (and this spec
+        and pins): a job resumed under it trains on with the values it started with, though
+        the models were refitted meanwhile."""
+        if run_id:
+            return self._for_run(tenant, spec, pins, check_run_id(run_id))
         if self.cache is None:
             return self._recommend(tenant, spec, pins)
         stamp = self.cache.stamp(tenant, self.registry.get(tenant))  # before computing: see stamp()
         return self.cache.get_or_compute((tenant, spec, pins), stamp,
                                          lambda: self._recommend(tenant, spec, pins))
+
+    def _for_run(self, tenant: str, spec: TrainingSpec, pins: Pins, run_id: str) -> Recommendation:
+        kept_ones = self.store.run_recommendations
+        key = request_key(spec.model_dump(mode="json"), pins.model_dump(mode="json"))
+        kept = kept_ones.get(tenant, run_id, key)
+        if kept is None:  # the first ask for the run: what anyone would be given now
+            fresh = self.recommend(tenant, spec, pins).model_dump(mode="json")
+            kept = kept_ones.keep(tenant, run_id, key, fresh)
+        return Recommendation.model_validate(kept, context=STORED)
 
     def _recommend(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
         if self.refiner is not None:  # conditioned on the spec's study once it has trials

@@ -32,7 +32,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 raise Unimplemented("mode EXPLORE is not available on this server; use MODE_EXPLOIT")
             rec = self.engine.explore(tenant_of(context), spec, pins, request.run_id)
         else:
-            rec = self.engine.recommend(tenant_of(context), spec, pins)
+            rec = self.engine.recommend(tenant_of(context), spec, pins, request.run_id)
         return pb.RecommendResponse(recommendation=converters.recommendation_to_proto(rec))
 
     def ReportRun(self, request: pb.ReportRunRequest, context) -> pb.ReportRunResponse:

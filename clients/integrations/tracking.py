@@ -184,8 +184,9 @@ class TrackedRun:
         if self.hyperparameters is None or pins is not None:
             self.recommendation = from_rank_zero(
                 self.process_group(),
+                # For the run: a job resumed under its run_id gets the same answer again.
                 lambda: self.client.recommend(self.spec, self.pins, mode=self.mode,
-                                              run_id=self.run_id if self.mode is Mode.EXPLORE else ""))
+                                              run_id=self.run_id))
             self.hyperparameters = self.recommendation.hyperparameters
             if self.recommendation.trial_id and self.heartbeat_seconds:
                 self._next_heartbeat = time.monotonic()

@@ -64,7 +64,7 @@ def test_a_database_from_before_our_version_table_is_upgraded_with_its_rows(data
         with store.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             version = conn.execute(sa.text("SELECT version_num FROM hparamrec_alembic_version"))
-            assert "alembic_version" not in tables and version.scalar() == "0004"
+            assert "alembic_version" not in tables and version.scalar() == "0005"
     finally:
         store.close()
 
