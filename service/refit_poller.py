@@ -1,20 +1,26 @@
 """Replicas on one database learn of each other's runs: every few seconds one cheap query counts
 each tenant's stored runs, and a tenant whose count differs from what its current model was
 fitted on gets a refit. A replica's own reports schedule theirs at once (predictor/engine.py);
-this catches the runs reported through the others, and runs imported with `hparamrec import`."""
+this catches the runs reported through the others, and runs imported with `hparamrec import`.
+Each poll also tells `on_database` whether the database could be reached (the server's health
+follows it)."""
 
 import logging
 import threading
+from collections.abc import Callable
 
 from benchmark_db.store import RunStore
 from predictor.registry import ModelRegistry
+from service.errors import database_unreachable
 
 log = logging.getLogger(__name__)
 
 
 class RefitPoller:
-    def __init__(self, store: RunStore, registry: ModelRegistry, interval_seconds: float):
+    def __init__(self, store: RunStore, registry: ModelRegistry, interval_seconds: float,
+                 on_database: Callable[[bool], None] | None = None):
         self.store = store
+        self.on_database = on_database
         self.registry = registry
         self.interval_seconds = interval_seconds
         self._scheduled: dict[str, int] = {}  # the count each tenant's last poll-refit was for
@@ -51,8 +57,12 @@ class RefitPoller:
         while not self._stop.wait(self.interval_seconds):
             try:
                 stale = self.poll_once()
-            except Exception:  # the database may be briefly away; try again next interval
+            except Exception as exc:  # the database may be briefly away; try again next interval
                 log.warning("polling for runs stored by other replicas failed", exc_info=True)
+                if self.on_database is not None and database_unreachable(exc):
+                    self.on_database(False)
                 continue
+            if self.on_database is not None:
+                self.on_database(True)
             if stale:
                 log.info("stored runs changed for %d tenant(s): refit scheduled", len(stale))

@@ -41,7 +41,8 @@ class Service:
                                trial_timeout_seconds=settings.trial_timeout_seconds)
         self.engine = RecommendationEngine(self.store, self.registry, self.refiner,
                                            cache_seconds=settings.recommend_cache_seconds)
-        self.refit_poller = RefitPoller(self.store, self.registry, settings.refit_poll_seconds)
+        self.refit_poller = RefitPoller(self.store, self.registry, settings.refit_poll_seconds,
+                                        on_database=self._database_reachable)
         self.health = health.HealthServicer()
         check_auth_configuration(settings, self.store)
         limit = settings.max_message_bytes
@@ -91,6 +92,15 @@ class Service:
         self.refit_poller.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _database_reachable(self, reachable: bool) -> None:
+        """Health follows the database: NOT_SERVING while it is out of reach, so probes and load
+        balancers send calls to replicas that can answer them. (Once draining, set() is a no-op:
+        the server stays NOT_SERVING.)"""
+        status = (health_pb2.HealthCheckResponse.SERVING if reachable
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
 
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace` seconds, closes the store."""

@@ -1,6 +1,7 @@
 """A database out of reach (PostgreSQL refusing connections, its sessions cut) is UNAVAILABLE,
 which clients retry, through the key lookup too; the service recovers when it is back."""
 
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -48,7 +49,7 @@ def test_an_unreachable_database_is_unavailable_and_the_service_recovers(databas
         store = RunStore(database_url)
         key, _ = store.keys.create("team")
         store.close()
-    with running_service(database_url, auth_disabled=not auth) as svc:
+    with running_service(database_url, auth_disabled=not auth, refit_poll_seconds=0.1) as svc:
         target = f"127.0.0.1:{svc.port}"
         with Client(target, api_key=key or None, retries=0) as client:
             assert client.report_run(make_report("before")).created
@@ -57,6 +58,18 @@ def test_an_unreachable_database_is_unavailable_and_the_service_recovers(databas
                     client.list_runs()  # with a key: its lookup already needs the database
                 with pytest.raises(UnavailableError):
                     client.report_run(make_report("during"))
+                # Health follows the database (each poll of the runs tries it).
+                assert health_becomes(client, "NOT_SERVING")
+            assert health_becomes(client, "SERVING")
         with Client(target, api_key=key or None, retries=5) as client:  # retried, as clients do
             assert client.report_run(make_report("after")).created
             assert {r.run_id for r in client.list_runs().runs} == {"before", "after"}
+
+
+def health_becomes(client: Client, status: str, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while client.health() != status:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
