@@ -96,6 +96,7 @@ class HparamrecCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         self.run.reporting = state.is_world_process_zero
+        self.run.warn_if_reused()
         if self.apply and not self._applied:
             log.warning("hparamrec: the callback was added after the Trainer was built, so the "
                         "recommendation could not be applied; pass it in Trainer(callbacks=[...])")

@@ -115,6 +115,7 @@ class HparamrecLightningCallback(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         """Records what training actually uses."""
+        self.run.warn_if_reused()
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
         lr = peak_lr(groups) if groups else None
         weight_decay = max(g.get("weight_decay", 0.0) for g in groups) if groups else None

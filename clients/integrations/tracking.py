@@ -275,6 +275,13 @@ class TrackedRun:
         self.heartbeat()
         return True
 
+    def warn_if_reused(self) -> None:
+        """A callback tracks one run: training again with it would train and not be reported
+        (its run is reported once), which the caller must hear of."""
+        if self.reported:
+            log.warning("hparamrec: run %s was already reported; this training will not be: "
+                        "use a new callback (and run_id) for each run", self.run_id)
+
     @property
     def reported(self) -> bool:
         return self.outcome is not None

@@ -100,3 +100,23 @@ def test_the_peak_lr_of_a_one_cycle_schedule_is_reported(target, tmp_path):
             callbacks=[callback]).train()
     with Client(target) as client:
         assert client.get_run("hf-1cycle").hyperparameters.lr == 1e-3
+
+
+def test_a_callback_trained_with_twice_says_the_second_run_is_not_reported(target, tmp_path,
+                                                                           caplog):
+    """A callback tracks one run, reported once: the second training was silently unreported."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("lightning")
+    from clients.integrations import HparamrecCallback, HparamrecLightningCallback
+
+    caplog.set_level("WARNING", logger="hparamrec.integrations")
+    hf = HparamrecCallback(SPEC, server=target, run_id="hf-twice", apply=False)
+    trainer = _hf_trainer(tmp_path, hf)
+    trainer.train()
+    assert "already reported" not in caplog.text
+    trainer.train()
+    assert caplog.text.count("run hf-twice was already reported; this training will not be") == 1
+    pl = HparamrecLightningCallback(SPEC, server=target, run_id="pl-twice", apply=False)
+    _lightning_trainer(pl).fit(_lightning_module())
+    _lightning_trainer(pl).fit(_lightning_module())
+    assert caplog.text.count("run pl-twice was already reported; this training will not be") == 1
