@@ -258,8 +258,8 @@ class Refiner:
         fine = candidates(space, [space_point(space, pool, int(np.argmin(mean)))], rng,
                           sobol=0, sd=FINE_SD)
         pool = _concat(pool, fine)
-        mean, sd = conditioned.predict(pool)
-        mean = np.where(conditioned.lr_ok(pool), mean, np.inf)
+        predicted, sd = conditioned.predict(pool)
+        mean = np.where(conditioned.lr_ok(pool), predicted, np.inf)
         i = _choose(rule, mean, sd, conditioned.trials, tried=slice(len(grid["lr"]),
                                                                     len(grid["lr"]) + len(tried["lr"])))
         chosen = _take(pool, i)
@@ -272,7 +272,9 @@ class Refiner:
                     max(grid[n][near].max(initial=chosen[n][0]), chosen[n][0]))
                 for n in ("lr", "batch_size_tokens")}
         half = Z80 * math.hypot(sd[i], conditioned.gp.noise_sd)
-        loss = math.exp(mean[i])
+        # Not from `mean`: best_run may pick a completed run above the model's lr limit (a run
+        # is evidence), whose masked mean is infinite.
+        loss = math.exp(predicted[i])
         wd = float(chosen["weight_decay"][0])
         update = {
             **{n: float(chosen[n][0]) for n in HYPERPARAMETERS},

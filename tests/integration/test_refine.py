@@ -400,3 +400,24 @@ def test_the_guarded_rule_keeps_the_zero_shot_recommendation_once_reports_look_n
     else:
         assert (guarded.lr, guarded.batch_size_tokens) == (best_run.lr, best_run.batch_size_tokens)
         assert not guarded.warnings
+
+
+def test_the_best_run_above_the_exploits_lr_limit_has_a_finite_predicted_loss(client):
+    """A completed run is evidence whatever the lr limit says (here a diverged run at a lower
+    lr, as chance divergence near the edge gives): the exploit picked the best run above the
+    limit with an infinite predicted loss and interval (and `plot --study` failed on it)."""
+    spec = {"n_params": 4e9, "n_tokens": 8e10}
+    zero = client.recommend(spec)
+    runs = ((1.0, {"status": "completed", "final_loss": 2.35}),
+            (1.9, {"status": "diverged"}),
+            (2.0, {"status": "completed", "final_loss": 2.30}))
+    for factor, outcome in runs:
+        client.report_run(run_id=f"own-{factor}", spec=spec, outcome=outcome,
+                          hyperparameters={"lr": zero.lr * factor, "weight_decay": zero.weight_decay,
+                                           "batch_size_tokens": zero.batch_size_tokens})
+    client.recommend(spec, mode="explore")  # the study starts with the stored runs
+    best = client.recommend(spec)
+    assert best.lr == pytest.approx(2 * zero.lr)  # the best run
+    assert math.isfinite(best.predicted_loss) and best.predicted_loss == pytest.approx(2.30, rel=0.01)
+    interval = best.predicted_loss_interval
+    assert math.isfinite(interval.hi) and interval.lo < best.predicted_loss < interval.hi
