@@ -65,12 +65,15 @@ class RecommendationEngine:
         return Recommendation.model_validate(kept, context=STORED)
 
     def _recommend(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
+        return within_feasible(self._model_recommendation(tenant, spec, pins))
+
+    def _model_recommendation(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
         if self.refiner is not None:  # conditioned on the spec's study once it has trials
-            return within_feasible(self.refiner.exploit(tenant, spec, pins))
+            return self.refiner.exploit(tenant, spec, pins)
         predictor = self.registry.get(tenant)
         if predictor is None:
-            return within_feasible(self.prior.recommend(spec, pins))
-        return within_feasible(predictor.recommend(spec, pins))
+            return self.prior.recommend(spec, pins)
+        return predictor.recommend(spec, pins)
 
     def predict_loss(self, tenant: str, spec: TrainingSpec, lr: np.ndarray, batch_size_tokens: np.ndarray,
                      weight_decay: np.ndarray, qat_fraction: np.ndarray

@@ -4,8 +4,8 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
-from benchmark_db.records import (MIN_LR, Pins, RunRecord, RunReport, RunStatus, SpecFilter,
-                                  TrainingSpec, resolve_spec, validated)
+from benchmark_db.records import (MAX_LR, MAX_WEIGHT_DECAY, MIN_LR, Pins, RunRecord, RunReport,
+                                  RunStatus, SpecFilter, TrainingSpec, resolve_spec, validated)
 from hparamrec.v1 import recommender_pb2 as pb
 from predictor.recommendation import Interval, Recommendation
 from predictor.trial_timeouts import TrialStatus
@@ -148,12 +148,14 @@ def points_from_proto(request: pb.PredictLossRequest, spec: TrainingSpec) -> dic
     }
     with np.errstate(invalid="ignore"):
         checks = (
-            ("lr", ~((arrays["lr"] >= MIN_LR) & (arrays["lr"] <= 10)), f"must be in [{MIN_LR:g}, 10]"),
+            ("lr", ~((arrays["lr"] >= MIN_LR) & (arrays["lr"] <= MAX_LR)),
+             f"must be in [{MIN_LR:g}, {MAX_LR:g}]"),
             ("batch_size_tokens", ~((arrays["batch_size_tokens"] >= 1)
                                     & (arrays["batch_size_tokens"] <= spec.n_tokens)),
              "must be at least 1 and at most spec.n_tokens"),
             ("weight_decay", ~(np.isnan(arrays["weight_decay"])
-                               | ((arrays["weight_decay"] >= 0) & (arrays["weight_decay"] <= 100))),
+                               | ((arrays["weight_decay"] >= 0)
+                                  & (arrays["weight_decay"] <= MAX_WEIGHT_DECAY))),
              "must be in [0, 100]"),
             ("qat_fraction", ~(np.isnan(arrays["qat_fraction"])
                                | ((arrays["qat_fraction"] >= 0) & (arrays["qat_fraction"] <= 1)
