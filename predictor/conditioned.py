@@ -94,8 +94,11 @@ class ResidualGP:
         self.chol_ = None
 
     def kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return LEVEL_SD**2 + self.shape_kernel(a, b)
+
+    def shape_kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = (((a[:, None, :] - b[None, :, :]) / self.length_scales) ** 2).sum(-1)
-        return LEVEL_SD**2 + SHAPE_SD**2 * np.exp(-0.5 * d2)
+        return SHAPE_SD**2 * np.exp(-0.5 * d2)
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "ResidualGP":
         self.x_, self.y_ = x, y
@@ -108,6 +111,20 @@ class ResidualGP:
         """y' (K + noise)^-1 y of the fitted residuals: chi-square with len(y) degrees of
         freedom if they are what this GP says residuals are."""
         return float(self.y_ @ self.alpha_) if len(self.x_) else 0.0
+
+    def scatter(self) -> float:
+        """The fitted residuals' Mahalanobis distance with their common level profiled out:
+        y'K0^-1 y - (1'K0^-1 y)^2 / 1'K0^-1 1, K0 the shape kernel plus noise (no level term).
+        Chi-square with len(y) - 1 degrees of freedom for residuals that are this GP's at any
+        level, so a spec whose losses all sit a constant factor off the model's (another
+        tokenizer or dataset: nothing that changes which configuration is best) does not count
+        against the reports."""
+        n = len(self.x_)
+        if n < 2:
+            return 0.0
+        chol = cho_factor(self.shape_kernel(self.x_, self.x_) + self.noise_sd**2 * np.eye(n))
+        inv_y, inv_1 = cho_solve(chol, self.y_), cho_solve(chol, np.ones(n))
+        return float(self.y_ @ inv_y - (inv_y.sum()) ** 2 / inv_1.sum())
 
     def log_marginal_likelihood(self) -> float:
         n = len(self.x_)
@@ -138,14 +155,18 @@ class ConditionedModel:
             self.gp.fit(space.encode(trials.completed), residual)
 
     def consistency(self) -> tuple[float, float]:
-        """(chi-square, p-value) of the completed trials' residuals under the GP: a small p
-        says the reported losses disagree with the model by more than its level and shape
-        uncertainty and NOISE_SD allow (noisy reports, e.g. one step's training loss, or a
-        model far off for this spec)."""
+        """(chi-square, p-value) of the completed trials' residuals under the GP, their level
+        profiled out: a small p says the reported losses differ from one another by more than
+        the model's shape uncertainty and NOISE_SD allow (noisy reports, e.g. one step's
+        training loss, or a bowl far off the model's for this spec). A loss level unlike the
+        model's alone does not lower it."""
         from scipy.stats import chi2
 
-        stat = self.gp.mahalanobis()
-        return stat, float(chi2.sf(stat, self.trials.n_completed)) if self.trials.n_completed else 1.0
+        n = self.trials.n_completed
+        if n < 2:
+            return 0.0, 1.0
+        stat = self.gp.scatter()
+        return stat, float(chi2.sf(stat, n - 1))
 
     def with_fitted_noise(self, factors=tuple(2.0**j for j in range(6))) -> "ConditionedModel":
         """The same model with the GP's noise sd the maximiser of its marginal likelihood among

@@ -406,7 +406,8 @@ def _noisy_reports(conditioned: ConditionedModel) -> list[str]:
     if p >= NOISY_REPORTS_P:
         return []
     return [f"the {n} {NOISY_REPORTS_MARK} the {conditioned.model.name} model by more than "
-            f"its uncertainty allows (chi-square {stat:.0f} on {n}, p = {p:.1g}): if they are "
+            f"its uncertainty allows, whatever their common level (chi-square {stat:.0f} on "
+            f"{n - 1} degrees of freedom, p = {p:.1g}): if they are "
             "one step's training loss, report a smoothed or evaluation loss instead (the "
             "hparamrec integrations report the mean over the last 2% of steps); noisy losses "
             "make the best reported run a matter of luck"]

@@ -40,6 +40,14 @@ def true_optimum(n_params: float, n_tokens: float) -> tuple[float, float]:
     return lr, 0.58 * n_tokens**0.571
 
 
+def sweep_loss(n_params: float, n_tokens: float, u, v):
+    """The synthetic sweep's noise-free loss at ln(lr / lr*) = u, ln(batch / batch*) = v: an
+    asymmetric bowl over a Chinchilla-like level."""
+    base = 1.8 + 480 / n_params**0.35 + 2000 / n_tokens**0.37
+    excess = 0.01 * (u**2 + 0.3 * u**3 / 3) + 0.008 * v**2 - 0.003 * u * v
+    return base * (1 + excess)
+
+
 def synthetic_sweep(groups=SWEEP_GROUPS, seed: int = 0, noise: float = 0.0005) -> list[RunReport]:
     """lr x batch grids around a known optimum: an asymmetric bowl, a divergence cliff at 8x
     the optimal lr (diverged runs keep a loss of ~7), and multiplicative noise."""
@@ -49,13 +57,11 @@ def synthetic_sweep(groups=SWEEP_GROUPS, seed: int = 0, noise: float = 0.0005) -
     reports = []
     for n, d in groups:
         lr_star, b_star = true_optimum(n, d)
-        base = 1.8 + 480 / n**0.35 + 2000 / d**0.37
         for i, u in enumerate(np.linspace(-2.0, 2.4, 9)):
             for j, v in enumerate(np.linspace(-1.5, 1.5, 5)):
                 lr, batch = lr_star * np.exp(u), b_star * np.exp(v)
                 diverged = u > np.log(8)
-                excess = 0.01 * (u**2 + 0.3 * u**3 / 3) + 0.008 * v**2 - 0.003 * u * v
-                loss = 7.0 if diverged else base * (1 + excess) * np.exp(noise * rng.standard_normal())
+                loss = 7.0 if diverged else sweep_loss(n, d, u, v) * np.exp(noise * rng.standard_normal())
                 reports.append(validated(RunReport, {
                     "run_id": f"syn-{n:.0e}-{d:.0e}-{i}-{j}",
                     "spec": resolve_spec(n_params=n, n_tokens=d),

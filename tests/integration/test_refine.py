@@ -19,6 +19,7 @@ from predictor.refine import Refiner
 from predictor.registry import ModelRegistry
 from predictor.sampler import MIN_DISTANCE
 from predictor.study import _storage_url, study_name
+from tests.factories import sweep_loss, synthetic_sweep, true_optimum
 from tests.integration.in_process_server import running_service
 from tests.integration.test_auth import keys, db_url  # noqa: F401  (fixtures)
 
@@ -376,6 +377,38 @@ def test_losses_that_disagree_with_the_model_beyond_its_uncertainty_get_a_warnin
         assert len(warnings) == 1 and "4 reported losses" in warnings[0]
     else:
         assert warnings == []
+
+
+def test_a_loss_level_unlike_the_models_is_not_taken_for_noisy_reports(tmp_path):
+    """Clean reports 30% above the level the model learned from the stored sweep (another
+    dataset or tokenizer), on the sweep's own bowl: no warning, and the exploit is the best
+    reported run. A check that did not profile the level out flagged them from the third
+    report on, and the guarded rule then ignored them."""
+    url = f"sqlite:///{tmp_path / 'level.db'}"
+    store = RunStore(url)
+    store.add_many("default", synthetic_sweep())
+    store.close()
+    n, d = 4e8, 2e10  # between the stored sizes
+    lr_star, batch_star = true_optimum(n, d)
+
+    def loss(rec) -> float:
+        u, v = math.log(rec.lr / lr_star), math.log(rec.batch_size_tokens / batch_star)
+        return 1.3 * sweep_loss(n, d, u, v)
+
+    spec = TrainingSpec(n_params=n, n_tokens=d)
+    with running_service(url, refit_debounce_seconds=0.1) as svc, \
+            Client(f"127.0.0.1:{svc.port}", retries=0) as client:
+        assert svc.registry.wait_idle(timeout=120)
+        for k in range(4):
+            trial = client.recommend(spec, PINS, mode="explore")
+            client.report_run(RunReport(run_id=f"run-{k}", spec=spec, trial_id=trial.trial_id,
+                                        hyperparameters=trial.hyperparameters,
+                                        outcome=RunOutcome.completed(loss(trial))))
+            assert svc.registry.wait_idle(timeout=120)
+            exploit = client.recommend(spec, PINS)
+            assert not [w for w in exploit.warnings if "reported losses" in w]
+            assert any(s.name == "refine" for s in exploit.sources)
+            assert not any("too noisy" in s.detail for s in exploit.sources)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -112,14 +112,15 @@ def test_gp_without_data_is_the_prior():
     assert (mean == 0).all() and (sd > 0.01).all()
 
 
-def conditioned_on(scatter: float, n: int = 8, seed: int = 0) -> ConditionedModel:
-    """Trials along a line through the bowl whose losses are the bowl's times exp(scatter N)."""
+def conditioned_on(scatter: float, n: int = 8, seed: int = 0, level: float = 1.0) -> ConditionedModel:
+    """Trials along a line through the bowl whose losses are the bowl's times level and
+    exp(scatter N)."""
     from predictor.table import RunTable
 
     rng = np.random.default_rng(seed)
     lrs = LR * np.exp(np.linspace(-1.5, 1.5, n))
     losses = Bowl().predict(RunTable.queries(SPEC, lrs, BATCH, 0.1, 0.0)).mean
-    losses = losses * np.exp(scatter * rng.standard_normal(n))
+    losses = level * losses * np.exp(scatter * rng.standard_normal(n))
     study = study_with(*[(lr, BATCH, float(loss)) for lr, loss in zip(lrs, losses)])
     return ConditionedModel(Bowl(), SPEC, SPACE, StudyTrials.of(study.trials))
 
@@ -131,3 +132,16 @@ def test_the_fitted_noise_follows_the_scatter_of_the_reports():
     noisy = conditioned_on(0.015).with_fitted_noise().gp.noise_sd
     assert 0.005 <= noisy <= 0.05
     assert conditioned_on(0.015).consistency()[1] < 0.01 < conditioned_on(0.0).consistency()[1]
+
+
+@pytest.mark.parametrize("n", [3, 8])
+def test_a_loss_level_unlike_the_models_is_not_taken_for_noisy_reports(n):
+    """Losses 30% above the model's everywhere (another dataset or tokenizer) rank the
+    configurations as the model's bowl does; 13 LEVEL_SDs off, they failed a check that did
+    not profile the level out. The statistic does not depend on the
+    level at all, so scattered losses fail it as they do at the model's level."""
+    assert conditioned_on(0.0, n=n, level=1.3).consistency()[1] > 0.5
+    assert conditioned_on(0.0, n=n, level=0.8).consistency()[1] > 0.5
+    for scatter in (0.005, 0.015):
+        assert (conditioned_on(scatter, n=n, level=1.3).consistency()
+                == pytest.approx(conditioned_on(scatter, n=n).consistency()))
