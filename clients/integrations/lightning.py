@@ -22,7 +22,8 @@ of the training losses of the last final_loss_window (default 2%) of the optimiz
 (every micro-batch's loss, at the step it counts towards); final_loss_window=0 reports the last
 loss. The losses collected so far are part of the callback's state in Lightning's checkpoints,
 so a fit resumed from one (trainer.fit(..., ckpt_path=...)) reports the window of the whole run,
-not only of the steps since the restart. An exception during fit reports it as diverged; a
+not only of the steps since the restart. An exception during fit reports it as tracked_run
+does (diverged if numerical, e.g. naming a NaN, else failed); a
 preemption (SIGTERM, which Lightning raises as SIGTERMException), Ctrl-C or running out of memory
 is not reported, so the fit resumed under the same run_id reports the run, with the same trial
 when exploring. The hyperparameters reported are read from the optimizer

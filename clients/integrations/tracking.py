@@ -40,6 +40,7 @@ more than its record.
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -82,10 +83,25 @@ def peak_lr(param_groups) -> float:
     return max(g.get("max_lr", g.get("initial_lr", g["lr"])) for g in param_groups)
 
 
+# An exception is a divergence when it says the numbers blew up: a FloatingPointError (numpy's
+# seterr), or a message naming a NaN or infinite value (torch's anomaly mode: "returned nan
+# values") or the loss scale (fp16 loss scalers give up on overflowing gradients). Any other (a
+# bug, a lost node, a full disk) says nothing about the hyperparameters: reported as diverged,
+# it would rule out every higher lr at that batch for the study.
+_NUMERICAL = re.compile(r"\b(nan|inf|infinite|non-finite|not finite|loss scale)\b", re.IGNORECASE)
+
+
+def _numerical(error: BaseException) -> bool:
+    return isinstance(error, FloatingPointError) or bool(_NUMERICAL.search(str(error)))
+
+
 def outcome_of_exception(error: BaseException, last_loss: float | None) -> RunOutcome | None:
     """None for interruptions (Ctrl-C, a preemption's SystemExit, out-of-memory): the run has
-    not ended, it may resume. Any other exception during training means it diverged."""
-    return None if _interrupted(error) else RunOutcome.diverged(last_loss)
+    not ended, it may resume. Diverged, at its last loss, for a numerical error; failed (it
+    stopped for reasons unrelated to its hyperparameters) for any other exception."""
+    if _interrupted(error):
+        return None
+    return RunOutcome.diverged(last_loss) if _numerical(error) else RunOutcome.failed()
 
 
 class TrackedRun:
@@ -339,8 +355,9 @@ class TrackedRun:
         return self._close()
 
     def fail(self, error: BaseException | None = None) -> ReportResult | None:
-        """Reports the run after an exception: diverged, at its last loss; without an error,
-        failed. Not reported: a run that never logged a loss (it never trained), and one stopped
+        """Reports the run after an exception: diverged, at its last loss, for a numerical one
+        (a FloatingPointError, a message naming NaN, inf or the loss scale), else failed;
+        without an error, failed. Not reported: a run that never logged a loss (it never trained), and one stopped
         by an interruption (Ctrl-C, a preemption's SystemExit, out-of-memory), which the job
         resumed under the same run_id reports (exploring, with the same trial)."""
         if self.reported:
@@ -371,9 +388,9 @@ class TrackedRun:
 def tracked_run(spec: TrainingSpec | dict, **options) -> Iterator[TrackedRun]:
     """A TrackedRun (same arguments) that fetches its recommendation on entry (unless given
     hyperparameters) and reports on exit: completed with the mean of the losses logged over the
-    last final_loss_window of the steps (see FinalLoss); after an exception,
-    diverged (not reported for Ctrl-C, SystemExit and out-of-memory, which the resumed job
-    reports); diverged at once on a NaN/inf loss. The exception itself is re-raised."""
+    last final_loss_window of the steps (see FinalLoss); after an exception, diverged if it is
+    numerical and failed otherwise (see TrackedRun.fail; not reported for Ctrl-C, SystemExit
+    and out-of-memory, which the resumed job reports); diverged at once on a NaN/inf loss. The exception itself is re-raised."""
     run = TrackedRun(spec, **options)
     try:
         run.start()

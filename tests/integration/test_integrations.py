@@ -137,14 +137,18 @@ def test_tracked_run_reports_a_nan_loss_as_diverged_at_once(target):
         assert len(client.list_runs().runs) == 1
 
 
-def test_tracked_run_reports_an_exception_and_reraises_it(target):
-    with pytest.raises(RuntimeError):
+@pytest.mark.parametrize("error, status", [
+    (RuntimeError("loss scale underflow"), RunStatus.DIVERGED),
+    (KeyError("input_ids"), RunStatus.FAILED),  # a bug: nothing to say about the lr
+])
+def test_tracked_run_reports_an_exception_and_reraises_it(target, error, status):
+    with pytest.raises(type(error)):
         with tracked_run(SPEC, server=target, run_id="boom") as run:
             run.log(3.0)
-            raise RuntimeError("loss scale underflow")
+            raise error
     with Client(target) as client:
         stored = client.get_run("boom")
-    assert stored.outcome.status is RunStatus.DIVERGED
+    assert stored.outcome.status is status
 
 
 @pytest.mark.parametrize("error", [SystemExit(143), MemoryError()])
@@ -443,7 +447,8 @@ def test_lightning_callback_reports_an_exception(target):
     with pytest.raises(RuntimeError, match="illegal memory access"):
         _lightning_trainer(callback).fit(_lightning_module(fail_at=2))
     with Client(target) as client:
-        assert client.get_run("pl-crash").outcome.status is RunStatus.DIVERGED
+        # A hardware fault, not a divergence.
+        assert client.get_run("pl-crash").outcome.status is RunStatus.FAILED
 
 
 def test_a_preempted_lightning_fit_trains_its_trial_on_when_resumed(target, tmp_path):

@@ -9,9 +9,22 @@ from clients.models import RunStatus
 @pytest.mark.parametrize("error, status", [
     (RuntimeError("nan in gradients"), RunStatus.DIVERGED),
     (FloatingPointError(), RunStatus.DIVERGED),
+    (RuntimeError("Function 'MulBackward0' returned nan values in its 0th output."), RunStatus.DIVERGED),
+    (ValueError("loss is Inf at step 300"), RunStatus.DIVERGED),
+    (Exception("Current loss scale already at minimum - cannot decrease scale anymore"),
+     RunStatus.DIVERGED),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), RunStatus.FAILED),
+    (FileNotFoundError("shard-00042.bin"), RunStatus.FAILED),
+    (KeyError("input_ids"), RunStatus.FAILED),
+    (RuntimeError("NCCL communicator was aborted on rank 3; information about infiniband"),
+     RunStatus.FAILED),
 ])
 def test_exceptions_map_to_outcomes(error, status):
-    assert outcome_of_exception(error, 3.0).status is status
+    """A numerical error is a divergence; a bug or a lost node says nothing about the
+    hyperparameters (reported as diverged, it would rule out every higher lr for the study)."""
+    outcome = outcome_of_exception(error, 3.0)
+    assert outcome.status is status
+    assert outcome.final_loss == (3.0 if status is RunStatus.DIVERGED else None)
 
 
 @pytest.mark.parametrize("error", [
