@@ -16,7 +16,7 @@ from predictor import laws
 from predictor.loss_model import LossPrediction
 from predictor.prior import PriorRecommender
 from predictor.prior_model import PriorLossModel
-from predictor.recommendation import Recommendation, within_feasible
+from predictor.recommendation import HYPERPARAMETERS, Interval, Recommendation, within_feasible
 from predictor.registry import ModelRegistry
 from predictor.table import RunTable
 
@@ -65,7 +65,16 @@ class RecommendationEngine:
         return Recommendation.model_validate(kept, context=STORED)
 
     def _recommend(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
-        return within_feasible(self._model_recommendation(tenant, spec, pins))
+        rec = self._model_recommendation(tenant, spec, pins)
+        kept = within_feasible(rec)
+        if any(getattr(kept, n) != getattr(rec, n) for n in HYPERPARAMETERS):
+            # The models' loss was that of the optimum they asked for, not of what is kept.
+            _, loss, _ = self.predict_loss(tenant, spec, *(np.array([getattr(kept, n)], float)
+                                                          for n in HYPERPARAMETERS))
+            kept = kept.model_copy(update={
+                "predicted_loss": float(loss.mean[0]),
+                "predicted_loss_interval": Interval(lo=float(loss.lo[0]), hi=float(loss.hi[0]))})
+        return kept
 
     def _model_recommendation(self, tenant: str, spec: TrainingSpec, pins: Pins) -> Recommendation:
         if self.refiner is not None:  # conditioned on the spec's study once it has trials

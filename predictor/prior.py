@@ -53,8 +53,12 @@ class PriorRecommender:
             intervals[name] = Interval(lo=value * math.exp(-half), hi=value * math.exp(half))
         if "batch_size_tokens" not in pinned:
             rounded = whole_sequences(values["batch_size_tokens"], spec.seq_len)
+            scale = rounded / values["batch_size_tokens"]
+            # The loss is predicted at the values recommended: at a tiny spec one sequence can
+            # be many times the batch the law asks for.
+            moved = {"batch_size_tokens"} | ({"weight_decay"} - pinned)
+            z = z + math.log(scale) * np.isin(COORDS, list(moved))
             if "weight_decay" not in pinned:  # keep the AdamW timescale of the rounded batch
-                scale = rounded / values["batch_size_tokens"]
                 values["weight_decay"] *= scale
                 intervals["weight_decay"] = Interval(lo=intervals["weight_decay"].lo * scale,
                                                      hi=intervals["weight_decay"].hi * scale)

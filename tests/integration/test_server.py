@@ -266,7 +266,12 @@ def test_recommendations_of_extreme_specs_can_be_reported_as_they_are(client, si
         assert rec.batch_size_tokens_interval.lo <= rec.batch_size_tokens <= rec.batch_size_tokens_interval.hi
         assert rec.weight_decay_interval.lo <= rec.weight_decay <= rec.weight_decay_interval.hi <= 100
         hyper = pb.Hyperparameters(lr=rec.lr, batch_size_tokens=rec.batch_size_tokens,
-                                   weight_decay=rec.weight_decay)
+                                   weight_decay=rec.weight_decay, qat_fraction=rec.qat_fraction)
+        if mode == pb.MODE_EXPLOIT:  # the loss predicted is that of the values recommended
+            at = client.predict_loss(spec(**sizes), [hyper])
+            assert rec.predicted_loss == pytest.approx(at.predictions[0].loss, rel=1e-9)
+            assert (rec.predicted_loss_interval.lo, rec.predicted_loss_interval.hi) == pytest.approx(
+                (at.predictions[0].loss_interval.lo, at.predictions[0].loss_interval.hi), rel=1e-9)
         stored = client.report_run(pb.ReportRunRequest(
             run_id=f"as-recommended-{mode}", spec=spec(**sizes), hyperparameters=hyper,
             trial_id=rec.trial_id, recommendation_id=rec.recommendation_id,
