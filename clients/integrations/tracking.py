@@ -357,9 +357,10 @@ class TrackedRun:
     def fail(self, error: BaseException | None = None) -> ReportResult | None:
         """Reports the run after an exception: diverged, at its last loss, for a numerical one
         (a FloatingPointError, a message naming NaN, inf or the loss scale), else failed;
-        without an error, failed. Not reported: a run that never logged a loss (it never trained), and one stopped
-        by an interruption (Ctrl-C, a preemption's SystemExit, out-of-memory), which the job
-        resumed under the same run_id reports (exploring, with the same trial)."""
+        without an error, failed. Not reported: a run that never logged a loss (it never
+        trained), and one stopped by an interruption (Ctrl-C, a preemption's SystemExit,
+        out-of-memory), which the job resumed under the same run_id reports (exploring, with the
+        same trial)."""
         if self.reported:
             return self.report
         if error is not None and _interrupted(error):
@@ -390,7 +391,8 @@ def tracked_run(spec: TrainingSpec | dict, **options) -> Iterator[TrackedRun]:
     hyperparameters) and reports on exit: completed with the mean of the losses logged over the
     last final_loss_window of the steps (see FinalLoss); after an exception, diverged if it is
     numerical and failed otherwise (see TrackedRun.fail; not reported for Ctrl-C, SystemExit
-    and out-of-memory, which the resumed job reports); diverged at once on a NaN/inf loss. The exception itself is re-raised."""
+    and out-of-memory, which the resumed job reports); diverged at once on a NaN/inf loss. The
+    exception itself is re-raised."""
     run = TrackedRun(spec, **options)
     try:
         run.start()
