@@ -35,7 +35,7 @@ QUANTITY = Quantity()
 
 
 # Client's arguments by the flags that set them, for the errors of unusable settings.
-CLIENT_FLAGS = {"target": "--server", "tls_ca": "--tls-ca"}
+CLIENT_FLAGS = {"target": "--server", "tls_ca": "--tls-ca", "api_key": "--api-key"}
 
 
 def client_options(f):

@@ -67,6 +67,19 @@ def spec(**fields) -> pb.TrainingSpec:
     return pb.TrainingSpec(**{k: v for k, v in fields.items() if v is not None})
 
 
+def check_api_key(api_key: str | None) -> str | None:
+    """The key without surrounding whitespace (key files and secrets often end in a newline,
+    which gRPC refuses in a header); ClientSettingsError if what is left is not printable
+    ASCII without spaces, as every key is."""
+    if api_key is None:
+        return None
+    key = api_key.strip()
+    if not all("!" <= c <= "~" for c in key):
+        raise ClientSettingsError("api_key: only printable ASCII without spaces can be a key",
+                                  [("api_key", "only printable ASCII without spaces can be a key")])
+    return key or None
+
+
 @dataclass(frozen=True)
 class Settings:
     """How to reach the service; each field falls back to its HPARAMREC_* variable."""
@@ -81,7 +94,7 @@ class Settings:
                 tls_ca: str | None) -> "Settings":
         target = target or os.environ.get("HPARAMREC_SERVER") or DEFAULT_TARGET
         check_target(target)
-        api_key = api_key or os.environ.get("HPARAMREC_API_KEY")
+        api_key = check_api_key(api_key or os.environ.get("HPARAMREC_API_KEY"))
         tls_ca = tls_ca or os.environ.get("HPARAMREC_TLS_CA")
         roots = None
         if tls_ca:

@@ -55,6 +55,14 @@ def test_missing_or_wrong_key_is_unauthenticated(secured, keys):
                 client.list_runs()
 
 
+def test_a_key_read_from_a_file_with_its_newline_works(secured, keys):
+    """Key files and secrets often end in a newline, which gRPC refuses in a header: it failed
+    with a C-core trace before the call."""
+    for padded in (keys["alice"] + "\n", f"  {keys['alice']}\t"):
+        with Client(secured, api_key=padded, retries=0) as client:
+            assert client.list_runs().runs == []
+
+
 def test_health_and_reflection_stay_open(secured):
     with Client(secured, retries=0) as anonymous:
         assert anonymous.health() == "SERVING"

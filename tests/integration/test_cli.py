@@ -173,6 +173,8 @@ def test_unreachable_server_exits_3():
     (["--server", "127.0.0.1:99999"], {}, "--server: the port must be a number from 1 to 65535"),
     (["--server", "127.0.0.1"], {}, "--server: expected HOST:PORT, with the port"),
     ([], {"HPARAMREC_SERVER": "127.0.0.1"}, "--server: expected HOST:PORT, with the port"),
+    (["--api-key", "hpr_a b"], {}, "--api-key: only printable ASCII without spaces can be a key"),
+    ([], {"HPARAMREC_API_KEY": "hpr_\u00e9"}, "--api-key: only printable ASCII without spaces"),
 ])
 def test_unusable_client_settings_are_one_line_and_exit_2(args, env, needle):
     if "--server" not in args and "HPARAMREC_SERVER" not in env:
