@@ -321,11 +321,13 @@ class Studies:
         storage = self.storage()
         try:
             name = storage.get_study_name_from_id(study_id)
+            # The tenant before the trial: looked up first, another tenant's trials would take
+            # longer to refuse than unknown ones, and their numbers could be probed.
+            if tenant_of(name) != tenant:
+                raise unknown
             trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
         except KeyError:
             raise unknown from None
-        if tenant_of(name) != tenant:
-            raise unknown
         return name, study_id, trial
 
 
