@@ -6,9 +6,11 @@ The relative excess loss is z' H z. The measured Step Law bowl (reference: a u^2
 the AdamW timescale tau = B / (lr wd D) moving with lr and B. We split it as
     excess = [M(u, v) - c (v - u)^2] + c (v - u - l)^2,
 whose second term is a bowl in ln(tau/tau*) = v - u - l: at fixed wd (l = 0) it is the
-measured bowl exactly, and a free wd re-centres tau on tau* (the timescale rule).
+measured bowl exactly, and a free wd re-centres tau on tau* (the timescale rule). That term is
+flat beyond a factor of 100 in tau (TIMESCALE_RANGE).
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +22,17 @@ STEPLAW_BOWL = {"a": 0.0097, "a_exp": -0.28, "b": 0.0075, "b_exp": -0.10, "rho":
 # Curvature of the timescale term as a fraction of the smaller of a and b: keeps the split
 # positive definite at every D. An assumption (loss is flat in tau over a factor ~2), not a fit.
 TIMESCALE_CURVATURE_FRACTION = 0.25
+# Beyond a factor of e^TIMESCALE_RANGE (100) from the optimal AdamW timescale the timescale
+# term stays flat: the rule was measured within about a factor of 10 of it, and without decay
+# (an infinite timescale) the loss is finite, not the quadratic's. An assumption, not a fit;
+# without it a weight decay of 1e-300 predicted a loss of 1500 and a lr of 1e-10 one below the
+# optimum's (the quadratic's gain, unbounded, at the timescale-rule weight decay).
+TIMESCALE_RANGE = math.log(100.0)
+
+
+def timescale_excess(log_ratio):
+    """The timescale term's excess per unit curvature at ln(tau/tau*) = log_ratio."""
+    return np.clip(log_ratio, -TIMESCALE_RANGE, TIMESCALE_RANGE) ** 2
 
 
 @dataclass(frozen=True)
@@ -44,8 +57,15 @@ class Bowl:
         c = self.c
         return np.array([[self.a, cross, c], [cross, self.b, -c], [c, -c, c]])
 
-    def excess(self, z: np.ndarray) -> float:
-        return float(z @ self.hessian @ z)
+    def excess(self, z: np.ndarray) -> np.ndarray | float:
+        """z' H z for z = (u, v, ln(wd/wd*)) (one row per point, or one point), with the
+        timescale part c (u - v + w)^2 (= c ln(tau*/tau)^2) flat beyond TIMESCALE_RANGE."""
+        z = np.asarray(z, float)
+        u, v, w = z[..., 0], z[..., 1], z[..., 2]
+        cross = self.rho * np.sqrt(self.a * self.b)
+        lr_batch = self.a * u**2 + self.b * v**2 + 2 * cross * u * v - self.c * (u - v) ** 2
+        out = lr_batch + self.c * timescale_excess(u - v + w)
+        return float(out) if out.ndim == 0 else out
 
     def conditional_optimum(self, pinned: dict[int, float]) -> np.ndarray:
         """The z minimising the excess with the given coordinates fixed."""

@@ -54,10 +54,6 @@ class PriorRecommender:
         if "batch_size_tokens" not in pinned:
             rounded = whole_sequences(values["batch_size_tokens"], spec.seq_len)
             scale = rounded / values["batch_size_tokens"]
-            # The loss is predicted at the values recommended: at a tiny spec one sequence can
-            # be many times the batch the law asks for.
-            moved = {"batch_size_tokens"} | ({"weight_decay"} - pinned)
-            z = z + math.log(scale) * np.isin(COORDS, list(moved))
             if "weight_decay" not in pinned:  # keep the AdamW timescale of the rounded batch
                 values["weight_decay"] *= scale
                 intervals["weight_decay"] = Interval(lo=intervals["weight_decay"].lo * scale,
@@ -65,8 +61,9 @@ class PriorRecommender:
             values["batch_size_tokens"] = rounded
 
         qat, qat_interval = self._qat(spec, pins, optimum)
-        excess = bowl.excess(z) + QAT_CURVATURE * (qat - optimum.qat_fraction) ** 2
-        loss = optimum.base_loss * (1 + excess)
+        # At the values recommended, as PredictLoss says: pins past MAX_LOG_RATIO, and a batch
+        # rounded up to one sequence at a tiny spec, are not where z put them.
+        loss = float(law_loss(optimum, *(np.array([values[n]]) for n in COORDS), np.array([qat]))[0])
         loss_half = Z80 * laws.EPOCH_LOSS.sd["relative"]
         return Recommendation(
             spec=spec,
@@ -119,6 +116,7 @@ class LawOptimum:
     """The unconditional optimum of the published laws for a spec, with log-scale sds."""
 
     def __init__(self, spec: TrainingSpec):
+        self.spec = spec
         self.warnings: list[str] = laws.STEPLAW_LR.range_warnings(spec)
         self.blend_weight = laws.long_training_blend_weight(spec)
         lr_steplaw, lr_deepseek = laws.STEPLAW_LR(spec), laws.DEEPSEEK_LR(spec)
@@ -190,6 +188,19 @@ def check_pins(spec: TrainingSpec, pins: Pins) -> None:
             "pins.qat_fraction",
             f"must be 0 or unset when spec.weight_bits is {spec.weight_bits} (no quantization)",
         )
+
+
+def law_loss(optimum: "LawOptimum", lr, batch, weight_decay, qat_fraction) -> np.ndarray:
+    """The prior's loss at each point of one spec: base loss times (1 + bowl excess + QAT
+    excess). A weight decay of 0 has no timescale: its term is that of the optimal one (as
+    for the recommendation with weight decay pinned to 0)."""
+    u = np.log(lr / optimum.values["lr"])
+    v = np.log(batch / optimum.values["batch_size_tokens"])
+    decays = weight_decay > 0
+    w = np.where(decays, np.log(np.where(decays, weight_decay, 1.0) / optimum.values["weight_decay"]),
+                 v - u)
+    excess = Bowl.steplaw(optimum.spec.n_tokens).excess(np.stack([u, v, w], axis=-1))
+    return optimum.base_loss * (1 + excess + QAT_CURVATURE * (qat_fraction - optimum.qat_fraction) ** 2)
 
 
 def _pinned_names(pins: Pins) -> set[str]:

@@ -5,9 +5,8 @@ import math
 import numpy as np
 
 from benchmark_db.records import TrainingSpec
-from predictor.bowl import Bowl
 from predictor.loss_model import LossPrediction
-from predictor.prior import PRIOR_VERSION, QAT_CURVATURE, Z80, LawOptimum
+from predictor.prior import PRIOR_VERSION, Z80, LawOptimum, law_loss
 from predictor import laws
 from predictor.table import RunTable
 
@@ -29,16 +28,8 @@ class PriorLossModel:
         for key, rows in _rows_by_spec(queries).items():
             spec = TrainingSpec(n_params=key[0], n_active_params=key[1], n_tokens=key[2],
                                 seq_len=int(key[3]), weight_bits=int(key[4]))
-            optimum = LawOptimum(spec)
-            z = np.stack([
-                np.log(queries.lr[rows] / optimum.values["lr"]),
-                np.log(queries.batch_size_tokens[rows] / optimum.values["batch_size_tokens"]),
-                np.log(np.maximum(queries.weight_decay[rows], 1e-12) / optimum.values["weight_decay"]),
-            ], axis=1)
-            h = Bowl.steplaw(spec.n_tokens).hessian
-            excess = np.einsum("ij,jk,ik->i", z, h, z)
-            excess += QAT_CURVATURE * (queries.qat_fraction[rows] - optimum.qat_fraction) ** 2
-            mean[rows] = optimum.base_loss * (1 + excess)
+            mean[rows] = law_loss(LawOptimum(spec), queries.lr[rows], queries.batch_size_tokens[rows],
+                                  queries.weight_decay[rows], queries.qat_fraction[rows])
         half = Z80 * laws.EPOCH_LOSS.sd["relative"]
         return LossPrediction(mean=mean, lo=mean * math.exp(-half), hi=mean * math.exp(half))
 
