@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from benchmark_db.records import Pins, TrainingSpec
+from benchmark_db.records import MAX_WEIGHT_DECAY, Pins, TrainingSpec
 from predictor import laws
 from predictor.loss_model import LossModel
 from predictor.prior import NEAR_OPTIMAL_EXCESS, PriorRecommender, check_pins
@@ -60,7 +60,8 @@ class ModelRecommender:
             "predicted_loss": float(prediction.mean[0]),
             "predicted_loss_interval": Interval(lo=float(prediction.lo[0]), hi=float(prediction.hi[0])),
             "sources": tuple(self._sources(base, pins)),
-            "warnings": base.warnings + tuple(self._range_warnings(spec)),
+            "warnings": (base.warnings + tuple(self._range_warnings(spec))
+                         + tuple(self._lr_limit_warnings(spec, pins, lr, batch, wd))),
             "model_versions": (self.model.version_,) + base.model_versions,
         })
 
@@ -89,7 +90,9 @@ class ModelRecommender:
     def _weight_decay(spec, pins, base, lr, batch):
         if pins.weight_decay is not None:
             return np.full(np.shape(lr), pins.weight_decay) if np.ndim(lr) else pins.weight_decay
-        return batch / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
+        # The timescale rule, within what a run can report (a tiny lr asks for a huge decay).
+        return np.minimum(batch / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens),
+                          MAX_WEIGHT_DECAY)
 
     def _intervals(self, spec, pins, base, lr, batch, lr_axis, batch_axis) -> tuple[Interval, Interval]:
         offsets = getattr(self.model, "optimum_log_offsets", lambda *_: None)(
@@ -120,6 +123,18 @@ class ModelRecommender:
                 out.append(learned.model_copy(update={"field": field}))
         out += [s for s in base.sources if s.field in ("weight_decay", "qat_fraction")]
         return out
+
+    def _lr_limit_warnings(self, spec, pins, lr, batch, wd) -> list[str]:
+        """A pinned lr above the model's limit (the argmin never goes there on its own)."""
+        limit = getattr(self.model, "lr_limit", None)
+        if limit is None or pins.lr is None:
+            return []
+        at = float(limit(RunTable.queries(spec, lr, batch, wd, 0.0))[0])
+        if lr <= at:
+            return []
+        return [f"lr = {lr:g} is above the {self.model.name} model's limit at this batch "
+                f"({at:.3g}, a safety factor below where it expects runs to diverge): the run "
+                "may diverge, and the loss predicted for it is an extrapolation"]
 
     def _range_warnings(self, spec: TrainingSpec) -> list[str]:
         out = []

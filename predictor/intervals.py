@@ -14,6 +14,11 @@ import numpy as np
 from scipy.stats import norm
 
 COVERAGE = 0.8
+# The spread grows with the penalty up to a doubled loss, then stays: the calibration sees
+# penalties up to ~0.2 (the far flanks of real sweeps), and past a doubled loss (a pinned lr
+# far beyond divergence) the bowl's form says nothing about the spread. Without the cap such
+# a point's interval was [0, inf].
+MAX_PENALTY = 1.0
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,7 @@ class IntervalModel:
 
     def half_width(self, penalty: np.ndarray) -> np.ndarray:
         """Half-width of the central 80% interval of ln-loss."""
+        penalty = np.minimum(penalty, MAX_PENALTY)
         sd = np.sqrt(self.level_sd**2 + (self.shape_sd + self.kappa * penalty) ** 2)
         return norm.ppf(0.5 + COVERAGE / 2) * self.scale * sd
 

@@ -20,7 +20,8 @@ cliff   an edge-of-stability rise c e^{-kc delta} (e^{kc u} - 1 - kc u), delta t
 wd, QAT not identifiable from sweeps that hold them fixed, so they enter as the prior does
         (bowl.py): c [(ln tau - ln tau*)^2 - (ln tau_ref - ln tau*)^2] with the AdamW timescale
         tau = B/(lr wd D) and tau_ref its value at wd = WD_REF (the learned bowl is the bowl at
-        WD_REF), and QAT_CURVATURE (f - f*)^2 when weight_bits < 16.
+        WD_REF), each square flat beyond bowl.TIMESCALE_RANGE, and QAT_CURVATURE (f - f*)^2
+        when weight_bits < 16.
 weights soft_l1 in ln-loss, and an sd growing as 1 + excess/e0 with a run's excess over its
         group's best: the far flanks are noisier and the form is least right there, so they
         must not drag the centre, which is what a recommendation needs.
@@ -31,7 +32,7 @@ from scipy.optimize import least_squares
 from scipy.special import expit
 
 from predictor import laws
-from predictor.bowl import STEPLAW_BOWL, TIMESCALE_CURVATURE_FRACTION
+from predictor.bowl import STEPLAW_BOWL, TIMESCALE_CURVATURE_FRACTION, timescale_excess
 from predictor.intervals import IntervalModel
 from predictor.loss_model import LossPrediction
 from predictor.prior import QAT_CURVATURE
@@ -129,7 +130,7 @@ class LossSurface:
         log_tau_ref = np.log(q.batch_size_tokens / (q.lr * WD_REF * q.n_tokens) / tau_star)
         wd = np.where(q.weight_decay > 0, q.weight_decay, WD_REF)  # no decay: no timescale to move
         log_tau = log_tau_ref - np.log(wd / WD_REF)
-        return c * (log_tau**2 - log_tau_ref**2)
+        return c * (timescale_excess(log_tau) - timescale_excess(log_tau_ref))
 
     def base_loss(self, q: RunTable) -> np.ndarray:
         e, a, alpha, b, beta = self.L0_

@@ -78,6 +78,28 @@ def test_weight_decay_term_vanishes_at_the_reference_and_rewards_the_timescale_r
     assert at(rule) < at(0.1) < at(10 * rule)
 
 
+@pytest.mark.parametrize("pins", [Pins(lr=1e-10), Pins(weight_decay=1e-300), Pins(lr=10.0),
+                                  Pins(batch_size_tokens=2e10)])
+def test_surface_answers_stay_sane_at_absurd_pins(surface, pins):
+    """A positive, finite loss with a finite interval around it, and never below the spec's own
+    optimum: the timescale term's gain was unbounded (lr 1e-10 predicted a loss under the
+    optimum's, a tiny spec a negative one), wd 1e-300 cost 1500 nats, and lr 10 had [0, inf]."""
+    for spec in (TrainingSpec(n_params=1e9, n_active_params=1e9, n_tokens=2e10),
+                 TrainingSpec(n_params=1.3e6, n_active_params=1.3e6, n_tokens=1056, seq_len=128)):
+        if pins.batch_size_tokens and pins.batch_size_tokens > spec.n_tokens:
+            continue
+        recommender = ModelRecommender(surface, without(ALL, HELD_OUT))
+        best = recommender.recommend(spec, Pins()).predicted_loss
+        rec = recommender.recommend(spec, pins)
+        interval = rec.predicted_loss_interval
+        assert 0 < interval.lo < rec.predicted_loss < interval.hi < np.inf
+        assert interval.hi / interval.lo < 2
+        assert rec.predicted_loss >= best * (1 - 1e-3)
+        assert rec.weight_decay <= 100
+    if pins.lr == 10.0:
+        assert any("above the surface model's limit" in w for w in rec.warnings)
+
+
 def test_gbm_far_from_data_is_the_surface():
     model = SurfaceGBM(calibrate=False).fit(ALL)
     far = TrainingSpec(n_params=1e11, n_active_params=1e11, n_tokens=1e13)
