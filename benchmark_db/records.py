@@ -77,6 +77,10 @@ class TrainingSpec(_Model):
     def _active_within_total(self, info: ValidationInfo) -> "TrainingSpec":
         if self.n_active_params > self.n_params * (1 + 1e-9):
             raise ValueError("n_active_params: must not exceed n_params")
+        if (self.architecture is Architecture.DENSE and _new_input(info)
+                and self.n_active_params < self.n_params * (1 - 1e-9)):
+            raise ValueError("n_active_params: below n_params, which only a mixture of experts "
+                             "has (architecture moe); a dense model's parameters are all active")
         if self.n_tokens < self.seq_len and _new_input(info):
             raise ValueError(f"n_tokens: fewer than one sequence of seq_len {self.seq_len} tokens")
         return self
@@ -308,6 +312,9 @@ def resolve_spec(
                 )
     if n_params is None and n_active_params is not None and architecture in (None, "", "dense"):
         n_params = n_active_params
+    if (architecture in (None, "") and None not in (n_params, n_active_params)
+            and n_active_params < n_params * (1 - 1e-9)):
+        architecture = "moe"  # fewer active parameters than parameters: what else could it be
     if n_params is None or n_tokens is None:
         missing = "n_params" if n_params is None else "n_tokens"
         raise InvalidArgument.single(

@@ -160,7 +160,8 @@ def spec_options(f):
         click.option("--tokens", type=QUANTITY, help="Training tokens, e.g. 100B."),
         click.option("--compute", type=QUANTITY, help="Training FLOPs, e.g. 2.5e21."),
         click.option("--seq-len", type=int, help="Sequence length in tokens (default 2048)."),
-        click.option("--architecture", help="dense (default) or moe."),
+        click.option("--architecture",
+                     help="dense or moe (default: moe when --active-params is below --params)."),
         click.option("--bits", type=int, help="Target weight bits; 16 (default) = no QAT."),
     ]
     for option in reversed(options):

@@ -46,6 +46,17 @@ def test_recommend_json_prints_recommendation_fields(target):
     assert rec["spec"]["n_params"] == 1.3e9 and rec["spec"]["weight_bits"] == 4
 
 
+def test_fewer_active_params_than_params_is_a_mixture_of_experts(target):
+    moe = ["recommend", "--params", "8B", "--active-params", "1B", "--tokens", "200B"]
+    out = cli(*moe, "--json", server=target)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout)
+    assert rec["spec"]["architecture"] == "moe" and any(w.startswith("moe:") for w in rec["warnings"])
+    out = cli(*moe, "--architecture", "dense", server=target)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "only a mixture of experts has" in out.stderr
+
+
 def test_recommend_with_pinned_batch(target):
     out = cli("recommend", "--params", "1.3B", "--tokens", "100B", "--batch-size-tokens", "1M",
               "--json", server=target)

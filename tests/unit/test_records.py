@@ -22,6 +22,21 @@ def test_moe_compute_uses_active_params():
     assert s.n_tokens == pytest.approx(2e10)
 
 
+def test_fewer_active_parameters_than_parameters_is_a_mixture_of_experts():
+    """Left out, the architecture follows the sizes: such a spec was taken for a dense one (no
+    MoE warning, another study key than the same model given as moe)."""
+    assert resolve_spec(n_params=8e9, n_active_params=1e9, n_tokens=1e10).architecture == "moe"
+    assert resolve_spec(n_params=8e9, n_active_params=8e9, n_tokens=1e10).architecture == "dense"
+    assert resolve_spec(n_params=8e9, n_tokens=1e10).architecture == "dense"
+
+
+def test_a_dense_spec_stored_with_fewer_active_parameters_still_loads():
+    from benchmark_db.records import STORED, TrainingSpec
+
+    stored = {"n_params": 8e9, "n_active_params": 1e9, "n_tokens": 1e10, "architecture": "dense"}
+    assert TrainingSpec.model_validate(stored, context=STORED).n_active_params == 1e9
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"n_params": -1.0, "n_tokens": 1e10}, "spec.n_params"),
     ({"n_params": 0.0, "n_tokens": 1e10}, "spec.n_params"),
@@ -35,6 +50,8 @@ def test_moe_compute_uses_active_params():
     ({"n_params": 1e9, "n_tokens": 1e10, "weight_bits": 0}, "spec.weight_bits"),
     ({"n_params": 1e30, "n_tokens": 1e10}, "spec.n_params"),
     ({"n_params": 1e9, "n_active_params": 2e9, "n_tokens": 1e10, "architecture": "moe"},
+     "spec.n_active_params"),
+    ({"n_params": 8e9, "n_active_params": 1e9, "n_tokens": 1e10, "architecture": "dense"},
      "spec.n_active_params"),
 ])
 def test_bad_specs_name_the_field(kwargs, field):
