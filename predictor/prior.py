@@ -35,7 +35,7 @@ class PriorRecommender:
     def recommend(self, spec: TrainingSpec, pins: Pins) -> Recommendation:
         check_pins(spec, pins)
         optimum = LawOptimum(spec)
-        warnings = list(optimum.warnings)
+        warnings = list(optimum.warnings) + _partial_sequence_warnings(spec, pins)
         in_bowl, z = self._conditional(spec, pins, optimum, warnings)
         bowl = Bowl.steplaw(spec.n_tokens)
         pinned = _pinned_names(pins)
@@ -159,6 +159,18 @@ def _steplaw_sd(law: laws.Law, spec: TrainingSpec) -> float:
         + (sd.get("alpha", 0.0) * math.log(spec.n_active_params / STEPLAW_CENTRE_N)) ** 2
         + (sd.get("beta", 0.0) * math.log(spec.n_tokens / STEPLAW_CENTRE_D)) ** 2
     )
+
+
+def _partial_sequence_warnings(spec: TrainingSpec, pins: Pins) -> list[str]:
+    """A pinned batch is kept as given; its batch_size_sequences is rounded, so say so when the
+    two disagree by more than 1% (1M tokens is 488 sequences of 2048 to 0.06%: no warning)."""
+    batch = pins.batch_size_tokens
+    if batch is None or abs(whole_sequences(batch, spec.seq_len) / batch - 1) <= 0.01:
+        return []
+    sequences = round(batch / spec.seq_len)
+    return [f"pins.batch_size_tokens = {batch:g} is not a whole number of sequences of seq_len "
+            f"{spec.seq_len}: batch_size_sequences says {sequences} ({sequences * spec.seq_len} "
+            "tokens)"]
 
 
 def check_pins(spec: TrainingSpec, pins: Pins) -> None:

@@ -155,3 +155,13 @@ def test_a_weight_decay_near_zero_costs_what_no_decay_beyond_the_timescale_range
     assert at(rec.weight_decay) < at(rec.weight_decay / 10) < at(rec.weight_decay / 1000)
     assert at(rec.weight_decay / 1000) == pytest.approx(at(1e-300), rel=1e-12)
     assert at(1e-300) < 1.1 * at(rec.weight_decay)
+
+
+def test_a_pinned_batch_of_a_partial_sequence_says_how_it_is_counted():
+    def partial(batch):
+        return [w for w in prior.recommend(spec(), Pins(batch_size_tokens=batch)).warnings
+                if "not a whole number of sequences" in w]
+
+    assert partial(3000) == ["pins.batch_size_tokens = 3000 is not a whole number of sequences "
+                             "of seq_len 2048: batch_size_sequences says 1 (2048 tokens)"]
+    assert partial(1e6) == [] and partial(4096) == []
