@@ -32,6 +32,8 @@ class ModelRecommender:
         self._prior = PriorRecommender()
         self._sizes = {c: (getattr(runs, c).min(), getattr(runs, c).max()) if len(runs) else None
                        for c in ("n_active_params", "n_tokens")}
+        # The sparsest mixture of experts stored (1: dense runs only).
+        self._sparsity = float((runs.n_params / runs.n_active_params).max()) if len(runs) else None
 
     def recommend(self, spec: TrainingSpec, pins: Pins) -> Recommendation:
         check_pins(spec, pins)
@@ -144,6 +146,11 @@ class ModelRecommender:
                 out.append(f"{self.model.name}: {column} = {value:.3g} is outside the stored runs "
                            f"({bounds[0]:.3g} to {bounds[1]:.3g}); the learned correction is an "
                            "extrapolation")
+        sparsity = spec.n_params / spec.n_active_params
+        if self._sparsity is not None and sparsity > 1.01 * self._sparsity:
+            out.append(f"{self.model.name}: n_params / n_active_params = {sparsity:.3g} is sparser "
+                       f"than any stored run ({self._sparsity:.3g} at most); how the loss level "
+                       "follows the inactive experts is an extrapolation")
         return out
 
 

@@ -165,3 +165,13 @@ def test_the_ensemble_averages_its_members_in_log_loss_and_learns_an_unseen_grou
     lr, batch = recommend(model, train, HELD_OUT)
     assert lr == pytest.approx(true_lr, rel=0.25)
     assert batch == pytest.approx(true_batch, rel=0.35)
+
+
+def test_a_mixture_of_experts_sparser_than_the_stored_runs_is_flagged(surface):
+    recommender = ModelRecommender(surface, without(ALL, HELD_OUT))  # dense runs only
+    moe = TrainingSpec(n_params=8e8, n_active_params=1e8, n_tokens=2e10, architecture="moe")
+    dense = TrainingSpec(n_params=4e8, n_active_params=4e8, n_tokens=2e10)
+    flagged = lambda spec: [w for w in recommender.recommend(spec, Pins()).warnings  # noqa: E731
+                            if "sparser than any stored run" in w]
+    assert len(flagged(moe)) == 1 and "= 8" in flagged(moe)[0]
+    assert flagged(dense) == []
