@@ -54,6 +54,10 @@ class PriorRecommender:
         if "batch_size_tokens" not in pinned:
             rounded = whole_sequences(values["batch_size_tokens"], spec.seq_len)
             scale = rounded / values["batch_size_tokens"]
+            if scale > 1.5:  # rounding to whole sequences moves a batch by less than that
+                warnings.append(f"batch_size_tokens: one sequence of seq_len {spec.seq_len} is "
+                                f"{scale:.3g}x the {values['batch_size_tokens']:.3g} tokens the laws "
+                                "ask for; the batch is one sequence")
             if "weight_decay" not in pinned:  # keep the AdamW timescale of the rounded batch
                 values["weight_decay"] *= scale
                 intervals["weight_decay"] = Interval(lo=intervals["weight_decay"].lo * scale,

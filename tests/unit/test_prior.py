@@ -165,3 +165,10 @@ def test_a_pinned_batch_of_a_partial_sequence_says_how_it_is_counted():
     assert partial(3000) == ["pins.batch_size_tokens = 3000 is not a whole number of sequences "
                              "of seq_len 2048: batch_size_sequences says 1 (2048 tokens)"]
     assert partial(1e6) == [] and partial(4096) == []
+
+
+def test_a_sequence_longer_than_the_batch_the_laws_ask_for_is_said():
+    long = prior.recommend(spec(seq_len=1 << 20), Pins())
+    assert long.batch_size_tokens == 1 << 20
+    assert any("one sequence of seq_len 1048576" in w for w in long.warnings)
+    assert not any("one sequence of seq_len" in w for w in prior.recommend(spec(), Pins()).warnings)
