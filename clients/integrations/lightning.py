@@ -22,10 +22,10 @@ of the training losses of the last final_loss_window (default 2%) of the optimiz
 (every micro-batch's loss, at the step it counts towards); final_loss_window=0 reports the last
 loss. The losses collected so far are part of the callback's state in Lightning's checkpoints,
 so a fit resumed from one (trainer.fit(..., ckpt_path=...)) reports the window of the whole run,
-not only of the steps since the restart. An exception during fit reports it as tracked_run
-does (diverged if numerical, e.g. naming a NaN, else failed); a preemption (SIGTERM, which
-Lightning raises as SIGTERMException), Ctrl-C or running out of memory is not reported, so the
-fit resumed under the same run_id reports the run, with the same trial when exploring. The hyperparameters reported are read from the optimizer
+not only of the steps since the restart. A numerical exception during fit (one naming a NaN,
+say) reports the run as diverged; any other (a preemption's SIGTERM, which Lightning raises as
+SIGTERMException, Ctrl-C, running out of memory, a bug, a lost node) is not reported, so the fit
+resumed or requeued under the same run_id reports the run, with the same trial when exploring. The hyperparameters reported are read from the optimizer
 and the train dataloader when training starts. Global rank 0 fetches the recommendation and the
 strategy broadcasts it, so every process trains with the same values and an explore hands out
 one trial per job. Only global rank 0 reports; with mode="explore"

@@ -87,7 +87,10 @@ def peak_lr(param_groups) -> float:
 # seterr), or a message naming a NaN or infinite value (torch's anomaly mode: "returned nan
 # values") or the loss scale (fp16 loss scalers give up on overflowing gradients). Any other (a
 # bug, a lost node, a full disk) says nothing about the hyperparameters: reported as diverged,
-# it would rule out every higher lr at that batch for the study.
+# it would rule out every higher lr at that batch for the study; reported at all, the job
+# requeued under the same run_id could not report (a run_id is stored once) nor, exploring,
+# even start (an explore for a stored run is refused). So it is left to that job, like an
+# interruption.
 _NUMERICAL = re.compile(r"\b(nan|inf|infinite|non-finite|not finite|loss scale)\b", re.IGNORECASE)
 
 
@@ -96,12 +99,10 @@ def _numerical(error: BaseException) -> bool:
 
 
 def outcome_of_exception(error: BaseException, last_loss: float | None) -> RunOutcome | None:
-    """None for interruptions (Ctrl-C, a preemption's SystemExit, out-of-memory): the run has
-    not ended, it may resume. Diverged, at its last loss, for a numerical error; failed (it
-    stopped for reasons unrelated to its hyperparameters) for any other exception."""
-    if _interrupted(error):
-        return None
-    return RunOutcome.diverged(last_loss) if _numerical(error) else RunOutcome.failed()
+    """Diverged, at its last loss, for a numerical error. None (not reported: the run may be
+    resumed or requeued under its run_id, which then reports it) for any other: an
+    interruption (Ctrl-C, a preemption's SystemExit, out-of-memory), a bug, a lost node."""
+    return RunOutcome.diverged(last_loss) if _numerical(error) and not _interrupted(error) else None
 
 
 class TrackedRun:
@@ -356,19 +357,23 @@ class TrackedRun:
 
     def fail(self, error: BaseException | None = None) -> ReportResult | None:
         """Reports the run after an exception: diverged, at its last loss, for a numerical one
-        (a FloatingPointError, a message naming NaN, inf or the loss scale), else failed;
-        without an error, failed. Not reported: a run that never logged a loss (it never
-        trained), and one stopped by an interruption (Ctrl-C, a preemption's SystemExit,
-        out-of-memory), which the job resumed under the same run_id reports (exploring, with the
-        same trial)."""
+        (a FloatingPointError, a message naming NaN, inf or the loss scale); without an error,
+        failed. Not reported: a run that never logged a loss (it never trained), and one stopped
+        by any other exception (an interruption such as Ctrl-C, a preemption's SystemExit or
+        out-of-memory; a bug; a lost node), which the job resumed or requeued under the same
+        run_id reports (exploring, with the same trial)."""
         if self.reported:
             return self.report
         if error is not None and _interrupted(error):
             return self._not_reported(f"was interrupted ({type(error).__name__})")
         if self.last_loss is None:
             return self._not_reported("stopped before logging a loss")
-        return self.finish(RunOutcome.failed() if error is None
-                           else outcome_of_exception(error, self.last_loss))
+        if error is None:
+            return self.finish(RunOutcome.failed())
+        outcome = outcome_of_exception(error, self.last_loss)
+        if outcome is None:
+            return self._not_reported(f"stopped on {type(error).__name__}, not a divergence")
+        return self.finish(outcome)
 
     def _not_reported(self, why: str) -> ReportResult | None:
         if self.reporting:
@@ -390,9 +395,9 @@ def tracked_run(spec: TrainingSpec | dict, **options) -> Iterator[TrackedRun]:
     """A TrackedRun (same arguments) that fetches its recommendation on entry (unless given
     hyperparameters) and reports on exit: completed with the mean of the losses logged over the
     last final_loss_window of the steps (see FinalLoss); after an exception, diverged if it is
-    numerical and failed otherwise (see TrackedRun.fail; not reported for Ctrl-C, SystemExit
-    and out-of-memory, which the resumed job reports); diverged at once on a NaN/inf loss. The
-    exception itself is re-raised."""
+    numerical, else not reported: the job resumed or requeued under the same run_id reports
+    the run (see TrackedRun.fail); diverged at once on a NaN/inf loss. The exception itself is
+    re-raised."""
     run = TrackedRun(spec, **options)
     try:
         run.start()

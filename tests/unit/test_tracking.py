@@ -13,18 +13,22 @@ from clients.models import RunStatus
     (ValueError("loss is Inf at step 300"), RunStatus.DIVERGED),
     (Exception("Current loss scale already at minimum - cannot decrease scale anymore"),
      RunStatus.DIVERGED),
-    (RuntimeError("CUDA error: an illegal memory access was encountered"), RunStatus.FAILED),
-    (FileNotFoundError("shard-00042.bin"), RunStatus.FAILED),
-    (KeyError("input_ids"), RunStatus.FAILED),
-    (RuntimeError("NCCL communicator was aborted on rank 3; information about infiniband"),
-     RunStatus.FAILED),
 ])
 def test_exceptions_map_to_outcomes(error, status):
-    """A numerical error is a divergence; a bug or a lost node says nothing about the
-    hyperparameters (reported as diverged, it would rule out every higher lr for the study)."""
     outcome = outcome_of_exception(error, 3.0)
-    assert outcome.status is status
-    assert outcome.final_loss == (3.0 if status is RunStatus.DIVERGED else None)
+    assert outcome.status is status and outcome.final_loss == 3.0
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("CUDA error: an illegal memory access was encountered"),
+    FileNotFoundError("shard-00042.bin"), KeyError("input_ids"),
+    RuntimeError("NCCL communicator was aborted on rank 3; information about infiniband"),
+])
+def test_an_exception_that_is_not_numerical_is_no_outcome(error):
+    """A bug or a lost node says nothing about the hyperparameters: reported as diverged, it
+    would rule out every higher lr for the study, and reported at all, the job requeued under
+    its run_id could not report the run."""
+    assert outcome_of_exception(error, 3.0) is None
 
 
 @pytest.mark.parametrize("error", [
