@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from benchmark_db.records import MAX_WEIGHT_DECAY, STORED, Pins, RunRecord, RunReport, TrainingSpec, check_run_id
+from benchmark_db.records import (MAX_WEIGHT_DECAY, STORED, Pins, RunRecord, RunReport, TrainingSpec,
+                                  check_run_id)
 from benchmark_db.run_recommendations import request_key
 from benchmark_db.store import RunStore
 from predictor import laws
