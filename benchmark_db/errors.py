@@ -28,3 +28,41 @@ class InvalidArgument(DomainError):
 
 class NotFound(DomainError):
     pass
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether the error (or one it was raised from: Optuna wraps SQLAlchemy's) is the database
+    being out of reach: down, restarting, its connections cut, its pool exhausted, SQLite's
+    file locked. Such a call may succeed if retried, which UNAVAILABLE tells clients to do."""
+    from sqlalchemy import exc as sa_exc
+
+    for cause in _chain(exc):
+        if isinstance(cause, (sa_exc.OperationalError, sa_exc.TimeoutError)):
+            return True
+        if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
+            return True
+    return False
+
+
+def database_error_summary(exc: BaseException) -> str:
+    """One line on what the database said, for logs. Not str(exc): SQLAlchemy puts the statement
+    and its parameters there (run ids, hyperparameters, metadata), and Optuna's wrapper says
+    "invalid data in the commit" whatever went wrong."""
+    from sqlalchemy import exc as sa_exc
+
+    for cause in _chain(exc):
+        if isinstance(cause, sa_exc.DBAPIError) and cause.orig is not None:
+            said = str(cause.orig).strip().split("\n", 1)[0]
+            return f"{type(cause.orig).__name__}: {said}"[:300]
+        if isinstance(cause, sa_exc.TimeoutError):  # the pool's, raised before any statement
+            return f"{type(cause).__name__}: {str(cause).split('(Background', 1)[0].strip()}"[:300]
+    return type(exc).__name__
+
+
+def _chain(exc: BaseException | None):
+    """The error and those it was raised from or during, outermost first."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__

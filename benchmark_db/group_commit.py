@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from benchmark_db.errors import database_error_summary, database_unreachable
+
 log = logging.getLogger(__name__)
 _STOP = object()
 
@@ -45,34 +47,55 @@ class GroupCommitter:
         self._thread.join(timeout=60)
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
+        while True:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-            self._write(batch)
+            rest, stop = self._take(self.max_batch - 1)
+            unreachable = self._write([first, *rest])
+            if unreachable is not None and not stop:
+                # What queued meanwhile would wait out the busy timeout once more, so a caller
+                # could wait twice its length: it fails now too, and its caller retries.
+                queued, stop = self._take(None)
+                for _, future in queued:
+                    future.set_exception(unreachable)
+            if stop:
+                return
 
-    def _write(self, batch: list[tuple[Any, Future]]) -> None:
+    def _take(self, limit: int | None) -> tuple[list, bool]:
+        """Up to `limit` (None: all) items already queued, and whether the stop mark was met."""
+        items = []
+        while limit is None or len(items) < limit:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return items, True
+            items.append(item)
+        return items, False
+
+    def _write(self, batch: list[tuple[Any, Future]]) -> Exception | None:
+        """Stores the batch and answers its callers; returns the error if the database was out
+        of reach."""
         try:
             results = self.write_batch([item for item, _ in batch])
         except Exception as exc:
+            if database_unreachable(exc):
+                # A locked or lost database fails every item alike: retrying them one by one
+                # would wait out the busy timeout once per item, stalling every caller.
+                for _, future in batch:
+                    future.set_exception(exc)
+                return exc
             if len(batch) == 1:
                 batch[0][1].set_exception(exc)
-                return
+                return None
             # One bad item must not fail the others: store them one by one.
-            log.warning("a batch of %d writes failed (%s); retrying them one by one", len(batch), exc)
+            log.warning("a batch of %d writes failed (%s); retrying them one by one", len(batch),
+                        database_error_summary(exc))
             for one in batch:
                 self._write([one])
-            return
+            return None
         for (_, future), result in zip(batch, results, strict=True):
             future.set_result(result)
+        return None

@@ -28,6 +28,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
 
+from benchmark_db.engine import SQLITE_BUSY_SECONDS
 from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, TrainingSpec, check_tenant
 from predictor.recommendation import HYPERPARAMETERS, Recommendation
@@ -237,7 +238,8 @@ class Studies:
         with self._guard:
             if self._storage is None:
                 sqlite = sa.make_url(self.url).get_backend_name() == "sqlite"
-                kwargs = {"connect_args": {"timeout": 30}} if sqlite else {"pool_pre_ping": True}
+                kwargs = ({"connect_args": {"timeout": SQLITE_BUSY_SECONDS}} if sqlite
+                          else {"pool_pre_ping": True})
                 with self._pg_lock("optuna-schema"):  # replicas starting together
                     self._storage = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
             return self._storage

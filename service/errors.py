@@ -7,7 +7,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from benchmark_db.errors import DomainError, InvalidArgument, NotFound
+from benchmark_db.errors import (DomainError, InvalidArgument, NotFound, database_error_summary,
+                                 database_unreachable)
 from service.observability import request_id_metadata
 
 log = logging.getLogger(__name__)
@@ -51,23 +52,6 @@ def to_status(exc: DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def database_unreachable(exc: BaseException) -> bool:
-    """Whether the error (or one it was raised from: Optuna wraps SQLAlchemy's) is the database
-    being out of reach: down, restarting, its connections cut, its pool exhausted, SQLite's
-    file locked. Such a call may succeed if retried, which UNAVAILABLE tells clients to do."""
-    from sqlalchemy import exc as sa_exc
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (sa_exc.OperationalError, sa_exc.TimeoutError)):
-            return True
-        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Turns domain errors raised by unary handlers into their status codes, and an unreachable
     database into UNAVAILABLE (clients retry it, through another replica too); anything else is
@@ -91,7 +75,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 if context.code() is not None:  # already aborted on purpose
                     raise
                 if database_unreachable(exc):
-                    log.warning("database unreachable in %s: %s", method, exc)
+                    log.warning("database unreachable in %s: %s", method,
+                                database_error_summary(exc))
                     context.abort(grpc.StatusCode.UNAVAILABLE,
                                   "the service's database is unreachable; retry shortly")
                 log.exception("internal error in %s", method)

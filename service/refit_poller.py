@@ -9,9 +9,9 @@ import logging
 import threading
 from collections.abc import Callable
 
+from benchmark_db.errors import database_error_summary, database_unreachable
 from benchmark_db.store import RunStore
 from predictor.registry import ModelRegistry
-from service.errors import database_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,13 @@ class RefitPoller:
             try:
                 stale = self.poll_once()
             except Exception as exc:  # the database may be briefly away; try again next interval
-                log.warning("polling for runs stored by other replicas failed", exc_info=True)
-                if self.on_database is not None and database_unreachable(exc):
+                unreachable = database_unreachable(exc)
+                if unreachable:
+                    log.warning("polling for runs stored by other replicas failed: %s",
+                                database_error_summary(exc))
+                else:
+                    log.warning("polling for runs stored by other replicas failed", exc_info=True)
+                if self.on_database is not None and unreachable:
                     self.on_database(False)
                 continue
             if self.on_database is not None:

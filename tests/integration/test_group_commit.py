@@ -2,9 +2,11 @@
 one bad item failing only itself."""
 
 import threading
+import time
 from concurrent import futures
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from benchmark_db.group_commit import GroupCommitter
 from tests.factories import make_report
@@ -57,5 +59,34 @@ def test_a_failing_item_fails_alone():
                     outcomes.append("error")
         assert outcomes == ["ok:a", "error", "ok:b", "ok:c"]
         assert sorted(written) == ["a", "b", "c"]
+    finally:
+        committer.close()
+
+
+def test_a_locked_database_fails_the_batch_and_the_queue_at_once():
+    """Retried one by one, each write would wait out SQLite's busy timeout again: the last
+    caller of a batch of n would wait n + 1 timeouts, far past its deadline."""
+    locked = OperationalError("INSERT ...", {}, Exception("database is locked"))
+    calls = []
+    first_started, release = threading.Event(), threading.Event()
+
+    def write_batch(items):
+        calls.append(list(items))
+        first_started.set()
+        release.wait()
+        raise locked
+
+    committer = GroupCommitter(write_batch, max_batch=2)
+    try:
+        with futures.ThreadPoolExecutor(8) as pool:
+            first = pool.submit(committer.submit, "a")
+            first_started.wait(10)
+            queued = [pool.submit(committer.submit, item) for item in ("b", "c", "d", "e")]
+            time.sleep(0.2)  # all queued behind the write in progress
+            release.set()
+            for f in [first, *queued]:
+                with pytest.raises(OperationalError):
+                    f.result(timeout=10)
+        assert calls == [["a"]]  # nothing retried, nothing queued tried again
     finally:
         committer.close()

@@ -1,0 +1,80 @@
+"""Another process holding the SQLite file's write lock (an import, a backup, a second server
+started by mistake): a write waits SQLITE_BUSY_SECONDS, under the client's deadline, then is
+UNAVAILABLE, which the client retries under the same run_id; nothing is stored twice."""
+
+import sqlite3
+import threading
+import time
+from concurrent import futures
+from contextlib import contextmanager
+
+import pytest
+
+from benchmark_db.engine import SQLITE_BUSY_SECONDS
+from clients import Client
+from clients.errors import UnavailableError
+from tests.integration.in_process_server import running_service
+
+pytestmark = pytest.mark.integration
+CLIENT_DEADLINE = 10.0  # the client's default per-attempt deadline
+
+
+def report(run_id: str) -> dict:
+    return {"run_id": run_id, "spec": {"n_params": 1e9, "n_tokens": 2e10},
+            "hyperparameters": {"lr": 1e-3, "batch_size_tokens": 1 << 20, "weight_decay": 0.1},
+            "outcome": {"status": "completed", "final_loss": 2.5}}
+
+
+@contextmanager
+def write_locked(path: str, seconds: float):
+    """Another connection takes the file's write lock and releases it after `seconds`."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    timer = threading.Timer(seconds, holder.execute, ("ROLLBACK",))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
+        holder.close()
+
+
+@pytest.fixture
+def sqlite_service(tmp_path):
+    path = tmp_path / "runs.db"
+    with running_service(f"sqlite:///{path}", refit_poll_seconds=0) as svc:
+        yield svc, str(path)
+
+
+def test_the_busy_timeout_is_below_the_client_deadline():
+    # Above it, a report on a locked file would time out in the client while the server still
+    # waits to store it: the launcher could not tell whether the run was stored.
+    assert SQLITE_BUSY_SECONDS < CLIENT_DEADLINE / 1.5
+
+
+def test_reports_while_locked_are_unavailable_within_the_deadline(sqlite_service, caplog):
+    svc, path = sqlite_service
+    with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
+        client.report_run(report("before"))
+        with write_locked(path, 2 * SQLITE_BUSY_SECONDS + 2):
+            started = time.monotonic()
+            with futures.ThreadPoolExecutor(6) as pool:
+                calls = [pool.submit(client.report_run, report(f"during-{i}")) for i in range(6)]
+                for call in calls:
+                    with pytest.raises(UnavailableError):
+                        call.result()
+            waited = time.monotonic() - started
+        assert waited < CLIENT_DEADLINE  # every one answered, none timed out
+        assert [run.run_id for run in client.iter_runs()] == ["before"]
+    said = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert said and all("database is locked" in line for line in said)
+    assert not any("during-" in line or "INSERT" in line for line in said)  # no SQL, no run ids
+
+
+def test_a_report_retried_past_the_lock_is_stored_once(sqlite_service):
+    svc, path = sqlite_service
+    with Client(f"127.0.0.1:{svc.port}", retries=3) as client:
+        with write_locked(path, SQLITE_BUSY_SECONDS + 0.5):
+            result = client.report_run(report("retried"))
+        assert result.created
+        assert [run.run_id for run in client.iter_runs()] == ["retried"]
