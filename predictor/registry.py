@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from benchmark_db.store import RunStore
 from predictor.predictors import MODEL_FACTORIES, FittedPredictor, fit_predictor
@@ -14,18 +15,30 @@ from predictor.table import RunTable
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RefitStatus:
+    """What the refit thread is doing, for metrics: a refit can take a minute on a large store,
+    and reports keep asking for more."""
+    running_tenant: str | None  # the tenant being refitted now
+    running_seconds: float  # for how long (0 when none is)
+    pending: int  # tenants waiting for a refit
+
+
 class ModelRegistry:
     def __init__(self, store: RunStore, kind: str = "auto", debounce_seconds: float = 2.0,
-                 on_refit: Callable[[str, str, float], None] | None = None):
+                 on_refit: Callable[[str, str, float], None] | None = None,
+                 on_refit_failed: Callable[[str], None] | None = None):
         if kind not in MODEL_FACTORIES:  # fail at start-up, not at the first refit
             raise ValueError(f"unknown predictor {kind!r}; choose from {', '.join(MODEL_FACTORIES)}")
         self.store = store
         self.kind = kind
         self.debounce_seconds = debounce_seconds
         self.on_refit = on_refit  # (tenant, model version, seconds), e.g. for metrics
+        self.on_refit_failed = on_refit_failed  # (tenant)
         self._current: dict[str, FittedPredictor] = {}
         self._fitted_on: dict[str, int] = {}  # stored runs each tenant's last refit read
         self._dirty: set[str] = set()
+        self._running: tuple[str, float] | None = None  # (tenant, time.monotonic() it started)
         self._wake = threading.Condition()
         self._closed = False
         self._idle = threading.Event()
@@ -70,11 +83,24 @@ class ModelRegistry:
         """Blocks until no refit is pending or running (for tests and orderly shutdown)."""
         return self._idle.wait(timeout)
 
-    def close(self) -> None:
+    def status(self) -> RefitStatus:
+        running = self._running
+        if running is None:
+            return RefitStatus(None, 0.0, len(self._dirty))
+        return RefitStatus(running[0], time.monotonic() - running[1], len(self._dirty))
+
+    def close(self, wait: float = 1.0) -> None:
+        """Stops the refit thread, waiting at most `wait` seconds for a refit in progress: its
+        model would be thrown away, and a fit cannot be interrupted (the thread is a daemon:
+        it ends with the process)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
-        self._worker.join(timeout=30)
+        self._worker.join(timeout=wait)
+        status = self.status()
+        if self._worker.is_alive() and status.running_tenant is not None:
+            log.info("not waiting for the refit of tenant %s, running for %.0f s: its model is "
+                     "discarded", status.running_tenant, status.running_seconds)
 
     def _run(self) -> None:
         while True:
@@ -89,7 +115,15 @@ class ModelRegistry:
             with self._wake:
                 tenants, self._dirty = self._dirty, set()
             for tenant in tenants:
+                if self._closed:
+                    self._idle.set()
+                    return
+                self._running = (tenant, time.monotonic())
                 try:
                     self.refit(tenant)
                 except Exception:  # keep serving the previous model; the next report retries
                     log.exception("refit failed for tenant %s", tenant)
+                    if self.on_refit_failed:
+                        self.on_refit_failed(tenant)
+                finally:
+                    self._running = None

@@ -6,9 +6,14 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from predictor.registry import RefitStatus
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -28,7 +33,22 @@ class Metrics:
                                        registry=self.registry)
         self.model_info = Gauge("hparamrec_model_info", "Active model version of each tenant (1)",
                                 ("tenant", "version"), registry=self.registry)
+        # Its age is time() - this: a model far older than the latest reports means refits
+        # fall behind (each reads every stored run of the tenant).
+        self.model_fitted = Gauge("hparamrec_model_fitted_timestamp_seconds",
+                                  "When each tenant's active model was fitted (Unix time)",
+                                  ("tenant",), registry=self.registry)
+        self.refit_failures = Counter("hparamrec_refit_failures_total",
+                                      "Refits that failed (the previous model keeps serving)",
+                                      registry=self.registry)
         self._versions: dict[str, str] = {}
+
+    def watch_refits(self, status: Callable[[], "RefitStatus"]) -> None:
+        """Gauges read from the refit thread's status at each scrape."""
+        Gauge("hparamrec_refit_running_seconds", "How long the refit in progress has run (0: none)",
+              registry=self.registry).set_function(lambda: status().running_seconds)
+        Gauge("hparamrec_refits_pending", "Tenants waiting for a refit",
+              registry=self.registry).set_function(lambda: status().pending)
 
     def serve(self, host: str, port: int) -> int:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -41,6 +61,10 @@ class Metrics:
             self.model_info.remove(tenant, old)
         self._versions[tenant] = version
         self.model_info.labels(tenant, version).set(1)
+        self.model_fitted.labels(tenant).set(time.time())
+
+    def refit_failed(self, _tenant: str) -> None:
+        self.refit_failures.inc()
 
 
 class ObservabilityInterceptor(grpc.ServerInterceptor):
@@ -49,9 +73,10 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
     sending initial metadata of its own cost a second batch per call, ~0.15 ms of server CPU
     in the load benchmark), counts it, times it, and logs failures."""
 
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, access_log: bool = False):
         self.metrics = metrics
         self.log = logging.getLogger("hparamrec.rpc")
+        self.ok_level = logging.INFO if access_log else logging.DEBUG
         # For the drain (Service.stop): gRPC runs intercept_service when it hands the service a
         # call, and the returned handler later on a worker thread.
         self.last_accepted = 0.0  # time.monotonic() of the last call handed over
@@ -90,7 +115,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 elapsed = time.perf_counter() - started
                 self.metrics.requests.labels(method, code.name).inc()
                 self.metrics.latency.labels(method).observe(elapsed)
-                level = logging.DEBUG if code is grpc.StatusCode.OK else logging.WARNING
+                level = self.ok_level if code is grpc.StatusCode.OK else logging.WARNING
                 self.log.log(level, "%s %s in %.1f ms", method, code.name, 1000 * elapsed)
                 _request_id.reset(token)
 
@@ -135,3 +160,6 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python's warnings (numpy's RuntimeWarnings on a degenerate fit, deprecations) would be
+    # printed to stderr as bare lines among the JSON ones: they go through the handler instead.
+    logging.captureWarnings(True)

@@ -5,7 +5,9 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,7 +38,9 @@ class Service:
         self.store = RunStore(settings.database_url)
         self.metrics = Metrics()
         self.registry = ModelRegistry(self.store, settings.predictor,
-                                      settings.refit_debounce_seconds, on_refit=self.metrics.refitted)
+                                      settings.refit_debounce_seconds, on_refit=self.metrics.refitted,
+                                      on_refit_failed=self.metrics.refit_failed)
+        self.metrics.watch_refits(self.registry.status)
         self.refiner = Refiner(self.store, self.registry,  # Optuna studies: EXPLORE and reports
                                trial_timeout_seconds=settings.trial_timeout_seconds)
         self.engine = RecommendationEngine(self.store, self.registry, self.refiner,
@@ -46,7 +50,7 @@ class Service:
         self.health = health.HealthServicer()
         check_auth_configuration(settings, self.store)
         limit = settings.max_message_bytes
-        self.observer = ObservabilityInterceptor(self.metrics)
+        self.observer = ObservabilityInterceptor(self.metrics, access_log=settings.access_log)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="hparamrec-rpc"),
@@ -108,11 +112,14 @@ class Service:
         deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
         self._settle(until=deadline - grace / 2)
-        self.server.stop(max(0.0, deadline - time.monotonic())).wait()
-        self.refit_poller.stop()
-        self.registry.close()
+        with _said_if_slow("draining in-flight calls"):
+            self.server.stop(max(0.0, deadline - time.monotonic())).wait()
+        with _said_if_slow("stopping the poll for other replicas' runs"):
+            self.refit_poller.stop()
+        self.registry.close()  # says so if it leaves a refit behind
         self.refiner.close()
-        self.store.close()
+        with _said_if_slow("committing the last queued runs"):  # a locked SQLite file: 5 s
+            self.store.close()
 
     def _settle(self, until: float) -> None:
         """server.stop() cancels the calls gRPC has received but not yet handed to a handler
@@ -124,6 +131,16 @@ class Service:
             if time.monotonic() - self.observer.last_accepted >= quiet:
                 return
             time.sleep(0.01)
+
+
+@contextmanager
+def _said_if_slow(step: str, seconds: float = 1.0) -> Iterator[None]:
+    """Logs a shutdown step that took longer than `seconds`, so a slow exit says why."""
+    started = time.monotonic()
+    yield
+    took = time.monotonic() - started
+    if took > seconds:
+        log.info("shutting down: %s took %.1f s", step, took)
 
 
 class ConfigurationError(Exception):
@@ -175,7 +192,9 @@ def serve(settings: Settings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down: draining in-flight calls for up to %.0f s", settings.grace_seconds)
+    started = time.monotonic()
     service.stop()
+    log.info("stopped in %.1f s", time.monotonic() - started)
 
 
 def _redacted(url: str) -> str:

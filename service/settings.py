@@ -49,3 +49,7 @@ class Settings(BaseSettings):
     # Prometheus metrics on their own port (0 picks a free one; None switches them off).
     metrics_port: int | None = Field(default=9464, ge=0, le=65535)
     log_format: Literal["json", "text"] = "json"
+    # One log line per call (method, status, milliseconds); failed calls are logged anyway.
+    # Off by default: at thousands of calls per second it costs a share of the one core Python
+    # runs on (docs/benchmarks.md, load).
+    access_log: bool = False

@@ -14,6 +14,12 @@ def make_report(run_id="run-1", *, n_params=1e9, n_tokens=2e10, lr=1e-3, batch=1
     })
 
 
+def client_report(run_id="run-1", **fields) -> dict:
+    """make_report's run as the client library takes it (a dict of the request's fields)."""
+    return make_report(run_id, **fields).model_dump(mode="json", exclude={"source"},
+                                                    exclude_none=True)
+
+
 def all_runs(stub, max_pages: int = 100) -> list:
     """Every stored run through ListRuns (a RecommenderService stub), page by page; bounded,
     so a server whose pages never end fails the test instead of hanging it."""

@@ -13,16 +13,11 @@ import pytest
 from benchmark_db.engine import SQLITE_BUSY_SECONDS
 from clients import Client
 from clients.errors import UnavailableError
+from tests.factories import client_report
 from tests.integration.in_process_server import running_service
 
 pytestmark = pytest.mark.integration
 CLIENT_DEADLINE = 10.0  # the client's default per-attempt deadline
-
-
-def report(run_id: str) -> dict:
-    return {"run_id": run_id, "spec": {"n_params": 1e9, "n_tokens": 2e10},
-            "hyperparameters": {"lr": 1e-3, "batch_size_tokens": 1 << 20, "weight_decay": 0.1},
-            "outcome": {"status": "completed", "final_loss": 2.5}}
 
 
 @contextmanager
@@ -55,11 +50,12 @@ def test_the_busy_timeout_is_below_the_client_deadline():
 def test_reports_while_locked_are_unavailable_within_the_deadline(sqlite_service, caplog):
     svc, path = sqlite_service
     with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
-        client.report_run(report("before"))
+        client.report_run(client_report("before"))
         with write_locked(path, 2 * SQLITE_BUSY_SECONDS + 2):
             started = time.monotonic()
             with futures.ThreadPoolExecutor(6) as pool:
-                calls = [pool.submit(client.report_run, report(f"during-{i}")) for i in range(6)]
+                calls = [pool.submit(client.report_run, client_report(f"during-{i}"))
+                         for i in range(6)]
                 for call in calls:
                     with pytest.raises(UnavailableError):
                         call.result()
@@ -75,6 +71,6 @@ def test_a_report_retried_past_the_lock_is_stored_once(sqlite_service):
     svc, path = sqlite_service
     with Client(f"127.0.0.1:{svc.port}", retries=3) as client:
         with write_locked(path, SQLITE_BUSY_SECONDS + 0.5):
-            result = client.report_run(report("retried"))
+            result = client.report_run(client_report("retried"))
         assert result.created
         assert [run.run_id for run in client.iter_runs()] == ["retried"]

@@ -222,6 +222,46 @@ def test_json_logs_carry_the_request_id(capsys):
     assert entry["level"] == "warning"
 
 
+def test_python_warnings_are_json_lines_too(capsys):
+    import json
+    import logging
+    import warnings
+
+    from service.observability import configure_logging
+
+    # pytest puts warnings.showwarning back after each test; logging would think it still
+    # captures them from an earlier test's configure_logging and not capture them again.
+    logging.captureWarnings(False)
+    configure_logging("json")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("invalid value encountered in divide", RuntimeWarning)
+    finally:
+        logging.captureWarnings(False)
+        logging.getLogger().handlers.clear()
+    entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert entry["logger"] == "py.warnings" and "invalid value encountered" in entry["msg"]
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_the_access_log_has_a_line_per_call_when_asked(tmp_path, caplog, access_log):
+    import logging
+
+    from clients import Client
+    from tests.integration.in_process_server import running_service
+
+    caplog.set_level(logging.INFO, logger="hparamrec.rpc")
+    with running_service(f"sqlite:///{tmp_path / 'r.db'}", access_log=access_log) as svc:
+        with Client(f"127.0.0.1:{svc.port}") as client:
+            client.list_runs()
+            with pytest.raises(NotFoundError):
+                client.get_run("nope")
+    lines = [r.getMessage() for r in caplog.records if r.name == "hparamrec.rpc"]
+    assert any(line.startswith("GetRun NOT_FOUND in ") for line in lines)  # failures: always
+    assert any(line.startswith("ListRuns OK in ") for line in lines) == access_log
+
+
 def test_predict_loss_over_points(client, target):
     from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
