@@ -7,7 +7,7 @@ from scipy.stats import spearmanr
 from benchmark_db.records import Pins, TrainingSpec
 from predictor import laws
 from predictor.argmin import ModelRecommender
-from predictor.auto import CANDIDATES, AutoModel
+from predictor.auto import CANDIDATES, MAX_HELD_OUT_GROUPS, AutoModel, held_out_groups
 from predictor.residual_gbm import SurfaceGBM
 from predictor.surface import LossSurface
 from predictor.table import RunTable
@@ -137,6 +137,14 @@ def test_bootstrap_draws_give_the_optimum_an_interval():
     rec = ModelRecommender(model, train).recommend(spec, Pins(weight_decay=0.1))
     assert rec.lr_interval.lo <= rec.lr <= rec.lr_interval.hi
     assert rec.lr_interval.hi / rec.lr_interval.lo < 3
+
+
+def test_auto_holds_out_every_group_of_a_small_store_and_a_spread_of_a_large_one():
+    few = np.repeat(np.arange(17), 3)  # the real sweep's 17 groups: all held out in turn
+    assert held_out_groups(few).tolist() == list(range(17))
+    many = held_out_groups(np.repeat(np.arange(200), 2))
+    assert len(many) == MAX_HELD_OUT_GROUPS and many[0] == 0 and many[-1] == 199
+    assert np.ptp(np.diff(many)) <= 1  # evenly spread over the sizes
 
 
 def test_auto_skips_a_group_with_only_diverged_runs():
