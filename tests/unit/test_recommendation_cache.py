@@ -106,6 +106,17 @@ def test_size_is_bounded():
     assert compute.calls == 5
 
 
+def test_expired_entries_go_when_the_next_is_stored():
+    cache, compute = RecommendationCache(0.2), Counting()
+    stamp = cache.stamp("t", None)
+    for n in (1e8, 2e8, 3e8):
+        cache.get_or_compute(("t", resolve_spec(n_params=n, n_tokens=2e10), Pins()), stamp, compute)
+    assert len(cache) == 3
+    time.sleep(0.3)
+    cache.get_or_compute(("t", SPEC, Pins()), stamp, compute)
+    assert len(cache) == 1
+
+
 @pytest.mark.parametrize("ttl", [0.0])
 def test_the_engine_without_a_cache_computes_every_time(ttl, tmp_path):
     from benchmark_db.store import RunStore
