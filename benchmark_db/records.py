@@ -278,6 +278,16 @@ class RunRecord(RunReport):
     tenant: str
     created_at: datetime
 
+    def differs_from(self, report: RunReport) -> list[str]:
+        """The fields (e.g. "spec.n_params") in which a report of this run_id says something
+        else than the stored run: a retry of the same report says the same; a new run under a
+        reused run_id does not. Metadata may change between retries (timestamps) and is not
+        compared."""
+        return [f"{part}.{name}"
+                for part in ("spec", "hyperparameters", "outcome")
+                for name, value in getattr(self, part).model_dump().items()
+                if getattr(getattr(report, part), name) != value]
+
 
 def resolve_spec(
     *,

@@ -12,7 +12,7 @@ import sys
 import click
 
 from clients.cli_admin import backtest, import_runs, keys
-from clients.cli_options import (QUANTITY, CliError, check_out, client_options,
+from clients.cli_options import (QUANTITY, CliError, check_out, client_options, given_run_id,
                                  database_errors, json_option, metadata_of, pin_options, pins_of,
                                  print_json, spec_filter_of, spec_of, spec_options, to_dict)
 from clients.errors import HparamrecError
@@ -72,7 +72,8 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
 @click.option("--mode", type=click.Choice(["exploit", "explore"]), default="exploit",
               show_default=True, help="exploit: the best predicted configuration; explore: the "
               "next trial of the spec's study, with the trial id to report the run against.")
-@click.option("--run-id", default="", help="The run this is for (the run_id you will report): "
+@click.option("--run-id", callback=given_run_id,
+              help="The run this is for (the run_id you will report): "
               "asking again for it, as a restarted job does, returns the same recommendation "
               "(with --mode explore, its trial while it runs).")
 @client_options
@@ -106,8 +107,8 @@ def recommend(explain, mode, run_id, client, as_json, **kw) -> None:
 @click.option("--loss", type=float, help="Final training loss.")
 @click.option("--diverged", is_flag=True, help="The loss blew up.")
 @click.option("--failed", is_flag=True, help="Stopped for reasons unrelated to its hyperparameters.")
-@click.option("--run-id", default="", help="Stable id; re-sending it stores nothing new "
-                                           "(default: a new random id).")
+@click.option("--run-id", callback=given_run_id,
+              help="Stable id; re-sending it stores nothing new (default: a new random id).")
 @click.option("--recommendation-id", default="", help="The recommendation this run followed.")
 @click.option("--trial-id", default="", help="The explore trial this run evaluated "
                                              "(printed by `recommend --mode explore`).")
@@ -141,23 +142,8 @@ def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, fa
     else:
         verb = "stored" if response.created else "already stored"
         click.echo(f"run {response.run.run_id} {verb}")
-    for warning in response.warnings:
+    for warning in response.warnings:  # e.g. a run_id stored before with other values
         click.echo(f"warning: {warning}", err=True)
-    if not response.created and _differs(response.run, report):
-        click.echo(f"warning: run {response.run.run_id} was stored before with other values, "
-                   "which are kept: this report was not stored (give each run its own "
-                   "--run-id)", err=True)
-
-
-def _differs(stored, report) -> bool:
-    """Whether a run_id's stored run says something else than this report of it (a retry of
-    the same report says the same)."""
-    mine, theirs = report.hyperparameters, stored.hyperparameters
-    return (stored.outcome.status != report.outcome.status
-            or stored.outcome.final_loss != report.outcome.final_loss
-            or (mine.lr, mine.batch_size_tokens, mine.weight_decay)
-            != (theirs.lr, theirs.batch_size_tokens, theirs.weight_decay)
-            or (mine.qat_fraction or 0.0) != (theirs.qat_fraction or 0.0))
 
 @app.command()
 @click.option("--trial-id", required=True, help="The explore trial whose run is still going "

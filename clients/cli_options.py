@@ -34,6 +34,14 @@ class Quantity(click.ParamType):
 QUANTITY = Quantity()
 
 
+def given_run_id(_ctx, _param, value: str | None) -> str:
+    """--run-id: left out means none (a new id, for a report); given empty, it is refused, as
+    `--run-id "$SLURM_JOB_ID"` with the variable unset would silently lose idempotency."""
+    if value is not None and not value.strip():
+        raise CliError("--run-id: empty (an unset variable?); leave the flag out for no run id")
+    return value or ""
+
+
 # Client's arguments by the flags that set them, for the errors of unusable settings.
 CLIENT_FLAGS = {"target": "--server", "tls_ca": "--tls-ca", "api_key": "--api-key"}
 

@@ -132,9 +132,13 @@ class RecommendationEngine:
         if created:
             self.registry.schedule_refit(tenant)
         warnings = []
+        if not created and (changed := run.differs_from(report)):
+            warnings.append(
+                f"run {run.run_id!r} was stored before with other values ({', '.join(changed)}), "
+                "which are kept: this report was not stored; give each run its own run_id")
         try:
             if self.refiner is not None:  # idempotent: a re-sent run is not told twice
-                warnings = self.refiner.tell(tenant, run)
+                warnings += self.refiner.tell(tenant, run)
         finally:
             # Also when the tell failed (the run is stored, and the study's next sync tells
             # it), and for a re-sent run, which may be told only now if its first tell failed.

@@ -113,6 +113,9 @@ def test_report_then_list(target):
     other = cli(*changed, server=target)
     assert other.returncode == 0 and "already stored" in other.stdout
     assert other.stderr.startswith("warning: run ") and "this report was not stored" in other.stderr
+    assert other.stderr.count("\n") == 1
+    empty_id = cli(*[("" if arg == "my-run-7" else arg) for arg in REPORT], server=target)
+    assert empty_id.returncode == 2 and empty_id.stderr.startswith("error: --run-id: empty")
     listed = cli("runs", "list", "--json", server=target)
     runs = json.loads(listed.stdout)["runs"]
     assert [r["run_id"] for r in runs] == ["my-run-7"]

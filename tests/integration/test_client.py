@@ -57,9 +57,16 @@ def test_json_of_models_is_the_json_of_the_messages(client, target):
 def test_report_is_idempotent_on_run_id(client):
     first = client.report_run(RunReport(run_id="r", spec=SPEC, hyperparameters=HP,
                                         outcome=RunOutcome.completed(2.41)))
-    again = client.report_run(run_id="r", spec=SPEC, hyperparameters=HP,
+    retried = client.report_run(run_id="r", spec=SPEC, hyperparameters=HP,
+                                outcome=RunOutcome.completed(2.41), metadata={"attempt": "2"})
+    assert first.created and not retried.created and retried.run == first.run
+    assert not retried.warnings  # the same run again: nothing to warn of
+    other_spec = SPEC.model_copy(update={"n_tokens": 2 * SPEC.n_tokens})
+    again = client.report_run(run_id="r", spec=other_spec, hyperparameters=HP,
                               outcome=RunOutcome.completed(9.99))
-    assert first.created and not again.created and again.run == first.run
+    assert not again.created and again.run == first.run
+    assert len(again.warnings) == 1 and "this report was not stored" in again.warnings[0]
+    assert "spec.n_tokens" in again.warnings[0] and "outcome.final_loss" in again.warnings[0]
     generated = client.report_run(spec=SPEC, hyperparameters=HP, outcome=RunOutcome.diverged())
     assert len(generated.run.run_id) == 32
     assert generated.run.outcome.status is RunStatus.DIVERGED
