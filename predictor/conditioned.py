@@ -25,7 +25,7 @@ is excluded.
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
@@ -167,6 +167,20 @@ class ConditionedModel:
             return 0.0, 1.0
         stat = self.gp.scatter()
         return stat, float(chi2.sf(stat, n - 1))
+
+    def nearest_trials(self, k: int) -> "ConditionedModel":
+        """The same model conditioned only on the k completed trials nearest (in the GP's length
+        scales) the one with the lowest posterior mean: the part of the bowl where the ranking
+        is made, and where SHAPE_SD describes the model's misfit."""
+        if self.trials.n_completed <= k:
+            return self
+        tried = self.trials.completed
+        x = self.space.encode(tried) / self.gp.length_scales
+        centre = x[int(np.argmin(self.predict(tried)[0]))]
+        nearest = np.argsort(np.sum((x - centre) ** 2, axis=1), kind="stable")[:k]
+        trials = replace(self.trials, completed={n: v[nearest] for n, v in tried.items()},
+                         ln_loss=self.trials.ln_loss[nearest])
+        return ConditionedModel(self.model, self.spec, self.space, trials, self.gp.noise_sd)
 
     def with_fitted_noise(self, factors=tuple(2.0**j for j in range(6))) -> "ConditionedModel":
         """The same model with the GP's noise sd the maximiser of its marginal likelihood among

@@ -134,6 +134,35 @@ def test_the_fitted_noise_follows_the_scatter_of_the_reports():
     assert conditioned_on(0.015).consistency()[1] < 0.01 < conditioned_on(0.0).consistency()[1]
 
 
+def imported_grid(scatter: float, seed: int = 0) -> ConditionedModel:
+    """A whole lr sweep, as an import brings, from LR/30 to 30 LR: clean losses on a bowl that
+    agrees with the model near its optimum and rises faster far from it (exp(0.002 u^4), u
+    the ln lr offset: 2% at 1.8 units, 46% at the ends), then scattered."""
+    from predictor.table import RunTable
+
+    rng = np.random.default_rng(seed)
+    u = np.linspace(-math.log(30), math.log(30), 40)
+    lrs = LR * np.exp(u)
+    losses = Bowl().predict(RunTable.queries(SPEC, lrs, BATCH, 0.1, 0.0)).mean
+    losses = losses * np.exp(0.002 * u**4 + scatter * rng.standard_normal(len(u)))
+    study = study_with(*[(lr, BATCH, float(loss)) for lr, loss in zip(lrs, losses)])
+    return ConditionedModel(Bowl(), SPEC, SPACE, StudyTrials.of(study.trials))
+
+
+def test_a_whole_clean_sweep_is_checked_near_its_best_where_the_model_can_fit_it():
+    from predictor.refine import NOISY_REPORTS_WINDOW, _noisy_reports
+
+    clean = imported_grid(0.0)
+    assert clean.consistency()[1] < 1e-6  # all 40: the far ends are no bowl of the model's
+    near = clean.nearest_trials(NOISY_REPORTS_WINDOW)
+    assert near.trials.n_completed == NOISY_REPORTS_WINDOW
+    assert np.abs(np.log(near.trials.completed["lr"] / LR)).max() < 1.0  # around the best
+    assert _noisy_reports(clean) == []
+    for seed in range(3):  # one step's batch noise is still caught
+        warning, = _noisy_reports(imported_grid(0.015, seed))
+        assert warning.startswith("the 8 reported losses") and "(the 8 of 40 nearest" in warning
+
+
 @pytest.mark.parametrize("n", [3, 8])
 def test_a_loss_level_unlike_the_models_is_not_taken_for_noisy_reports(n):
     """Losses 30% above the model's everywhere (another dataset or tokenizer) rank the
