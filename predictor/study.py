@@ -19,6 +19,7 @@ import json
 import math
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import numpy as np
 import optuna
 import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
+from optuna.storages._cached_storage import _CachedStorage  # what load_study wraps the storage in
 
 from benchmark_db.engine import SQLITE_BUSY_SECONDS
 from benchmark_db.errors import InvalidArgument
@@ -42,6 +44,9 @@ LOG_SCALE = {"lr": True, "batch_size_tokens": True, "weight_decay": True, "qat_f
 # ln of a log axis at 0 (a weight decay of 0, met only when conditioning across studies): far
 # from any positive value in length scales, so it shares only the GP's level with them.
 LOG_FLOOR = 1e-12
+# Studies whose finished trials stay in memory between calls (Studies.load): a few hundred
+# studies of a few hundred trials are some tens of MB.
+CACHED_STUDIES = 256
 
 
 def _log_bin(value: float) -> str:
@@ -228,6 +233,7 @@ class Studies:
         self._storage: optuna.storages.RDBStorage | None = None
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        self._trial_caches: OrderedDict[str, _CachedStorage] = OrderedDict()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     @property
@@ -271,11 +277,30 @@ class Studies:
             storage.get_study_id_from_name(name)
         except KeyError:
             return None
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=name, storage=self._trial_cache(name, storage),
+                                  sampler=sampler)
         # Created but without its search space yet: another replica is creating it under the
         # study's lock (or died doing so; the next explore finishes the creation). Until then
         # it has no trials to learn from: as if it did not exist.
         return study if "space" in study.user_attrs else None
+
+    def _trial_cache(self, name: str, storage: optuna.storages.RDBStorage) -> _CachedStorage:
+        """The study's storage with Optuna's trial cache, kept between loads. Optuna wraps the
+        RDB storage in a new, empty one for each load_study, so each call read every trial of
+        the study again (all their params and attributes, through the ORM): most of an explore,
+        exploit or PredictLoss at a few hundred trials. The cache re-reads on every read the
+        trials not finished and those added since, by anyone: finished trials are all it
+        keeps, and Optuna refuses to change those. A trial added with a smaller id than one
+        already read would be missed, but a study's trials are only added under its lock
+        (asks, tells, syncs), one committed before the next is created."""
+        with self._guard:
+            cache = self._trial_caches.get(name)
+            if cache is None:
+                cache = self._trial_caches[name] = _CachedStorage(storage)
+                while len(self._trial_caches) > CACHED_STUDIES:
+                    self._trial_caches.popitem(last=False)
+            self._trial_caches.move_to_end(name)
+            return cache
 
     def existing(self, names: list[str]) -> set[str]:
         """Which of these studies exist, in one query (a report checks up to 16 names)."""
