@@ -65,7 +65,12 @@ def distance_to(space: SearchSpace, params: Params, others: Params) -> np.ndarra
         return np.full(len(params["lr"]), np.inf)
     scale = np.array([LENGTH_SCALE[n] for n in space.free])
     a, b = space.encode(params) / scale, space.encode(others) / scale
-    return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)).min(1)
+    d2 = np.zeros((len(a), len(b)))
+    for k in range(a.shape[1]):  # one axis at a time, as ResidualGP.shape_kernel (same values)
+        step = np.subtract.outer(a[:, k], b[:, k])
+        step *= step
+        d2 += step
+    return np.sqrt(d2).min(1)
 
 
 def _take(params: Params, i) -> Params:
