@@ -84,6 +84,21 @@ class StudyTrials:
         return len(self.pending["lr"])
 
 
+def squared_distances(a: np.ndarray, b: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+    """|a_i - b_j|^2 over rows, each axis divided by its scale if given. One axis at a time, in
+    place: an (n, m, d) difference summed over its short last axis was most of a GP prediction
+    over a few thousand candidates. The same operations in the same order, so the same values
+    to the bit."""
+    d2 = np.zeros((len(a), len(b)))
+    for k in range(a.shape[1]):
+        step = np.subtract.outer(a[:, k], b[:, k])
+        if scales is not None:
+            step /= scales[k]
+        step *= step
+        d2 += step
+    return d2
+
+
 class ResidualGP:
     def __init__(self, length_scales: np.ndarray, noise_sd: float = NOISE_SD):
         self.length_scales = length_scales
@@ -97,15 +112,7 @@ class ResidualGP:
         return LEVEL_SD**2 + self.shape_kernel(a, b)
 
     def shape_kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        # One axis at a time, in place: an (n, m, d) difference summed over its short last axis
-        # was most of a prediction over a few thousand candidates. The same operations in the
-        # same order, so the same values to the bit.
-        d2 = np.zeros((len(a), len(b)))
-        for k, scale in enumerate(self.length_scales):
-            step = np.subtract.outer(a[:, k], b[:, k])
-            step /= scale
-            step *= step
-            d2 += step
+        d2 = squared_distances(a, b, self.length_scales)
         d2 *= -0.5
         np.exp(d2, out=d2)
         d2 *= SHAPE_SD**2

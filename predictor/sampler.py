@@ -25,7 +25,8 @@ from optuna.trial import FrozenTrial
 from scipy.stats import norm, qmc
 
 from benchmark_db.records import TrainingSpec
-from predictor.conditioned import LENGTH_SCALE, ConditionedModel, Params, StudyTrials
+from predictor.conditioned import (LENGTH_SCALE, ConditionedModel, Params, StudyTrials,
+                                  squared_distances)
 from predictor.loss_model import LossModel
 from predictor.recommendation import HYPERPARAMETERS
 from predictor.study import SearchSpace
@@ -65,12 +66,7 @@ def distance_to(space: SearchSpace, params: Params, others: Params) -> np.ndarra
         return np.full(len(params["lr"]), np.inf)
     scale = np.array([LENGTH_SCALE[n] for n in space.free])
     a, b = space.encode(params) / scale, space.encode(others) / scale
-    d2 = np.zeros((len(a), len(b)))
-    for k in range(a.shape[1]):  # one axis at a time, as ResidualGP.shape_kernel (same values)
-        step = np.subtract.outer(a[:, k], b[:, k])
-        step *= step
-        d2 += step
-    return np.sqrt(d2).min(1)
+    return np.sqrt(squared_distances(a, b)).min(1)
 
 
 def _take(params: Params, i) -> Params:
