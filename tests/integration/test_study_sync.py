@@ -358,3 +358,18 @@ def test_a_second_run_of_another_size_is_found_though_as_many_are_counted(replic
     server.store_only(second, "two", 2.5, spec=OTHER)
     server.exploit()
     assert [t.user_attrs.get("superseded_by_run") for t in server.trials()] == ["one", "two"]
+
+
+def test_a_replica_that_read_a_study_sees_what_another_one_did_to_it_since(replicas):
+    """Each replica keeps the finished trials of the studies it read (Studies.load): the trials
+    another replica finished or added since are read again all the same."""
+    a, b = replicas
+    first = a.explore()
+    assert [t.state for t in a.trials()] == [TrialState.RUNNING]  # a has read the study
+    b.report(first, "run-1", loss=2.4)
+    second = b.explore()
+    states = {t.number: t.state for t in a.trials()}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.RUNNING}
+    assert a.trials()[0].value == pytest.approx(2.4)
+    b.report(second, "run-2", loss=2.3)
+    assert [t.value for t in a.trials()] == pytest.approx([2.4, 2.3])
