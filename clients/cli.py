@@ -55,13 +55,28 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise CliError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        field = str(first["loc"][0]) if first["loc"] else ""
+        reason = first["msg"].removeprefix("Value error, ")  # pydantic's prefix to our own
+        raise CliError(f"{_setting_source(field)}: {reason}") from None
     configure_logging(settings.log_format)
     try:
         with database_errors():  # the store is opened as the server is built
             run_server(settings)
     except (ConfigurationError, ValueError, OSError) as exc:  # OSError: cannot listen
         raise CliError(str(exc), 2) from None
+
+
+# serve's flags by the setting they set; the others come only from HPARAMREC_* variables.
+SERVE_FLAGS = {"database_url": "--db", "host": "--host", "port": "--port",
+               "auth_disabled": "--no-auth", "metrics_port": "--metrics-port",
+               "tls_cert_file": "--tls-cert", "tls_key_file": "--tls-key",
+               "predictor": "--predictor", "log_format": "--log-format"}
+
+
+def _setting_source(field: str) -> str:
+    """Where a setting comes from, for its error: the flag and the variable."""
+    variable = f"HPARAMREC_{field.upper()}"
+    return f"{SERVE_FLAGS[field]} (or {variable})" if field in SERVE_FLAGS else variable
 
 
 @app.command()

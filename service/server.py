@@ -90,7 +90,14 @@ class Service:
         self.server.start()
         self.metrics_port = None
         if self.settings.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(self.settings.host,
+                                                       self.settings.metrics_port)
+            except OSError as exc:
+                self.server.stop(None)
+                raise OSError(f"cannot serve metrics on {self.settings.host}:"
+                              f"{self.settings.metrics_port} (--metrics-port, "
+                              f"HPARAMREC_METRICS_PORT): {exc.strerror or exc}") from None
         for tenant in self.store.tenants():  # learn from what is already stored, in the background
             self.registry.schedule_refit(tenant)
         self.refit_poller.start()

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,3 +53,12 @@ class Settings(BaseSettings):
     # Off by default: at thousands of calls per second it costs a share of the one core Python
     # runs on (docs/benchmarks.md, load).
     access_log: bool = False
+
+    @field_validator("predictor")
+    @classmethod
+    def _known_predictor(cls, name: str) -> str:
+        from predictor.predictors import MODEL_FACTORIES  # serve loads it anyway
+
+        if name not in MODEL_FACTORIES:
+            raise ValueError(f"unknown predictor {name!r}; choose from {', '.join(MODEL_FACTORIES)}")
+        return name

@@ -122,7 +122,38 @@ def test_serve_refuses_a_trial_time_out_out_of_range_in_one_line(tmp_path, value
                          env={**os.environ, "HPARAMREC_TRIAL_TIMEOUT_SECONDS": value})
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
-    assert out.stderr.startswith("error: trial_timeout_seconds: ")
+    assert out.stderr.startswith("error: HPARAMREC_TRIAL_TIMEOUT_SECONDS: ")
+
+
+@pytest.mark.parametrize("flags, env, needle", [
+    (["--predictor", "bogus"], {}, "error: --predictor (or HPARAMREC_PREDICTOR): unknown "
+                                   "predictor 'bogus'; choose from prior, "),
+    ([], {"HPARAMREC_PREDICTOR": "bogus"}, "error: --predictor (or HPARAMREC_PREDICTOR): unknown"),
+    ([], {"HPARAMREC_PORT": "abc"}, "error: --port (or HPARAMREC_PORT): Input should be"),
+])
+def test_a_bad_setting_is_named_by_its_flag_and_variable_before_the_database_is_made(
+        tmp_path, flags, env, needle):
+    out = subprocess.run([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 'p.db'}",
+                          "--metrics-port", "0", "--no-auth", *flags],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert out.stderr.startswith(needle)
+    assert not (tmp_path / "p.db").exists()
+
+
+def test_serve_names_the_metrics_port_in_use(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 'p.db'}",
+                              "--port", "0", "--metrics-port", str(port), "--no-auth"],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot serve metrics on 127.0.0.1:{port} (--metrics-port, "
+        "HPARAMREC_METRICS_PORT): ")
 
 
 def test_serve_refuses_a_port_already_in_use(tmp_path):
