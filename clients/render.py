@@ -1,6 +1,7 @@
 """Human-readable output of the CLI (rich tables), from the client's typed models."""
 
 import math
+import os
 import statistics
 from collections import Counter
 from datetime import UTC
@@ -141,6 +142,12 @@ def runs_table(runs: list[Run]) -> None:
     def width(widths, shown):  # each column has 1 space of padding and a 1-space divider
         return sum(widths[h] + 2 for h in shown) - 1
 
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Into a pipe or a file: one line per run with every column, for grep and cut, rather
+        # than the 80 columns rich assumes there.
+        wide = Console(file=console.file, width=width(natural, headers) + 1, no_color=True)
+        wide.print(_runs_table_of(runs, rows, headers, natural, headers))
+        return
     shown = list(headers)
     for dropped in ("created", "wd", "batch", "tokens", "params", "lr", "outcome"):
         if width(least, shown) <= console.width:
@@ -152,13 +159,17 @@ def runs_table(runs: list[Run]) -> None:
             widths[h] = min(natural[h], widths[h] + max(console.width - width(widths, shown), 0))
     if shown == ["run_id"]:
         widths["run_id"] = min(natural["run_id"], console.width - 1)  # it folds, never cut
+    console.print(_runs_table_of(runs, rows, headers, widths, shown))
+
+
+def _runs_table_of(runs, rows, headers, widths, shown) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     for header in shown:
         table.add_column(header, width=widths[header], overflow="fold")
     for run, row in zip(runs, rows):
         style = "red" if run.outcome.status is RunStatus.DIVERGED else None
         table.add_row(*(escape(v) for h, v in zip(headers, row) if h in shown), style=style)
-    console.print(table)
+    return table
 
 
 def _created(run: Run) -> str:

@@ -153,7 +153,8 @@ def test_runs_list_never_cuts_a_run_id(monkeypatch, width):
     from rich.console import Console
 
     out = io.StringIO()
-    monkeypatch.setattr(render, "console", Console(file=out, width=width))
+    monkeypatch.setattr(render, "console", Console(file=out, width=width, force_terminal=True,
+                                                   color_system=None))
     ids = ["792a8f6c0d5e4b1f9a3c2e7d8b6f4a10", "run-with-a-rather-long-name-2026-01"]
     render.runs_table([run(i) for i in ids])
     text = out.getvalue()
@@ -161,6 +162,21 @@ def test_runs_list_never_cuts_a_run_id(monkeypatch, width):
     assert max(map(len, text.splitlines())) <= width
     if width >= 80:  # room for the outcome beside the id
         assert "completed" in text
+
+
+def test_runs_list_into_a_pipe_is_a_line_per_run_with_every_column(monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=out))  # not a terminal: 80 columns
+    ids = ["792a8f6c0d5e4b1f9a3c2e7d8b6f4a10", "nearly-every-step-law-run-id-is-this-long-1.00E-05"]
+    render.runs_table([run(i) for i in ids])
+    lines = out.getvalue().strip("\n").splitlines()
+    assert lines[0].split() == ["run_id", "params", "tokens", "lr", "batch", "wd", "outcome",
+                                "created"]
+    for line, run_id in zip(lines[2:], ids, strict=True):
+        assert line.split()[0] == run_id and "completed" in line and "2026-01-01" in line
 
 
 def test_runs_show_prints_the_whole_run(monkeypatch):
