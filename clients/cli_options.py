@@ -116,12 +116,26 @@ def open_store(db: str, must_exist: bool = False):
 
     with database_errors():
         url = sa.make_url(db)
-        if (must_exist and url.get_backend_name() == "sqlite" and url.database
+        path = None
+        if (url.get_backend_name() == "sqlite" and url.database
                 and url.database != ":memory:"):  # the engine says why that one is refused
             path = Path(url.database).expanduser()
-            if not path.is_file():
+            if must_exist and not path.is_file():
                 raise CliError(f"--db: no database at {path}")
-        return RunStore(db)
+        new = path is not None and not path.exists()
+        store = RunStore(db)
+    if new and _defaulted("db"):  # run from another directory than the server's, say
+        click.echo(f"note: created a new database at {path.resolve()} (no --db given: the "
+                   "default is relative to the current directory)", err=True)
+    return store
+
+
+def _defaulted(parameter: str) -> bool:
+    """Whether the running command's parameter took its default (no flag, no variable)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(parameter) is ParameterSource.DEFAULT
 
 
 def metadata_of(items: tuple[str, ...]) -> dict[str, str]:

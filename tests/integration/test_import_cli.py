@@ -71,6 +71,24 @@ def test_human_output_counts_runs(tmp_path, steplaw_file):
     assert out.stderr == ""  # no progress counter when stderr is not a terminal
 
 
+def test_a_new_database_made_for_want_of_db_is_pointed_out(tmp_path, steplaw_file):
+    """Without --db (or its variable) the database is ./var/hparamrec.db: run from another
+    directory than the server's, the runs would land where no server reads them."""
+    env = {k: v for k, v in os.environ.items() if k != "HPARAMREC_DATABASE_URL"}
+
+    def run():
+        return subprocess.run([HPARAMREC, "import", "--format", "steplaw", str(steplaw_file)],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+
+    first, again = run(), run()
+    assert first.returncode == again.returncode == 0
+    made = tmp_path / "var" / "hparamrec.db"
+    assert first.stderr == (f"note: created a new database at {made} (no --db given: the "
+                            "default is relative to the current directory)\n")
+    assert again.stderr == ""  # the same database, found this time
+    assert again.stdout == "read 3 runs (1 diverged): 0 added, 3 already stored\n"
+
+
 def test_database_and_tenant_from_env_and_option(tmp_path):
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     path = tmp_path / "runs.jsonl"
