@@ -112,6 +112,12 @@ class ModelRecommender:
         lr_iv = Interval.point(lr) if pins.lr is not None else Interval(lo=lo[0], hi=hi[0])
         batch_iv = (Interval.point(batch) if pins.batch_size_tokens is not None
                     else Interval(lo=lo[1], hi=hi[1]))
+        if self._outside_stored_sizes(spec):
+            # The learned correction extrapolates there, and its bootstrap knows nothing of how
+            # far: the published laws' uncertainty (widened further out) still stands.
+            lr_iv = lr_iv if pins.lr is not None else lr_iv.hull(base.lr_interval)
+            batch_iv = (batch_iv if pins.batch_size_tokens is not None
+                        else batch_iv.hull(base.batch_size_tokens_interval))
         return lr_iv, batch_iv
 
     def _sources(self, base: Recommendation, pins: Pins) -> list[Source]:
@@ -138,14 +144,22 @@ class ModelRecommender:
                 f"({at:.3g}, a safety factor below where it expects runs to diverge): the run "
                 "may diverge, and the loss predicted for it is an extrapolation"]
 
-    def _range_warnings(self, spec: TrainingSpec) -> list[str]:
+    def _outside_stored_sizes(self, spec: TrainingSpec) -> list[tuple[str, float, tuple]]:
+        """(column, value, stored range) of each size of the spec outside the stored runs'."""
         out = []
         for column, value in (("n_active_params", spec.n_active_params), ("n_tokens", spec.n_tokens)):
             bounds = self._sizes[column]
             if bounds and not bounds[0] <= value <= bounds[1]:
-                out.append(f"{self.model.name}: {column} = {value:.3g} is outside the stored runs "
-                           f"({bounds[0]:.3g} to {bounds[1]:.3g}); the learned correction is an "
-                           "extrapolation")
+                out.append((column, value, bounds))
+        return out
+
+    def _range_warnings(self, spec: TrainingSpec) -> list[str]:
+        out = []
+        for column, value, bounds in self._outside_stored_sizes(spec):
+            out.append(f"{self.model.name}: {column} = {value:.3g} is outside the stored runs "
+                       f"({bounds[0]:.3g} to {bounds[1]:.3g}); the learned correction is an "
+                       "extrapolation, and the lr and batch intervals take in the published "
+                       "laws' too")
         sparsity = spec.n_params / spec.n_active_params
         if self._sparsity is not None and sparsity > 1.01 * self._sparsity:
             out.append(f"{self.model.name}: n_params / n_active_params = {sparsity:.3g} is sparser "

@@ -18,6 +18,9 @@ class Interval(BaseModel):
     def point(cls, value: float) -> "Interval":
         return cls(lo=value, hi=value)
 
+    def hull(self, other: "Interval") -> "Interval":
+        return Interval(lo=min(self.lo, other.lo), hi=max(self.hi, other.hi))
+
 
 class Source(BaseModel):
     model_config = ConfigDict(frozen=True)

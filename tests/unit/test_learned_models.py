@@ -111,6 +111,28 @@ def test_gbm_far_from_data_is_the_surface():
     assert model._shrink(near)[0] == pytest.approx(1.0)
 
 
+def test_outside_the_stored_sizes_the_intervals_take_in_the_laws():
+    """The bootstrap of the surface knows nothing of how far a spec is from the stored runs:
+    200x their tokens, its lr interval alone was a few percent wide."""
+    from predictor.prior import PriorRecommender
+
+    model = LossSurface(calibrate=False, n_boot=8).fit(ALL)
+    recommender = ModelRecommender(model, ALL)
+    pins = Pins(weight_decay=0.1)
+    far = TrainingSpec(n_params=8e8, n_active_params=8e8, n_tokens=1.2e13)
+    rec, law = recommender.recommend(far, pins), PriorRecommender().recommend(far, pins)
+    for field in ("lr_interval", "batch_size_tokens_interval"):
+        ours, laws_ = getattr(rec, field), getattr(law, field)
+        assert ours.lo <= laws_.lo and ours.hi >= laws_.hi
+    assert rec.lr_interval.lo <= rec.lr <= rec.lr_interval.hi
+    assert any("take in the published laws' too" in w for w in rec.warnings)
+    inside = TrainingSpec(n_params=4e8, n_active_params=4e8, n_tokens=2e10)
+    near = recommender.recommend(inside, pins)
+    assert not any("outside the stored runs" in w for w in near.warnings)
+    law_near = PriorRecommender().recommend(inside, pins)
+    assert near.lr_interval.hi / near.lr_interval.lo < law_near.lr_interval.hi / law_near.lr_interval.lo
+
+
 def test_auto_selects_by_leaving_training_groups_out():
     train = without(ALL, HELD_OUT)
     model = AutoModel().fit(train)
