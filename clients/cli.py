@@ -5,6 +5,7 @@ unreachable, 4 not found, 5 not authorised, 1 anything else. With --json a comma
 JSON object whose keys are the proto field names.
 """
 
+import math
 import os
 import shlex
 import sys
@@ -203,10 +204,11 @@ def runs_list(limit, client, as_json, **kw) -> None:
     spec = spec_filter_of(kw)
     with client() as c:
         found = list(c.iter_runs(limit=limit, spec=spec))
+        hint = _sizes_as_stored(c, spec) if spec is not None and not found else ""
     if as_json:
         print_json({"runs": [to_dict(r) for r in found]})
     elif spec is not None and not found:
-        click.echo(f"no stored runs of {spec.describe()}")
+        click.echo(f"no stored runs of {spec.describe()}{hint}")
     else:
         from clients import render
 
@@ -307,8 +309,10 @@ def plot(out, study, points, client, as_json, **kw) -> None:
     say = None
     if sys.stderr.isatty() and not as_json:
         say = lambda message: click.echo(f"\r\033[K{message}", err=True, nl=False)  # noqa: E731
+    spec = spec_of(kw)
     with client() as c:
-        rec, found, grid = plotting.landscape(c, spec_of(kw), pins, points, say)
+        rec, found, grid = plotting.landscape(c, spec, pins, points, say)
+        hint = "" if found else _sizes_as_stored(c, spec)
     plotting.draw(out, rec, found, grid)
     if say:
         click.echo("\r\033[K", err=True, nl=False)
@@ -317,7 +321,26 @@ def plot(out, study, points, client, as_json, **kw) -> None:
                      "recommendation": to_dict(rec)})
     else:
         click.echo(f"wrote {out}: predicted loss on a {points} x {points} grid, "
-                   f"{len(found)} stored runs of this spec marked")
+                   f"{len(found)} stored runs of this spec marked{hint}")
+
+
+def _sizes_as_stored(c, spec, scanned: int = 2000) -> str:
+    """When a size filter matched nothing: the sizes of a recent stored run that print the
+    same (429260800 params shows as 429M, which matches no run typed back in), as a hint."""
+    from clients.units import format_quantity
+
+    def shown(run_spec, name):
+        value = getattr(run_spec, name)
+        return None if value is None else format_quantity(value)
+
+    wanted = {n: shown(spec, n) for n in ("n_params", "n_tokens") if getattr(spec, n) is not None}
+    for run in c.iter_runs(limit=scanned):
+        if wanted and all(shown(run.spec, n) == v for n, v in wanted.items()) and not all(
+                math.isclose(getattr(run.spec, n), getattr(spec, n), rel_tol=1e-9) for n in wanted):
+            return (f"; stored runs of {format_quantity(run.spec.n_params)} params, "
+                    f"{format_quantity(run.spec.n_tokens)} tokens have exactly --params "
+                    f"{run.spec.n_params:.15g} --tokens {run.spec.n_tokens:.15g}")
+    return ""
 
 
 def _plot_study(out, spec, pins, client, as_json) -> None:
@@ -326,12 +349,13 @@ def _plot_study(out, spec, pins, client, as_json) -> None:
 
     with client() as c:
         h = study_plot.history(c, spec, pins)
+        hint = "" if h.runs else _sizes_as_stored(c, spec)
     if not h.runs:
         pinned = study_plot.describe_pins(pins)
         raise CliError(f"no stored runs of {h.rec.spec.describe()}, seq len {h.rec.spec.seq_len}"
                        + (f" with {pinned}" if pinned else "") + ": report runs of it (`hparamrec "
-                       "recommend --mode explore` suggests the next one) before plotting its study",
-                       4)
+                       "recommend --mode explore` suggests the next one) before plotting its study"
+                       + hint, 4)
     study_plot.draw(out, h)
     best = h.best
     diverged, failed = len(h.with_status(RunStatus.DIVERGED)), len(h.with_status(RunStatus.FAILED))

@@ -105,6 +105,12 @@ class Settings:
                 raise ClientSettingsError(
                     f"tls_ca: cannot read {tls_ca}",
                     [("tls_ca", f"cannot read {tls_ca}: {exc.strerror}")]) from None
+            if b"-----BEGIN CERTIFICATE-----" not in roots:
+                # gRPC would only fail at the handshake, as an unreachable server, after
+                # logging its own lines.
+                raise ClientSettingsError(
+                    f"tls_ca: {tls_ca} holds no PEM certificate",
+                    [("tls_ca", f"{tls_ca} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")])
         metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         return cls(target, metadata, bool(tls or tls_ca), roots)
 

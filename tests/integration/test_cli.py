@@ -131,6 +131,20 @@ def test_runs_list_limit(target):
     assert [r["run_id"] for r in listed["runs"]] == ["r2", "r1"]
 
 
+def test_sizes_typed_as_they_print_get_the_stored_ones_as_a_hint(target):
+    """Step Law's 429260800 params print as 429M, which matches no run typed back in."""
+    report = ["--params", "429260800", "--tokens", "50B", *REPORT[REPORT.index("--lr"):]]
+    assert cli("report", *report, server=target).returncode == 0
+    out = cli("runs", "list", "--params", "429M", "--tokens", "50B", server=target)
+    assert out.returncode == 0
+    assert out.stdout == ("no stored runs of 429M params, 50B tokens; stored runs of 429M "
+                          "params, 50B tokens have exactly --params 429260800 --tokens 50000000000\n")
+    exact = cli("runs", "list", "--params", "429260800", "--tokens", "50000000000", "--json", server=target)
+    assert len(json.loads(exact.stdout)["runs"]) == 1
+    nothing = cli("runs", "list", "--params", "7B", "--tokens", "50B", server=target)
+    assert nothing.stdout == "no stored runs of 7B params, 50B tokens\n"
+
+
 @pytest.mark.parametrize("args, code, needle", [
     (["recommend", "--params", "-1", "--tokens", "100B"], 2, "spec.n_params"),
     (["recommend", "--params", "abc", "--tokens", "100B"], 2, "--params"),
@@ -184,6 +198,7 @@ def test_unreachable_server_exits_3():
 @pytest.mark.parametrize("args, env, needle", [
     (["--tls-ca", "/nonexistent.pem"], {}, "--tls-ca: cannot read /nonexistent.pem: "),
     ([], {"HPARAMREC_TLS_CA": "/nonexistent.pem"}, "--tls-ca: cannot read /nonexistent.pem: "),
+    (["--tls-ca", __file__], {}, f"--tls-ca: {__file__} holds no PEM certificate"),
     (["--server", "127.0.0.1:99999"], {}, "--server: the port must be a number from 1 to 65535"),
     (["--server", "127.0.0.1"], {}, "--server: expected HOST:PORT, with the port"),
     ([], {"HPARAMREC_SERVER": "127.0.0.1"}, "--server: expected HOST:PORT, with the port"),
