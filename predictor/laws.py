@@ -153,7 +153,8 @@ EPOCH_LOSS = Law(
     formula="L = 1.8172 + 482.01 / N^0.3478 + 2085.43 / D^0.3658",
     constants={"E": 1.8172, "A": 482.01, "alpha": 0.3478, "B": 2085.43, "beta": 0.3658},
     units="nats per token",
-    source="Chinchilla form, Epoch AI refit",
+    source="Chinchilla form, Epoch AI refit; the level of Chinchilla's data: another corpus or "
+           "tokenizer shifts it (the Step Law sweep's best losses are 11-15% lower)",
     version="epoch2024",
     # Absolute losses transfer poorly across corpora and tokenizers: assumed relative sd.
     sd={"relative": 0.03},
