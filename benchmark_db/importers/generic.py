@@ -10,6 +10,7 @@ from pathlib import Path
 from benchmark_db.errors import FieldViolation, InvalidArgument
 from benchmark_db.importers.rows import (HEADER_ROW, Progress, at_row, boolean, content_id,
                                          counted, integer, number, read_csv, text_file)
+from benchmark_db.importers.steplaw_csv import REQUIRED_COLUMNS as STEPLAW_COLUMNS
 from benchmark_db.records import RunReport, RunStatus, resolve_spec, validated
 
 _SPEC_NUMBERS = ("n_params", "n_active_params", "n_tokens", "compute_flops")
@@ -36,6 +37,10 @@ def read_csv_runs(path: Path, progress: Progress | None = None) -> list[RunRepor
     header, rows = read_csv(path)
     unknown = [c for c in header if not _is_csv_column(c)]
     if unknown:
+        if set(STEPLAW_COLUMNS) <= set(header):  # one error, not one per column
+            raise InvalidArgument.single(
+                f"row {HEADER_ROW}", "these are the Step Law sweep's columns: import it with "
+                "--format steplaw")
         raise _unknown_columns(HEADER_ROW, unknown, _CSV_COLUMNS)
     return _reports(((n, _csv_fields(cells)) for n, cells in rows), "import:csv", progress)
 

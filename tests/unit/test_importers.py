@@ -193,6 +193,13 @@ def test_unknown_csv_column_is_an_error_naming_it(tmp_path):
     assert violation_fields(exc) == ["row 1: lrr"]
 
 
+def test_a_step_law_file_read_as_generic_csv_says_which_format_it_is(tmp_path):
+    path = write_steplaw(tmp_path, [steplaw_row(1e-3, 256, 2.5)])
+    with pytest.raises(InvalidArgument, match="import it with --format steplaw") as exc:
+        read_runs(path, "csv")
+    assert violation_fields(exc) == ["row 1"]  # one error, not one per column
+
+
 def test_unknown_jsonl_key_is_an_error_naming_row_and_key(tmp_path):
     good = {"n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3, "batch_size_tokens": 1e6,
             "weight_decay": 0.1, "final_loss": 2.5}
