@@ -38,7 +38,8 @@ def import_runs(db, file_format, tenant, as_json, file) -> None:
     if as_json:
         print_json(result.as_dict())
     else:
-        click.echo(f"read {result.read} runs ({result.diverged} diverged): {result.added} added, "
+        runs = "run" if result.read == 1 else "runs"
+        click.echo(f"read {result.read} {runs} ({result.diverged} diverged): {result.added} added, "
                    f"{result.already_stored} already stored")
 
 

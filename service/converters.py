@@ -162,8 +162,11 @@ def points_from_proto(request: pb.PredictLossRequest, spec: TrainingSpec) -> dic
                                   & (spec.quantized | (arrays["qat_fraction"] == 0)))),
              "must be in [0, 1], and 0 when spec.weight_bits is 16"),
         )
-    # float(): a numpy scalar's repr is "np.float64(0.0)", not the number the caller sent.
+    # float(): a numpy scalar's repr is "np.float64(0.0)", not the number the caller sent. lr
+    # and batch are required, and 0 is what an unset one arrives as.
     violations = [FieldViolation(f"points[{i}].{name}",
+                                 "required" if name in ("lr", "batch_size_tokens")
+                                 and arrays[name][i] == 0 else
                                  f"{reason} (got {float(arrays[name][i])!r})")
                   for name, bad, reason in checks for i in np.flatnonzero(bad)[:5]]
     if violations:
