@@ -188,6 +188,13 @@ def build_server(settings: Settings) -> tuple[grpc.Server, int]:
 
 def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then drains in-flight calls."""
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    # One BLAS thread per call: the handlers are the parallelism. OpenBLAS's own threads cost
+    # more than they save on the GP's small matrices (at 300 trials an explore took 194 ms
+    # against 141 ms with one; many times more when the cores are busy), and make the last
+    # bits of a recommendation depend on the host's core count.
+    threadpool_limits(limits=1, user_api="blas")
     service = Service(settings)
     service.start()
     gc.freeze()  # the start-up heap (modules, laws, models) is never garbage: spare the collector
