@@ -373,3 +373,34 @@ def test_a_replica_that_read_a_study_sees_what_another_one_did_to_it_since(repli
     assert a.trials()[0].value == pytest.approx(2.4)
     b.report(second, "run-2", loss=2.3)
     assert [t.value for t in a.trials()] == pytest.approx([2.4, 2.3])
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_replicas_exploring_and_reporting_at_once_keep_the_study_as_stored(replicas, database_url):
+    """Each replica keeps the finished trials it read; with both asking and telling at once on
+    one study, what each one sees is still what the database holds."""
+    import optuna
+
+    errors = []
+
+    def launcher(replica, k):
+        try:
+            for j in range(4):
+                trial = replica.explore()
+                replica.report(trial, f"r{k}-{j}", loss=2.5 + (4 * k + j) / 1000)
+                replica.exploit()
+        except Exception as exc:  # reported below, with the thread's number
+            errors.append((k, exc))
+
+    threads = [threading.Thread(target=launcher, args=(replicas[k % 2], k)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    stored = optuna.load_study(study_name=NAME, storage=replicas[0].refiner.studies.url)
+    truth = [(t.number, t.state, t.value, t.user_attrs.get("run_id")) for t in stored.get_trials()]
+    assert len(truth) == 16 and all(state is TrialState.COMPLETE for _, state, _, _ in truth)
+    for replica in replicas:
+        seen = [(t.number, t.state, t.value, t.user_attrs.get("run_id")) for t in replica.trials()]
+        assert seen == truth
