@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from benchmark_db.records import MAX_WEIGHT_DECAY, Pins, TrainingSpec
+from benchmark_db.records import Pins, TrainingSpec
 from predictor import laws
 from predictor.loss_model import LossModel
 from predictor.prior import NEAR_OPTIMAL_EXCESS, PriorRecommender, check_pins
@@ -92,9 +92,7 @@ class ModelRecommender:
     def _weight_decay(spec, pins, base, lr, batch):
         if pins.weight_decay is not None:
             return np.full(np.shape(lr), pins.weight_decay) if np.ndim(lr) else pins.weight_decay
-        # The timescale rule, within what a run can report (a tiny lr asks for a huge decay).
-        return np.minimum(batch / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens),
-                          MAX_WEIGHT_DECAY)
+        return laws.timescale_weight_decay(spec, lr, batch)
 
     def _intervals(self, spec, pins, base, lr, batch, lr_axis, batch_axis) -> tuple[Interval, Interval]:
         offsets = getattr(self.model, "optimum_log_offsets", lambda *_: None)(

@@ -52,9 +52,13 @@ class Bowl:
         return cls(a=a, b=b, rho=k["rho"], c=TIMESCALE_CURVATURE_FRACTION * min(a, b))
 
     @property
+    def cross(self) -> float:
+        """The u-v term of the hessian."""
+        return self.rho * np.sqrt(self.a * self.b)
+
+    @property
     def hessian(self) -> np.ndarray:
-        cross = self.rho * np.sqrt(self.a * self.b)
-        c = self.c
+        cross, c = self.cross, self.c
         return np.array([[self.a, cross, c], [cross, self.b, -c], [c, -c, c]])
 
     def excess(self, z: np.ndarray) -> np.ndarray | float:
@@ -62,8 +66,8 @@ class Bowl:
         timescale part c (u - v + w)^2 (= c ln(tau*/tau)^2) flat beyond TIMESCALE_RANGE."""
         z = np.asarray(z, float)
         u, v, w = z[..., 0], z[..., 1], z[..., 2]
-        cross = self.rho * np.sqrt(self.a * self.b)
-        lr_batch = self.a * u**2 + self.b * v**2 + 2 * cross * u * v - self.c * (u - v) ** 2
+        lr_batch = (self.a * u**2 + self.b * v**2 + 2 * self.cross * u * v
+                    - self.c * (u - v) ** 2)
         out = lr_batch + self.c * timescale_excess(u - v + w)
         return float(out) if out.ndim == 0 else out
 

@@ -9,8 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from benchmark_db.records import (MAX_WEIGHT_DECAY, STORED, Pins, RunRecord, RunReport, TrainingSpec,
-                                  check_run_id)
+from benchmark_db.records import STORED, Pins, RunRecord, RunReport, TrainingSpec, check_run_id
 from benchmark_db.run_recommendations import request_key
 from benchmark_db.store import RunStore
 from predictor import laws
@@ -92,9 +91,7 @@ class RecommendationEngine:
         batch, NaN QAT fraction is the law's. Returns the completed points too. Once the spec
         has a study with completed trials, the model conditioned on them (what the exploit
         recommendation knows: see Refiner.predict_loss)."""
-        timescale_wd = np.minimum(
-            batch_size_tokens / (lr * laws.POWER_LINES_TIMESCALE(spec) * spec.n_tokens),
-            MAX_WEIGHT_DECAY)
+        timescale_wd = laws.timescale_weight_decay(spec, lr, batch_size_tokens)
         queries = RunTable.queries(
             spec, lr, batch_size_tokens,
             np.where(np.isnan(weight_decay), timescale_wd, weight_decay),

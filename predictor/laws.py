@@ -9,7 +9,9 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from benchmark_db.records import TrainingSpec
+import numpy as np
+
+from benchmark_db.records import MAX_WEIGHT_DECAY, TrainingSpec
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,14 @@ def _qat_fraction(k: float, spec: TrainingSpec) -> float:
 # law, whose lr falls with compute, reaching it fully at BLEND_FULL_TPP.
 BLEND_START_TPP = 500.0
 BLEND_FULL_TPP = 2000.0
+
+
+def timescale_weight_decay(spec: TrainingSpec, lr, batch_size_tokens):
+    """The weight decay that puts the AdamW timescale B / (lr wd D) at Power Lines' optimum, for
+    numbers or arrays of lr and batch; at most MAX_WEIGHT_DECAY, what a run can report (a tiny
+    lr asks for a huge decay)."""
+    wd = batch_size_tokens / (lr * POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
+    return np.minimum(wd, MAX_WEIGHT_DECAY)
 
 
 def long_training_blend_weight(spec: TrainingSpec) -> float:

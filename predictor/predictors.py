@@ -64,6 +64,13 @@ def _ensemble() -> LossModel:
     return EnsembleModel()
 
 
+def check_kind(kind: str) -> str:
+    """The predictor's name, if one of MODEL_FACTORIES'; else ValueError naming them."""
+    if kind not in MODEL_FACTORIES:
+        raise ValueError(f"unknown predictor {kind!r}; choose from {', '.join(MODEL_FACTORIES)}")
+    return kind
+
+
 MODEL_FACTORIES: dict[str, Callable[[], LossModel]] = {
     "prior": _prior,
     "surface": _surface,
@@ -75,7 +82,6 @@ MODEL_FACTORIES: dict[str, Callable[[], LossModel]] = {
 
 
 def fit_predictor(kind: str, runs: RunTable) -> FittedPredictor:
-    if kind not in MODEL_FACTORIES:
-        raise ValueError(f"unknown predictor {kind!r}; choose from {', '.join(MODEL_FACTORIES)}")
+    check_kind(kind)
     model = MODEL_FACTORIES[kind]().fit(runs)
     return FittedPredictor(model=model, recommender=ModelRecommender(model, runs))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmark_db.store import RunStore
-from predictor.predictors import MODEL_FACTORIES, FittedPredictor, fit_predictor
+from predictor.predictors import FittedPredictor, check_kind, fit_predictor
 from predictor.table import RunTable
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,7 @@ class ModelRegistry:
     def __init__(self, store: RunStore, kind: str = "auto", debounce_seconds: float = 2.0,
                  on_refit: Callable[[str, str, float], None] | None = None,
                  on_refit_failed: Callable[[str], None] | None = None):
-        if kind not in MODEL_FACTORIES:  # fail at start-up, not at the first refit
-            raise ValueError(f"unknown predictor {kind!r}; choose from {', '.join(MODEL_FACTORIES)}")
+        check_kind(kind)  # fail at start-up, not at the first refit
         self.store = store
         self.kind = kind
         self.debounce_seconds = debounce_seconds

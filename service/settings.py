@@ -57,8 +57,6 @@ class Settings(BaseSettings):
     @field_validator("predictor")
     @classmethod
     def _known_predictor(cls, name: str) -> str:
-        from predictor.predictors import MODEL_FACTORIES  # serve loads it anyway
+        from predictor.predictors import check_kind  # serve loads it anyway
 
-        if name not in MODEL_FACTORIES:
-            raise ValueError(f"unknown predictor {name!r}; choose from {', '.join(MODEL_FACTORIES)}")
-        return name
+        return check_kind(name)
