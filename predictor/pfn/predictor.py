@@ -180,12 +180,29 @@ class PFNLossModel:
             digest.update(np.ascontiguousarray(column).tobytes())
         self.data_hash_ = digest.hexdigest()[:12]
         self.interval_levels_ = self._calibrated_levels() if self.recalibrate else INTERVAL
+        self._start_context_cache()
+        return self
+
+    def _start_context_cache(self) -> None:
         self.contexts_ = ContextCache(partial(encode_context, self.checkpoint_.model, self.runs_,
                                               self.max_context), self.context_cache_size)
-        return self
 
     def context_cache_info(self) -> CacheInfo:
         return self.contexts_.info()
+
+    def __getstate__(self) -> dict:
+        """Pickled (a refit's result, sent from its process) without the network and the
+        context cache: the receiving process loads the checkpoint once and starts empty."""
+        state = dict(self.__dict__)
+        for rebuilt in ("checkpoint_", "contexts_"):
+            state.pop(rebuilt, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "runs_" in state:  # fitted
+            self.checkpoint_ = load_checkpoint(self.checkpoint_path)
+            self._start_context_cache()
 
     @property
     def version_(self) -> str:
