@@ -1,6 +1,7 @@
-"""The current fitted predictor of each tenant. Refits run on one background thread, coalesce
-bursts of reports (debounce), and replace the predictor with one reference assignment, so a
-recommendation sees either the old model or the new one, never a half-fitted one."""
+"""The current fitted predictor of each tenant. Refits are scheduled on one background thread,
+coalesce bursts of reports (debounce), fit in a child process (predictor/fit_worker.py) and
+replace the predictor with one reference assignment, so a recommendation sees either the old
+model or the new one, never a half-fitted one."""
 
 import logging
 import threading
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmark_db.store import RunStore
+from predictor.fit_worker import FitAbandoned, Fitter, FitWorker
 from predictor.predictors import FittedPredictor, check_kind, fit_predictor
 from predictor.table import RunTable
 
@@ -34,6 +36,8 @@ class ModelRegistry:
         self.debounce_seconds = debounce_seconds
         self.on_refit = on_refit  # (tenant, model version, seconds), e.g. for metrics
         self.on_refit_failed = on_refit_failed  # (tenant)
+        self._fit_worker = FitWorker()
+        self.fitter: Fitter = fit_predictor  # what a refit calls in the child; must pickle
         self._current: dict[str, FittedPredictor] = {}
         self._fitted_on: dict[str, int] = {}  # stored runs each tenant's last refit read
         self._dirty: set[str] = set()
@@ -62,7 +66,7 @@ class ModelRegistry:
             self._fitted_on[tenant] = len(records)
             return None
         started = time.perf_counter()
-        predictor = fit_predictor(self.kind, runs)
+        predictor = self._fit_worker.fit(self.kind, runs, self.fitter)
         self._current[tenant] = predictor  # the atomic swap
         self._fitted_on[tenant] = len(records)
         seconds = time.perf_counter() - started
@@ -82,6 +86,11 @@ class ModelRegistry:
         """Blocks until no refit is pending or running (for tests and orderly shutdown)."""
         return self._idle.wait(timeout)
 
+    @property
+    def fit_worker_pid(self) -> int | None:
+        """The refit process's id while it runs."""
+        return self._fit_worker.pid
+
     def status(self) -> RefitStatus:
         running = self._running
         if running is None:
@@ -89,12 +98,13 @@ class ModelRegistry:
         return RefitStatus(running[0], time.monotonic() - running[1], len(self._dirty))
 
     def close(self, wait: float = 1.0) -> None:
-        """Stops the refit thread, waiting at most `wait` seconds for a refit in progress: its
-        model would be thrown away, and a fit cannot be interrupted (the thread is a daemon:
-        it ends with the process)."""
+        """Stops the refit process, abandoning a refit in progress (its model would be thrown
+        away), and the refit thread, waiting at most `wait` seconds for it (it may be reading
+        the runs; it is a daemon, ending with the process)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
+        self._fit_worker.close()
         self._worker.join(timeout=wait)
         status = self.status()
         if self._worker.is_alive() and status.running_tenant is not None:
@@ -120,6 +130,11 @@ class ModelRegistry:
                 self._running = (tenant, time.monotonic())
                 try:
                     self.refit(tenant)
+                except FitAbandoned:  # close() stopped its child
+                    log.info("stopped the refit of tenant %s, running for %.0f s: its model is "
+                             "discarded", tenant, self.status().running_seconds)
+                    self._idle.set()
+                    return
                 except Exception:  # keep serving the previous model; the next report retries
                     log.exception("refit failed for tenant %s", tenant)
                     if self.on_refit_failed:

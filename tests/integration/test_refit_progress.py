@@ -1,8 +1,9 @@
 """A refit can run for a minute on a large store: the metrics show it running, what waits for
-one and each model's age, and shutting down does not wait for a model it would throw away."""
+one and each model's age; it runs in its own process, so the server answers meanwhile and
+shutting down stops it rather than wait for a model it would throw away."""
 
 import logging
-import threading
+import os
 import time
 import urllib.request
 
@@ -10,6 +11,7 @@ import pytest
 
 from clients import Client
 from tests.factories import client_report
+from tests.integration.blocking_fit import BlockingFit
 from tests.integration.in_process_server import running_service
 
 pytestmark = pytest.mark.integration
@@ -22,37 +24,26 @@ def scrape(port: int) -> dict[str, float]:
 
 
 @pytest.fixture
-def slow_refits(monkeypatch):
-    """Refits that block until released, as a long fit would."""
-    started, release = threading.Event(), threading.Event()
-    from predictor import registry
-
-    real = registry.fit_predictor
-
-    def blocking(kind, runs):
-        started.set()
-        release.wait(30)
-        return real(kind, runs)
-
-    monkeypatch.setattr(registry, "fit_predictor", blocking)
-    yield started, release
-    release.set()
+def slow_fit(tmp_path):
+    fit = BlockingFit(tmp_path)
+    yield fit
+    fit.release()
 
 
-def test_metrics_show_a_refit_in_progress_and_the_models_age(tmp_path, slow_refits):
-    started, release = slow_refits
+def test_metrics_show_a_refit_in_progress_and_the_models_age(tmp_path, slow_fit):
     with running_service(f"sqlite:///{tmp_path / 'r.db'}", metrics_port=0, predictor="prior",
                          refit_debounce_seconds=0, refit_poll_seconds=0) as svc:
+        svc.registry.fitter = slow_fit.fitter()
         with Client(f"127.0.0.1:{svc.port}") as client:
             client.report_run(client_report("a"))
-            assert started.wait(10)
+            assert slow_fit.wait_started(30)
             time.sleep(0.3)
             during = scrape(svc.metrics_port)
             assert during["hparamrec_refit_running_seconds"] >= 0.3
             svc.registry.schedule_refit("default")  # a report arriving meanwhile
             assert scrape(svc.metrics_port)["hparamrec_refits_pending"] == 1
             assert not any(k.startswith("hparamrec_model_fitted_timestamp") for k in during)
-            release.set()
+            slow_fit.release()
             assert svc.registry.wait_idle(10)
             after = scrape(svc.metrics_port)
     assert after["hparamrec_refit_running_seconds"] == 0
@@ -61,16 +52,43 @@ def test_metrics_show_a_refit_in_progress_and_the_models_age(tmp_path, slow_refi
     assert time.time() - 60 < fitted <= time.time()
 
 
-def test_shutdown_does_not_wait_for_a_refit_in_progress(tmp_path, slow_refits, caplog):
-    started, _release = slow_refits
+def test_the_refit_runs_in_its_own_process_and_the_server_answers_meanwhile(tmp_path, slow_fit):
+    with running_service(f"sqlite:///{tmp_path / 'r.db'}", predictor="prior",
+                         refit_debounce_seconds=0, refit_poll_seconds=0) as svc:
+        svc.registry.fitter = slow_fit.fitter()
+        with Client(f"127.0.0.1:{svc.port}") as client:
+            client.report_run(client_report("a"))
+            assert slow_fit.wait_started(30)
+            child = svc.registry.fit_worker_pid
+            assert child is not None and child != os.getpid()
+            answered = time.monotonic()
+            client.recommend({"n_params": 1e9, "n_tokens": 2e10})
+            assert time.monotonic() - answered < 2
+            slow_fit.release()
+            assert svc.registry.wait_idle(30)
+            assert svc.registry.get("default") is not None  # the child's model, swapped in
+            assert svc.registry.fit_worker_pid == child  # kept for the next refit
+
+
+def test_shutdown_stops_a_refit_in_progress(tmp_path, slow_fit, caplog):
     caplog.set_level(logging.INFO, logger="predictor.registry")
     with running_service(f"sqlite:///{tmp_path / 'r.db'}", predictor="prior", grace=1,
                          refit_debounce_seconds=0, refit_poll_seconds=0) as svc:
+        svc.registry.fitter = slow_fit.fitter()
         with Client(f"127.0.0.1:{svc.port}") as client:
             client.report_run(client_report("a"))
-        assert started.wait(10)
+        assert slow_fit.wait_started(30)
+        child = svc.registry.fit_worker_pid
         stopping = time.monotonic()
-    took = time.monotonic() - stopping  # the refit is still blocked: stop() left it behind
+    took = time.monotonic() - stopping  # the fit still blocks: stop() ended its process
     assert took < 5
-    assert any("not waiting for the refit of tenant default" in r.getMessage()
-               for r in caplog.records)
+    assert not _alive(child)
+    assert any("stopped the refit of tenant default" in r.getMessage() for r in caplog.records)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
