@@ -243,6 +243,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of the server and of its live children (the refit process, kept for the
+    server's lifetime, so it is there at both ends of a scenario)."""
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children.update(int(c) for c in (task / "children").read_text().split())
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children)
+
+
 # ----- main -------------------------------------------------------------------------------------
 
 def main() -> None:
@@ -268,11 +277,11 @@ def main() -> None:
         try:
             server.wait_ready(refits=1 if seeded else 0)
             for scenario in scenarios:
-                before = (cpu_seconds(server.process.pid), children_cpu_seconds(),
+                before = (server_cpu_seconds(server.process.pid), children_cpu_seconds(),
                           machine_busy_seconds(), time.monotonic())
                 rows[scenario] = run_scenario(server.target, scenario, args.clients, args.processes,
                                               args.seconds)
-                after = (cpu_seconds(server.process.pid), children_cpu_seconds(),
+                after = (server_cpu_seconds(server.process.pid), children_cpu_seconds(),
                          machine_busy_seconds(), time.monotonic())
                 used = [(a - b) / (after[3] - before[3]) for a, b in zip(after[:3], before[:3])]
                 # cores used by the server, by the clients, and by everything else on the machine
@@ -317,8 +326,8 @@ def render(rows, cpu, args, seeded, refits, machine, load_before, load_after) ->
                      f"{TARGETS.get(scenario, '')} |")
     lines += [
         "",
-        "Cores: CPU used during the scenario by the server process, by the client processes, and "
-        "by everything else on the machine (/proc/stat), out of 2. "
+        "Cores: CPU used during the scenario by the server (its refit process included), by the "
+        "client processes, and by everything else on the machine (/proc/stat), out of 2. "
         f"Load average (1 min) before / after the run: {load_before[0]:.2f} / {load_after[0]:.2f}; "
         f"refits during the run: {refits:.0f}."
         + (f" Server settings: {', '.join(args.set)}." if args.set else "")
