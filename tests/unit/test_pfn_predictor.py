@@ -355,3 +355,19 @@ def test_the_mean_alone_is_the_predictions_mean(store):
     np.testing.assert_allclose(model.mean(queries), model.predict(queries).mean, rtol=0, atol=0)
     empty = PFNLossModel().fit(store.subset(np.zeros(len(store), dtype=bool)))
     np.testing.assert_allclose(empty.mean(queries), empty.predict(queries).mean, rtol=0, atol=0)
+
+
+def test_a_fitted_model_pickles_without_its_network_and_predicts_the_same(store):
+    """As a refit's model comes back from the refit process: without the network's weights
+    (the receiving process loads the checkpoint) and with an empty context cache."""
+    import pickle
+
+    model = PFNLossModel().fit(store)
+    queries = random_queries(group_specs(store)[0], 40, seed=5)
+    before = predicted(model, queries)
+    data = pickle.dumps(model)
+    assert len(data) < 1_000_000  # the checkpoint alone is several MB
+    copy = pickle.loads(data)
+    assert copy.context_cache_info()[:3] == (0, 0, 0)
+    assert copy.version_ == model.version_
+    np.testing.assert_array_equal(predicted(copy, queries), before)
