@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from predictor.table import RunTable
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2  # how soon a fit in flight notices close()
+ORPHAN_CHECK_SECONDS = 1.0  # how soon the child notices the server is gone
 Fitter = Callable[[str, RunTable], FittedPredictor]  # as fit_predictor
 
 
@@ -115,6 +117,7 @@ def _serve(conn: Connection) -> None:
     """The child's loop: (fitter, kind, runs) in, (ok, predictor or traceback, warnings) out,
     until the server closes its end or dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the server, which stops us
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)  # one core for the fit; the server's threads have the other
@@ -137,6 +140,14 @@ def _serve(conn: Connection) -> None:
                 conn.send((False, traceback.format_exc(), messages))
         except OSError:  # the server went away mid-fit
             return
+
+
+def _exit_when_orphaned(server_pid: int) -> None:
+    """A server killed outright (SIGKILL, out of memory) cannot stop us, and its closed pipe is
+    only seen between fits: a fit of a minute would run on for nothing."""
+    while os.getppid() == server_pid:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(0)
 
 
 if __name__ == "__main__":

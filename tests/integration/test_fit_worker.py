@@ -75,3 +75,49 @@ def test_close_abandons_a_fit_in_flight_and_later_fits(worker, runs, tmp_path):
     assert outcome == ["abandoned"] and worker.pid is None
     with pytest.raises(FitAbandoned):
         worker.fit("prior", runs)
+
+
+KILLED_SERVER = """
+import sys, threading, time
+from pathlib import Path
+from predictor.fit_worker import FitWorker
+from predictor.table import RunTable
+from tests.factories import make_report
+from tests.integration.blocking_fit import BlockingFit
+
+worker, blocking = FitWorker(), BlockingFit(Path(sys.argv[1]))
+runs = RunTable.from_runs([make_report("a")])
+threading.Thread(target=worker.fit, args=("prior", runs, blocking.fitter()), daemon=True).start()
+blocking.wait_started(30)
+print(worker.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_child_of_a_killed_server_stops_its_fit(tmp_path):
+    """SIGKILL gives the server no chance to stop its child: the child notices it is orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server = subprocess.Popen([sys.executable, "-c", KILLED_SERVER, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    child = int(server.stdout.readline())
+    assert _running(child)
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit may wait for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
