@@ -29,16 +29,19 @@ def api_key_from(metadata) -> str | None:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """With `keys` None (authentication switched off) every caller is the default tenant."""
+    """With `keys` None (authentication switched off) every caller is the default tenant, and a
+    call that sends a key is refused: it means to act as its key's tenant, and would otherwise
+    read and write the tenant every caller shares without being told."""
 
     def __init__(self, keys: KeyStore | None):
         self.keys = keys
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if (handler is None or handler.unary_unary is None
-                or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES)):
+        if handler is None or handler_call_details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
+        if handler.unary_unary is None:  # no method here streams: one added must not skip this
+            return _refused(handler)
         inner = handler.unary_unary
 
         def authenticated(request, context):
@@ -52,14 +55,32 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return handler._replace(unary_unary=authenticated)
 
     def _tenant(self, context) -> str:
-        if self.keys is None:
-            return DEFAULT_TENANT
         key = api_key_from(context.invocation_metadata())
+        if self.keys is None:
+            if key is not None:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                              "this server runs without authentication (--no-auth): the API key "
+                              "sent would be ignored and the call act on the tenant every caller "
+                              "shares; call it without a key, or use a server with keys")
+            return DEFAULT_TENANT
         tenant = self.keys.tenant_for(key) if key else None
         if tenant is None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "missing API key" if not key else "invalid or revoked API key")
         return tenant
+
+
+def _refused(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The streaming handler, answering UNIMPLEMENTED: AuthInterceptor authenticates unary
+    calls only."""
+
+    def refuse(request_or_iterator, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "streaming methods are not authenticated, so not served")
+
+    kind = next(name for name in ("unary_stream", "stream_unary", "stream_stream")
+                if getattr(handler, name) is not None)
+    return handler._replace(**{kind: refuse})
 
 
 def is_loopback(host: str) -> bool:

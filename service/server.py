@@ -159,9 +159,10 @@ def check_auth_configuration(settings: Settings, store: RunStore) -> None:
     if settings.auth_disabled:
         if not is_loopback(settings.host):
             log.warning("authentication is DISABLED on %s: every caller is one tenant", settings.host)
+        if store.keys.any_active():
+            log.warning("authentication is DISABLED although API keys exist: calls that send "
+                        "one are refused, the others all act on the default tenant")
         return
-    if settings.tls_key_file and not settings.tls_cert_file:
-        raise ConfigurationError("tls_key_file is set without tls_cert_file")
     if store.keys.any_active():
         return
     if not is_loopback(settings.host):
@@ -174,8 +175,6 @@ def check_auth_configuration(settings: Settings, store: RunStore) -> None:
 
 
 def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
-    if not settings.tls_key_file:
-        raise ConfigurationError("tls_cert_file is set without tls_key_file")
     with open(settings.tls_key_file, "rb") as key, open(settings.tls_cert_file, "rb") as cert:
         return grpc.ssl_server_credentials([(key.read(), cert.read())])
 

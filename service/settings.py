@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,9 +43,10 @@ class Settings(BaseSettings):
     # Authentication off: every caller is the default tenant. For local development only;
     # `make run` sets it (on 127.0.0.1). Never implied: see service/server.py.
     auth_disabled: bool = False
-    # PEM files of the server certificate and key: set both to serve TLS.
+    # PEM files of the server certificate and key: set both to serve TLS (one alone is an error,
+    # not plaintext).
     tls_cert_file: str | None = None
-    tls_key_file: str | None = None
+    tls_key_file: str | None = Field(default=None, validate_default=True)
     # Prometheus metrics on their own port (0 picks a free one; None switches them off).
     metrics_port: int | None = Field(default=9464, ge=0, le=65535)
     log_format: Literal["json", "text"] = "json"
@@ -60,3 +61,13 @@ class Settings(BaseSettings):
         from predictor.predictors import check_kind  # serve loads it anyway
 
         return check_kind(name)
+
+    @field_validator("tls_key_file")
+    @classmethod
+    def _tls_pair(cls, key: str | None, info: ValidationInfo) -> str | None:
+        cert = info.data.get("tls_cert_file")
+        if key and not cert:
+            raise ValueError("is set without the certificate, --tls-cert (HPARAMREC_TLS_CERT_FILE)")
+        if cert and not key:
+            raise ValueError("is required with --tls-cert (HPARAMREC_TLS_CERT_FILE)")
+        return key

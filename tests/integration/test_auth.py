@@ -120,6 +120,43 @@ def test_explicit_no_auth_serves_the_default_tenant(db_url):
         assert RunStore(db_url).count("default") == 1
 
 
+def test_a_key_sent_to_a_server_without_authentication_is_refused(db_url, keys):
+    """The caller means to act as its key's tenant: it is told, rather than served as the
+    tenant every caller of this server shares."""
+    with running_service(db_url, auth_disabled=True) as svc:
+        with Client(f"127.0.0.1:{svc.port}", api_key=keys["alice"], retries=0) as client:
+            with pytest.raises(UnauthenticatedError, match="without authentication"):
+                client.report_run(report("a"))
+        with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
+            client.report_run(report("b"))
+    assert keys["store"].count("default") == 1 and keys["store"].count("alice") == 0
+
+
+def test_a_streaming_method_is_not_served_unauthenticated(keys):
+    """No method of the service streams today; one added must not bypass the key check."""
+    from concurrent import futures
+
+    from service.auth import AuthInterceptor
+
+    def count(request, context):
+        yield from (b"1", b"2")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                         interceptors=[AuthInterceptor(keys["store"].keys)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "test.Counter", {"Count": grpc.unary_stream_rpc_method_handler(count)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream("/test.Counter/Count")
+            with pytest.raises(grpc.RpcError) as raised:
+                list(call(b"", timeout=5))
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(None)
+
+
 def test_tls_with_a_server_certificate(tmp_path, db_url, keys):
     cert, key = _self_signed(tmp_path)
     svc = Service(Settings(database_url=db_url, metrics_port=None, port=0, tls_cert_file=str(cert),

@@ -130,6 +130,11 @@ def test_serve_refuses_a_trial_time_out_out_of_range_in_one_line(tmp_path, value
                                    "predictor 'bogus'; choose from prior, "),
     ([], {"HPARAMREC_PREDICTOR": "bogus"}, "error: --predictor (or HPARAMREC_PREDICTOR): unknown"),
     ([], {"HPARAMREC_PORT": "abc"}, "error: --port (or HPARAMREC_PORT): Input should be"),
+    # Half a TLS pair, even without authentication, is an error, not a plaintext server.
+    (["--tls-key", "server.key"], {}, "error: --tls-key (or HPARAMREC_TLS_KEY_FILE): is set "
+                                      "without the certificate, --tls-cert"),
+    (["--tls-cert", "server.crt"], {}, "error: --tls-key (or HPARAMREC_TLS_KEY_FILE): is required "
+                                       "with --tls-cert"),
 ])
 def test_a_bad_setting_is_named_by_its_flag_and_variable_before_the_database_is_made(
         tmp_path, flags, env, needle):
