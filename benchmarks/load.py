@@ -360,8 +360,9 @@ What the profile showed (py-spy on the server, 32 callers), and what was done:
   593 reports/s, p99 675 to 235 ms. With the refiner on, most of a report's time is
   `Refiner.tell` -> `_matching_studies`, which asked Optuna for each of 16 candidate study
   names one query at a time; it now asks once for all of them (tried first on a patched
-  server: 414 reports/s with refits on, 598/s with them off). The refits of the `auto` model (~14 s of CPU on the 1,911 stored runs) run in the
-  same process throughout a stream of reports.
+  server: 414 reports/s with refits on, 598/s with them off). The refits of the `auto` model (~14 s of CPU on the 1,911 stored runs) ran in the
+  same process throughout a stream of reports; they now run in a child process (docs/design.md,
+  Refits), and the ReportRun figures above are with them on.
 - gRPC dropped calls of large bursts (CANCELLED once over 1,000 waited for a worker): the
   server now queues up to 10,000.
 - Handler threads (HPARAMREC_MAX_WORKERS), back to back on a quiet machine, repeated-spec
