@@ -35,11 +35,13 @@ def app() -> None:
 @click.option("--no-auth", is_flag=True, default=None,
               help="Switch authentication off (local development): every caller is one tenant.")
 @click.option("--metrics-port", type=int, help="Prometheus metrics port (default 9464).")
+@click.option("--metrics-host", help="Address of the metrics port (default: --host's).")
 @click.option("--tls-cert", help="PEM server certificate: serve TLS (with --tls-key).")
 @click.option("--tls-key", help="PEM private key of --tls-cert.")
 @click.option("--predictor", help="Learned model once runs exist (default auto).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), help="Log lines (default json).")
-def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, log_format) -> None:
+def serve(db, host, port, no_auth, metrics_port, metrics_host, tls_cert, tls_key, predictor,
+          log_format) -> None:
     """Run the service until SIGTERM/SIGINT (flags override HPARAMREC_* variables)."""
     # Server-side packages load only here, so the client commands start fast.
     from pydantic import ValidationError
@@ -50,7 +52,8 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
     from service.settings import Settings
 
     flags = {"database_url": db, "host": host, "port": port, "auth_disabled": no_auth,
-             "metrics_port": metrics_port, "tls_cert_file": tls_cert, "tls_key_file": tls_key,
+             "metrics_port": metrics_port, "metrics_host": metrics_host,
+             "tls_cert_file": tls_cert, "tls_key_file": tls_key,
              "predictor": predictor, "log_format": log_format}
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
@@ -70,6 +73,7 @@ def serve(db, host, port, no_auth, metrics_port, tls_cert, tls_key, predictor, l
 # serve's flags by the setting they set; the others come only from HPARAMREC_* variables.
 SERVE_FLAGS = {"database_url": "--db", "host": "--host", "port": "--port",
                "auth_disabled": "--no-auth", "metrics_port": "--metrics-port",
+               "metrics_host": "--metrics-host",
                "tls_cert_file": "--tls-cert", "tls_key_file": "--tls-key",
                "predictor": "--predictor", "log_format": "--log-format"}
 

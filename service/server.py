@@ -90,19 +90,23 @@ class Service:
         self.server.start()
         self.metrics_port = None
         if self.settings.metrics_port is not None:
+            host = self.metrics_host
             try:
-                self.metrics_port = self.metrics.serve(self.settings.host,
-                                                       self.settings.metrics_port)
+                self.metrics_port = self.metrics.serve(host, self.settings.metrics_port)
             except OSError as exc:
                 self.server.stop(None)
-                raise OSError(f"cannot serve metrics on {self.settings.host}:"
-                              f"{self.settings.metrics_port} (--metrics-port, "
+                raise OSError(f"cannot serve metrics on {host}:{self.settings.metrics_port} "
+                              f"(--metrics-host, --metrics-port; HPARAMREC_METRICS_HOST, "
                               f"HPARAMREC_METRICS_PORT): {exc.strerror or exc}") from None
         for tenant in self.store.tenants():  # learn from what is already stored, in the background
             self.registry.schedule_refit(tenant)
         self.refit_poller.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    @property
+    def metrics_host(self) -> str:
+        return self.settings.host if self.settings.metrics_host is None else self.settings.metrics_host
 
     def _database_reachable(self, reachable: bool) -> None:
         """Health follows the database: NOT_SERVING while it is out of reach, so probes and load
@@ -197,9 +201,11 @@ def serve(settings: Settings) -> None:
     service = Service(settings)
     service.start()
     gc.freeze()  # the start-up heap (modules, laws, models) is never garbage: spare the collector
-    log.info("hparamrec listening on %s:%d (metrics on %s), database %s, auth %s",
-             settings.host, service.port, service.metrics_port or "no port",
-             _redacted(settings.database_url), "off" if settings.auth_disabled else "on")
+    metrics = (f"{service.metrics_host}:{service.metrics_port}" if service.metrics_port
+               else "no port")
+    log.info("hparamrec listening on %s:%d (metrics on %s), database %s, auth %s, TLS %s",
+             settings.host, service.port, metrics, _redacted(settings.database_url),
+             "off" if settings.auth_disabled else "on", "on" if settings.tls_cert_file else "off")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

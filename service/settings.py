@@ -47,8 +47,11 @@ class Settings(BaseSettings):
     # not plaintext).
     tls_cert_file: str | None = None
     tls_key_file: str | None = Field(default=None, validate_default=True)
-    # Prometheus metrics on their own port (0 picks a free one; None switches them off).
+    # Prometheus metrics on their own port (0 picks a free one; None switches them off), on
+    # metrics_host (default: host's). They name tenants and are not authenticated: a replica
+    # listening on all interfaces can keep them on a private one.
     metrics_port: int | None = Field(default=9464, ge=0, le=65535)
+    metrics_host: str | None = None
     log_format: Literal["json", "text"] = "json"
     # One log line per call (method, status, milliseconds); failed calls are logged anyway.
     # Off by default: at thousands of calls per second it costs a share of the one core Python

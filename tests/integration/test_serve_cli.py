@@ -157,8 +157,8 @@ def test_serve_names_the_metrics_port_in_use(tmp_path):
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(
-        f"error: cannot serve metrics on 127.0.0.1:{port} (--metrics-port, "
-        "HPARAMREC_METRICS_PORT): ")
+        f"error: cannot serve metrics on 127.0.0.1:{port} (--metrics-host, --metrics-port; "
+        "HPARAMREC_METRICS_HOST, HPARAMREC_METRICS_PORT): ")
 
 
 def test_serve_refuses_a_port_already_in_use(tmp_path):
@@ -213,3 +213,21 @@ def test_keys_create_refuses_a_long_or_multiline_label(tmp_path, label):
         assert store.keys.create("t", "é" * 200)[1].label == "é" * 200
     finally:
         store.close()
+
+
+def test_metrics_can_listen_on_another_address_than_the_calls(tmp_path):
+    """A replica serving calls on all interfaces keeps its metrics, which name tenants, on a
+    private address."""
+    import urllib.error
+    import urllib.request
+
+    from tests.integration.in_process_server import running_service
+
+    with running_service(f"sqlite:///{tmp_path / 'm.db'}", host="127.0.0.1",
+                         metrics_port=0, metrics_host="127.0.0.2") as svc:
+        assert svc.metrics_host == "127.0.0.2"
+        text = urllib.request.urlopen(f"http://127.0.0.2:{svc.metrics_port}/metrics",
+                                      timeout=5).read().decode()
+        assert "hparamrec_refits_pending" in text
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{svc.metrics_port}/metrics", timeout=5)
