@@ -2,6 +2,7 @@
 import, keys, backtest."""
 
 import sys
+from datetime import UTC, datetime
 
 import click
 
@@ -29,18 +30,29 @@ def import_runs(db, file_format, tenant, as_json, file) -> None:
     counter = _stderr_row_counter()
     try:
         result = import_file(store, tenant, file, file_format, progress=counter)
+        unread = _unread_tenant(store, tenant)
     except InvalidArgument as exc:
         raise CliError(f"{file}: {exc}") from None
     finally:
         store.close()
         if counter:
             click.echo("\r\033[K", err=True, nl=False)  # erase the counter
+    if unread:
+        click.echo(f"note: the runs are in tenant {tenant}, which no active API key reads; "
+                   "give --tenant to import them for a team", err=True)
     if as_json:
         print_json(result.as_dict())
     else:
         runs = "run" if result.read == 1 else "runs"
         click.echo(f"read {result.read} {runs} ({result.diverged} diverged): {result.added} added, "
                    f"{result.already_stored} already stored")
+
+
+def _unread_tenant(store, tenant: str) -> bool:
+    """Whether keys are in use but none is the tenant's: runs imported there (`--tenant`
+    forgotten, say) reach only servers without authentication."""
+    active = {k.tenant for k in store.keys.list() if k.revoked_at is None}
+    return bool(active) and tenant not in active
 
 
 @click.group()
@@ -105,6 +117,7 @@ def keys_revoke(db, key_id, as_json) -> None:
     from benchmark_db.errors import NotFound
 
     store = open_store(db, must_exist=True)
+    asked = datetime.now(UTC)
     try:
         info = store.keys.revoke(key_id)
     except NotFound as exc:
@@ -115,7 +128,8 @@ def keys_revoke(db, key_id, as_json) -> None:
         print_json({"key_id": info.key_id, "tenant": info.tenant, "label": info.label,
                      "revoked_at": info.revoked_at.isoformat()})
     else:
-        click.echo(f"revoked {info.key_id} (tenant {info.tenant})")
+        when = "" if info.revoked_at >= asked else f" already, at {info.revoked_at:%Y-%m-%d %H:%M} UTC"
+        click.echo(f"revoked {info.key_id} (tenant {info.tenant}){when}")
 
 
 @click.command()

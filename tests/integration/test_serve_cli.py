@@ -78,13 +78,34 @@ def test_keys_lifecycle_through_the_cli(tmp_path):
         listed = json.loads(cli("keys", "list", "--db", db, "--json").stdout)["keys"]
         assert [(k["key_id"], k["tenant"], k["revoked_at"]) for k in listed] == [(key_id, "team-a", None)]
         assert key not in json.dumps(listed)
-        assert cli("keys", "revoke", "--db", db, key_id).returncode == 0
+        revoked = cli("keys", "revoke", "--db", db, key_id)
+        assert revoked.returncode == 0 and revoked.stdout == f"revoked {key_id} (tenant team-a)\n"
+        again = cli("keys", "revoke", "--db", db, key_id)
+        assert again.returncode == 0 and f"revoked {key_id} (tenant team-a) already, at " in again.stdout
         with Client(target, api_key=key, retries=0) as client:
             with pytest.raises(UnauthenticatedError):
                 client.recommend(spec(n_params=1e9, n_tokens=2e10))
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
+
+
+def test_an_import_into_a_tenant_no_key_reads_says_so(tmp_path):
+    """Keys are in use and --tenant was forgotten: the runs went to `default`, which only
+    servers without authentication read."""
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text(json.dumps({"n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3,
+                                "batch_size_tokens": 1048576, "weight_decay": 0.1,
+                                "final_loss": 2.5}) + "\n")
+    quiet = cli("import", "--db", db, "--format", "jsonl", str(runs))
+    assert quiet.returncode == 0 and "no active API key" not in quiet.stderr  # no keys in use
+    assert cli("keys", "create", "--db", db, "--tenant", "team-a").returncode == 0
+    forgot = cli("import", "--db", db, "--format", "jsonl", str(runs))
+    assert forgot.returncode == 0
+    assert "note: the runs are in tenant default, which no active API key reads" in forgot.stderr
+    meant = cli("import", "--db", db, "--format", "jsonl", "--tenant", "team-a", str(runs))
+    assert meant.returncode == 0 and "no active API key" not in meant.stderr
 
 
 def test_keys_revoke_unknown_id_exits_4(tmp_path):
