@@ -3,6 +3,7 @@
 
 import hashlib
 import hmac
+import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
@@ -35,6 +36,14 @@ class ApiKeyInfo:
     label: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+def key_id_of(key: str) -> str | None:
+    """The key's public id, if it has the shape of a key (for logs: never the secret)."""
+    parts = key.split("_", 2)
+    if len(parts) == 3 and parts[0] == KEY_PREFIX and re.fullmatch(r"[0-9a-f]{12}", parts[1]):
+        return parts[1]
+    return None
 
 
 def _hash(key: str) -> str:

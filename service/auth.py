@@ -8,8 +8,9 @@ import socket
 
 import grpc
 
-from benchmark_db.keys import KeyStore
+from benchmark_db.keys import KeyStore, key_id_of
 from benchmark_db.store import DEFAULT_TENANT
+from service.observability import note_caller
 
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant")
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -58,6 +59,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         key = api_key_from(context.invocation_metadata())
         if self.keys is None:
             if key is not None:
+                note_caller(key=key_id_of(key) or "malformed")
                 context.abort(grpc.StatusCode.UNAUTHENTICATED,
                               "this server runs without authentication (--no-auth): the API key "
                               "sent would be ignored and the call act on the tenant every caller "
@@ -65,8 +67,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return DEFAULT_TENANT
         tenant = self.keys.tenant_for(key) if key else None
         if tenant is None:
+            if key:  # an operator can trace a revoked key still in use to its id
+                note_caller(key=key_id_of(key) or "malformed")
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "missing API key" if not key else "invalid or revoked API key")
+        note_caller(tenant=tenant)
         return tenant
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from predictor.registry import RefitStatus
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_caller: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("caller")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 
@@ -95,6 +96,8 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             request_id = (dict(context.invocation_metadata()).get("x-request-id")
                           or uuid.uuid4().hex[:16])[:64]
             token = _request_id.set(request_id)
+            caller: dict[str, str] = {}
+            caller_token = _caller.set(caller)
             context.set_trailing_metadata(request_id_metadata())
             started = time.perf_counter()
             code = grpc.StatusCode.OK
@@ -116,10 +119,19 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 self.metrics.requests.labels(method, code.name).inc()
                 self.metrics.latency.labels(method).observe(elapsed)
                 level = self.ok_level if code is grpc.StatusCode.OK else logging.WARNING
-                self.log.log(level, "%s %s in %.1f ms", method, code.name, 1000 * elapsed)
+                who = "".join(f", {name} {value}" for name, value in caller.items())
+                self.log.log(level, "%s %s in %.1f ms%s", method, code.name, 1000 * elapsed, who)
+                _caller.reset(caller_token)
                 _request_id.reset(token)
 
         return handler._replace(unary_unary=observed)
+
+
+def note_caller(**fields: str) -> None:
+    """Who the current call is (its tenant, or the id of a key refused), for its log line."""
+    caller = _caller.get(None)
+    if caller is not None:
+        caller.update(fields)
 
 
 def request_id_metadata() -> tuple[tuple[str, str], ...]:

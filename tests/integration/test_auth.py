@@ -91,6 +91,31 @@ def test_revoked_key_stops_working_at_once(secured, keys):
             alice.list_runs()
 
 
+def test_failed_calls_are_logged_with_the_tenant_or_the_refused_keys_id(secured, keys, caplog):
+    """An operator can tell whose calls fail, and trace a revoked key still in use, from the
+    logs, which never hold a key's secret."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="hparamrec.rpc")
+    key_id = keys["alice"].split("_")[1]
+    with Client(secured, api_key=keys["alice"], retries=0) as alice:
+        with pytest.raises(NotFoundError):
+            alice.get_run("nope")
+        keys["store"].keys.revoke(key_id)
+        with pytest.raises(UnauthenticatedError):
+            alice.list_runs()
+    with Client(secured, api_key="hpr_x_y", retries=0) as junk:
+        with pytest.raises(UnauthenticatedError):
+            junk.list_runs()
+    lines = [r.getMessage() for r in caplog.records if r.name == "hparamrec.rpc"]
+    assert any(line.startswith("GetRun NOT_FOUND") and line.endswith(", tenant alice")
+               for line in lines)
+    assert any(line.startswith("ListRuns UNAUTHENTICATED") and line.endswith(f", key {key_id}")
+               for line in lines)
+    assert any(line.endswith(", key malformed") for line in lines)
+    assert not any(keys["alice"].split("_", 2)[2] in line for line in lines)
+
+
 def test_key_metadata_header_forms(secured, keys):
     from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
