@@ -53,3 +53,12 @@ def warning_fit(kind, runs):
 
     warnings.warn("a degenerate fit", RuntimeWarning)
     return fit_predictor(kind, runs)
+
+
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit may wait for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -10,7 +10,8 @@ from predictor.fit_worker import FitAbandoned, FitFailed, FitWorker
 from predictor.predictors import fit_predictor
 from predictor.table import RunTable
 from tests.factories import make_report
-from tests.integration.blocking_fit import BlockingFit, dying_fit, failing_fit, warning_fit
+from tests.integration.blocking_fit import (BlockingFit, dying_fit, failing_fit, process_running,
+                                           warning_fit)
 
 pytestmark = pytest.mark.integration
 
@@ -105,19 +106,11 @@ def test_the_child_of_a_killed_server_stops_its_fit(tmp_path):
     server = subprocess.Popen([sys.executable, "-c", KILLED_SERVER, str(tmp_path)],
                               stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     child = int(server.stdout.readline())
-    assert _running(child)
+    assert process_running(child)
     server.send_signal(signal.SIGKILL)
     server.wait()
     deadline = time.monotonic() + 10
-    while _running(child) and time.monotonic() < deadline:
+    while process_running(child) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _running(child)
+    assert not process_running(child)
 
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's exit may wait for a reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

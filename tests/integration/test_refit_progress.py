@@ -6,12 +6,13 @@ import logging
 import os
 import time
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 
 from clients import Client
 from tests.factories import client_report
-from tests.integration.blocking_fit import BlockingFit
+from tests.integration.blocking_fit import BlockingFit, process_running
 from tests.integration.in_process_server import running_service
 
 pytestmark = pytest.mark.integration
@@ -30,22 +31,29 @@ def slow_fit(tmp_path):
     fit.release()
 
 
-def test_metrics_show_a_refit_in_progress_and_the_models_age(tmp_path, slow_fit):
-    with running_service(f"sqlite:///{tmp_path / 'r.db'}", metrics_port=0, predictor="prior",
-                         refit_debounce_seconds=0, refit_poll_seconds=0) as svc:
+@contextmanager
+def a_refit_in_progress(tmp_path, slow_fit, **settings):
+    """A server and a client, the refit the client's report started blocked until released."""
+    with running_service(f"sqlite:///{tmp_path / 'r.db'}", predictor="prior",
+                         refit_debounce_seconds=0, refit_poll_seconds=0, **settings) as svc:
         svc.registry.fitter = slow_fit.fitter()
         with Client(f"127.0.0.1:{svc.port}") as client:
             client.report_run(client_report("a"))
             assert slow_fit.wait_started(30)
-            time.sleep(0.3)
-            during = scrape(svc.metrics_port)
-            assert during["hparamrec_refit_running_seconds"] >= 0.3
-            svc.registry.schedule_refit("default")  # a report arriving meanwhile
-            assert scrape(svc.metrics_port)["hparamrec_refits_pending"] == 1
-            assert not any(k.startswith("hparamrec_model_fitted_timestamp") for k in during)
-            slow_fit.release()
-            assert svc.registry.wait_idle(10)
-            after = scrape(svc.metrics_port)
+            yield svc, client
+
+
+def test_metrics_show_a_refit_in_progress_and_the_models_age(tmp_path, slow_fit):
+    with a_refit_in_progress(tmp_path, slow_fit, metrics_port=0) as (svc, _):
+        time.sleep(0.3)
+        during = scrape(svc.metrics_port)
+        assert during["hparamrec_refit_running_seconds"] >= 0.3
+        svc.registry.schedule_refit("default")  # a report arriving meanwhile
+        assert scrape(svc.metrics_port)["hparamrec_refits_pending"] == 1
+        assert not any(k.startswith("hparamrec_model_fitted_timestamp") for k in during)
+        slow_fit.release()
+        assert svc.registry.wait_idle(10)
+        after = scrape(svc.metrics_port)
     assert after["hparamrec_refit_running_seconds"] == 0
     assert after["hparamrec_refits_pending"] == 0
     fitted = after['hparamrec_model_fitted_timestamp_seconds{tenant="default"}']
@@ -53,42 +61,25 @@ def test_metrics_show_a_refit_in_progress_and_the_models_age(tmp_path, slow_fit)
 
 
 def test_the_refit_runs_in_its_own_process_and_the_server_answers_meanwhile(tmp_path, slow_fit):
-    with running_service(f"sqlite:///{tmp_path / 'r.db'}", predictor="prior",
-                         refit_debounce_seconds=0, refit_poll_seconds=0) as svc:
-        svc.registry.fitter = slow_fit.fitter()
-        with Client(f"127.0.0.1:{svc.port}") as client:
-            client.report_run(client_report("a"))
-            assert slow_fit.wait_started(30)
-            child = svc.registry.fit_worker_pid
-            assert child is not None and child != os.getpid()
-            answered = time.monotonic()
-            client.recommend({"n_params": 1e9, "n_tokens": 2e10})
-            assert time.monotonic() - answered < 2
-            slow_fit.release()
-            assert svc.registry.wait_idle(30)
-            assert svc.registry.get("default") is not None  # the child's model, swapped in
-            assert svc.registry.fit_worker_pid == child  # kept for the next refit
+    with a_refit_in_progress(tmp_path, slow_fit) as (svc, client):
+        child = svc.registry.fit_worker_pid
+        assert child is not None and child != os.getpid()
+        answered = time.monotonic()
+        client.recommend({"n_params": 1e9, "n_tokens": 2e10})
+        assert time.monotonic() - answered < 2
+        slow_fit.release()
+        assert svc.registry.wait_idle(30)
+        assert svc.registry.get("default") is not None  # the child's model, swapped in
+        assert svc.registry.fit_worker_pid == child  # kept for the next refit
 
 
 def test_shutdown_stops_a_refit_in_progress(tmp_path, slow_fit, caplog):
     caplog.set_level(logging.INFO, logger="predictor.registry")
-    with running_service(f"sqlite:///{tmp_path / 'r.db'}", predictor="prior", grace=1,
-                         refit_debounce_seconds=0, refit_poll_seconds=0) as svc:
-        svc.registry.fitter = slow_fit.fitter()
-        with Client(f"127.0.0.1:{svc.port}") as client:
-            client.report_run(client_report("a"))
-        assert slow_fit.wait_started(30)
+    with a_refit_in_progress(tmp_path, slow_fit, grace=1) as (svc, _):
         child = svc.registry.fit_worker_pid
         stopping = time.monotonic()
     took = time.monotonic() - stopping  # the fit still blocks: stop() ended its process
     assert took < 5
-    assert not _alive(child)
+    assert not process_running(child)
     assert any("stopped the refit of tenant default" in r.getMessage() for r in caplog.records)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
