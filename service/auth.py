@@ -59,7 +59,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         key = api_key_from(context.invocation_metadata())
         if self.keys is None:
             if key is not None:
-                note_caller(key=key_id_of(key) or "malformed")
+                _note_refused(key)
                 context.abort(grpc.StatusCode.UNAUTHENTICATED,
                               "this server runs without authentication (--no-auth): the API key "
                               "sent would be ignored and the call act on the tenant every caller "
@@ -67,12 +67,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return DEFAULT_TENANT
         tenant = self.keys.tenant_for(key) if key else None
         if tenant is None:
-            if key:  # an operator can trace a revoked key still in use to its id
-                note_caller(key=key_id_of(key) or "malformed")
+            if key:
+                _note_refused(key)
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "missing API key" if not key else "invalid or revoked API key")
         note_caller(tenant=tenant)
         return tenant
+
+
+def _note_refused(key: str) -> None:
+    """The refused key's id in the call's log line: an operator can trace a revoked key still
+    in use (never the secret)."""
+    note_caller(key=key_id_of(key) or "malformed")
 
 
 def _refused(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -106,7 +106,8 @@ class Service:
 
     @property
     def metrics_host(self) -> str:
-        return self.settings.host if self.settings.metrics_host is None else self.settings.metrics_host
+        host = self.settings.metrics_host
+        return self.settings.host if host is None else host
 
     def _database_reachable(self, reachable: bool) -> None:
         """Health follows the database: NOT_SERVING while it is out of reach, so probes and load
