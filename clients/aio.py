@@ -9,13 +9,15 @@ Create it inside the event loop that uses it.
 """
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
 from clients import convert
-from clients.client import (RETRYABLE, Settings, backoff, heartbeat_request, list_runs_request,
-                            page_of, predict_loss_request, recommend_request, report_request)
+from clients.client import (CHANNEL_OPTIONS, Settings, heartbeat_request, list_runs_request,
+                            page_of, predict_loss_request, recommend_request, report_request,
+                            retry_wait)
 from clients.errors import from_rpc_error
 from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
                             Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
@@ -34,9 +36,10 @@ class AsyncClient:
         self.timeout = timeout
         self.retries = retries
         if self.settings.tls:
-            self._channel = grpc.aio.secure_channel(self.target, self.settings.credentials())
+            self._channel = grpc.aio.secure_channel(self.target, self.settings.credentials(),
+                                                    CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            self._channel = grpc.aio.insecure_channel(self.target, CHANNEL_OPTIONS)
         self.stub = pb_grpc.RecommenderServiceStub(self._channel)
 
     async def __aenter__(self) -> "AsyncClient":
@@ -57,8 +60,10 @@ class AsyncClient:
         return convert.from_proto(response.recommendation)
 
     async def report_run(self, report: RunReport | dict | pb.ReportRunRequest | None = None, /, *,
-                         timeout: float | None = None, **fields) -> ReportResult:
-        response = await self._call(self.stub.ReportRun, report_request(report, fields), timeout)
+                         timeout: float | None = None, patience: float | None = None,
+                         **fields) -> ReportResult:
+        response = await self._call(self.stub.ReportRun, report_request(report, fields), timeout,
+                                    patience)
         return convert.from_proto(response)
 
     async def list_runs(self, page_size: int = 100, page_token: str = "", *,
@@ -105,12 +110,16 @@ class AsyncClient:
         response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), None)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
-    async def _call(self, method, request, timeout: float | None):
+    async def _call(self, method, request, timeout: float | None, patience: float | None = None):
         timeout = self.timeout if timeout is None else timeout
-        for attempt in range(self.retries + 1):
+        started, attempt = time.monotonic(), 0
+        while True:
             try:
                 return await method(request, timeout=timeout, metadata=self.settings.metadata)
             except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE or attempt == self.retries:
+                wait = retry_wait(error.code(), attempt, self.retries, patience,
+                                  time.monotonic() - started)
+                if wait is None:
                     raise from_rpc_error(error, self.target, timeout) from None
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(wait)
+                attempt += 1

@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -16,7 +17,7 @@ from clients.cli_admin import backtest, import_runs, keys
 from clients.cli_options import (QUANTITY, CliError, check_out, client_options, given_run_id,
                                  database_errors, json_option, metadata_of, pin_options, pins_of,
                                  print_json, spec_filter_of, spec_of, spec_options, to_dict)
-from clients.errors import HparamrecError
+from clients.errors import HparamrecError, InvalidArgumentError
 
 # click >= 8.2 raises it for a group called with no arguments (older versions print the help).
 NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -164,6 +165,50 @@ def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, fa
         click.echo(f"run {response.run.run_id} {verb}")
     for warning in response.warnings:  # e.g. a run_id stored before with other values
         click.echo(f"warning: {warning}", err=True)
+
+@app.command("send-unsent")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@client_options
+@json_option(help='Print {"sent": [{"file": ..., "run_id": ..., "created": ...}], '
+                  '"kept": [{"file": ..., "reason": ...}]}.')
+def send_unsent(paths, client, as_json) -> None:
+    """Send the reports the integrations saved when the service was unreachable (PATHS: files
+    or directories of them; default $HPARAMREC_UNSENT_DIR, else ~/.cache/hparamrec/unsent).
+    Each file is removed once the service has the run as reported; a report it refuses, or
+    holds under its run_id with other values, is kept and said (exit code 1). Sending one
+    again is safe."""
+    from clients import unsent
+
+    if not paths:
+        directory = unsent.unsent_dir()
+        paths = (directory,) if directory.is_dir() else ()
+    files = unsent.saved_in(list(paths))
+    sent, kept = [], []
+    with client() as c:
+        for path in files:
+            try:
+                response = c.report_run(unsent.load(path))
+            except (ValueError, InvalidArgumentError) as exc:  # this file, not the service
+                kept.append({"file": str(path), "reason": str(exc)})
+                continue
+            if response.warnings:  # its run_id stored before with other values
+                kept.append({"file": str(path), "reason": "; ".join(response.warnings)})
+                continue
+            path.unlink()
+            sent.append({"file": str(path), "run_id": response.run.run_id,
+                         "created": response.created})
+    if as_json:
+        print_json({"sent": sent, "kept": kept})
+    else:
+        for item in sent:
+            verb = "stored" if item["created"] else "already stored"
+            click.echo(f"run {item['run_id']} {verb} ({Path(item['file']).name} removed)")
+        for item in kept:
+            click.echo(f"{item['file']}: kept: {item['reason']}", err=True)
+        click.echo(f"{len(sent)} of {len(files)} saved reports sent")
+    if kept:
+        raise CliError(f"{len(kept)} saved report(s) kept: see above", 1)
+
 
 @app.command()
 @click.option("--trial-id", required=True, help="The explore trial whose run is still going "

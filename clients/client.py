@@ -30,6 +30,17 @@ from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# A report given a patience is retried until it runs out, after a passed deadline too: a run_id
+# is stored once, so a report sent twice is harmless, and a report not sent is a run lost.
+PATIENT_RETRYABLE = RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
+PATIENT_BACKOFF_CAP = 5.0  # seconds between attempts, at most
+# gRPC waits longer and longer between attempts to reconnect (up to 120 s), and the channels of
+# a process share that wait: after a 52 s outage, calls still failed 14 s after the service was
+# back. Attempts every 0.5-5 s, on a connection of the client's own.
+CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 500),
+                   ("grpc.min_reconnect_backoff_ms", 500),
+                   ("grpc.max_reconnect_backoff_ms", 5000),
+                   ("grpc.use_local_subchannel_pool", 1))
 
 
 # gRPC's own target forms (unix:/run/x.sock, dns:///host:port, ...) are passed through as given.
@@ -118,9 +129,20 @@ class Settings:
         return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
 
 
-def backoff(attempt: int) -> float:
-    """Seconds to wait before retry number attempt + 1: 0.1, 0.2, 0.4, ... capped at 2, +-50%."""
-    return min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
+def backoff(attempt: int, cap: float = 2.0) -> float:
+    """Seconds to wait before retry number attempt + 1: 0.1, 0.2, 0.4, ... capped, +-50%."""
+    return min(cap, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
+
+
+def retry_wait(code: grpc.StatusCode, attempt: int, retries: int, patience: float | None,
+               elapsed: float) -> float | None:
+    """Seconds to wait before the next attempt of a call that failed with `code`, or None to
+    give up: UNAVAILABLE is retried `retries` times; with a patience (reports), UNAVAILABLE and
+    a passed deadline until `patience` seconds have gone by since the first attempt."""
+    if patience is None:
+        return backoff(attempt) if code in RETRYABLE and attempt < retries else None
+    wait = backoff(attempt, PATIENT_BACKOFF_CAP)
+    return wait if code in PATIENT_RETRYABLE and elapsed + wait <= patience else None
 
 
 # Requests and responses, shared by Client and AsyncClient.
@@ -198,9 +220,10 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         if self.settings.tls:
-            self._channel = grpc.secure_channel(self.target, self.settings.credentials())
+            self._channel = grpc.secure_channel(self.target, self.settings.credentials(),
+                                                CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.insecure_channel(self.target)
+            self._channel = grpc.insecure_channel(self.target, CHANNEL_OPTIONS)
         self.stub = pb_grpc.RecommenderServiceStub(self._channel)
 
     def __enter__(self) -> "Client":
@@ -224,11 +247,15 @@ class Client:
         return convert.from_proto(response.recommendation)
 
     def report_run(self, report: RunReport | dict | pb.ReportRunRequest | None = None, /, *,
-                   timeout: float | None = None, **fields) -> ReportResult:
+                   timeout: float | None = None, patience: float | None = None,
+                   **fields) -> ReportResult:
         """Stores a finished, diverged or failed run: report_run(RunReport(...)) or
         report_run(spec=..., hyperparameters=..., outcome=RunOutcome.completed(2.41), run_id=...).
-        Re-sending a run_id stores nothing new (`created` is then False)."""
-        response = self._call(self.stub.ReportRun, report_request(report, fields), timeout)
+        Re-sending a run_id stores nothing new (`created` is then False). patience: keep trying
+        for up to this many seconds while the service is unreachable or slow (see retry_wait),
+        e.g. through a restart; default: `retries` attempts, as any call."""
+        response = self._call(self.stub.ReportRun, report_request(report, fields), timeout,
+                              patience)
         return convert.from_proto(response)
 
     def list_runs(self, page_size: int = 100, page_token: str = "", *,
@@ -288,12 +315,16 @@ class Client:
         response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), None)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
-    def _call(self, method, request, timeout: float | None):
+    def _call(self, method, request, timeout: float | None, patience: float | None = None):
         timeout = self.timeout if timeout is None else timeout
-        for attempt in range(self.retries + 1):
+        started, attempt = time.monotonic(), 0
+        while True:
             try:
                 return method(request, timeout=timeout, metadata=self.settings.metadata)
             except grpc.RpcError as error:
-                if error.code() not in RETRYABLE or attempt == self.retries:
+                wait = retry_wait(error.code(), attempt, self.retries, patience,
+                                  time.monotonic() - started)
+                if wait is None:
                     raise from_rpc_error(error, self.target, timeout) from None
-                time.sleep(backoff(attempt))
+                time.sleep(wait)
+                attempt += 1

@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def unsent_reports_in_the_test_directory(tmp_path, monkeypatch):
+    """A report the integrations cannot send is saved to $HPARAMREC_UNSENT_DIR: never the
+    user's ~/.cache in a test."""
+    monkeypatch.setenv("HPARAMREC_UNSENT_DIR", str(tmp_path / "unsent"))
+
 
 @pytest.fixture(scope="session")
 def postgres_url():

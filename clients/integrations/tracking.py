@@ -32,9 +32,12 @@ out while the service was unreachable) is logged once and sent no more heartbeat
 still stored, and joins the study as a configuration of its own.
 
 The run is reported once, with a run_id fixed when the run is created (given, else
-$HPARAMREC_RUN_ID, else random), so retries and repeated reports cannot store it twice. A
-failure to report is logged with the report's JSON and never raised: the training run matters
-more than its record.
+$HPARAMREC_RUN_ID, else random), so retries and repeated reports cannot store it twice. While
+the service is unreachable (a restart, a failover) the report keeps trying for
+`report_patience_seconds` (default 300); past that it is saved to a file (clients/unsent.py:
+$HPARAMREC_UNSENT_DIR, else ~/.cache/hparamrec/unsent) that `hparamrec send-unsent` sends
+later. A failure to report is logged (a report the service refused, with its JSON) and never
+raised: the training run matters more than its record.
 """
 
 import logging
@@ -45,10 +48,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from clients import convert
+from clients import convert, unsent
 from clients.client import Client
-from clients.errors import HparamrecError, UnimplementedError
+from clients.errors import (DeadlineExceededError, HparamrecError, UnavailableError,
+                            UnimplementedError)
 from clients.integrations.distributed import ProcessGroup, from_rank_zero, torch_process_group
 from clients.integrations.final_loss import FINAL_LOSS_COUNT, FINAL_LOSS_WINDOW, FinalLoss
 from clients.models import (HeartbeatResult, Hyperparameters, Mode, Pins, Recommendation,
@@ -74,6 +79,10 @@ HEARTBEAT_SECONDS = 600.0
 # The deadline of each heartbeat attempt: an unreachable service stalls training this long at
 # most (times the client's attempts) once per heartbeat_seconds.
 HEARTBEAT_TIMEOUT_SECONDS = 5.0
+# How long the report at a run's end keeps trying while the service is unreachable: a restart
+# takes seconds, a deploy or a database failover a minute or two. Past it, the report is saved
+# for `hparamrec send-unsent` and the job ends.
+REPORT_PATIENCE_SECONDS = 300.0
 
 
 def peak_lr(param_groups) -> float:
@@ -127,6 +136,8 @@ class TrackedRun:
     final_loss_count: if losses are logged without steps, the mean of the last this many.
     heartbeat_seconds: with an explore trial, log() sends a heartbeat at most this often, so
         the trial does not time out while the run goes on (0: never).
+    report_patience_seconds: how long the report keeps trying while the service is unreachable
+        before it is saved to unsent_dir (default: clients.unsent.unsent_dir()).
     """
 
     def __init__(self, spec: TrainingSpec | dict, *, hyperparameters: Hyperparameters | dict | None = None,
@@ -137,7 +148,9 @@ class TrackedRun:
                  mode: str = "exploit",
                  final_loss_window: float = FINAL_LOSS_WINDOW,
                  final_loss_count: int = FINAL_LOSS_COUNT,
-                 heartbeat_seconds: float = HEARTBEAT_SECONDS):
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS,
+                 report_patience_seconds: float = REPORT_PATIENCE_SECONDS,
+                 unsent_dir: str | Path | None = None):
         self.spec = convert.coerce(spec, TrainingSpec)
         self.pins = convert.coerce(pins, Pins) if pins is not None else Pins()
         self.hyperparameters = (convert.coerce(hyperparameters, Hyperparameters)
@@ -159,6 +172,11 @@ class TrackedRun:
         if not heartbeat_seconds >= 0:
             raise ValueError(f"heartbeat_seconds must be >= 0, not {heartbeat_seconds!r}")
         self.heartbeat_seconds = float(heartbeat_seconds)
+        if not report_patience_seconds >= 0:
+            raise ValueError(f"report_patience_seconds must be >= 0, not {report_patience_seconds!r}")
+        self.report_patience_seconds = float(report_patience_seconds)
+        self.unsent_dir = unsent_dir
+        self.unsent_path: Path | None = None  # where the report was saved, if it could not be sent
         # The trial's state as the last heartbeat found it (None: none answered yet).
         self.trial_state: TrialState | None = None
         self._next_heartbeat: float | None = None  # time.monotonic() when due; None: never
@@ -341,7 +359,9 @@ class TrackedRun:
             recommendation_id=self.recommendation.recommendation_id if self.recommendation else "",
             trial_id=self.recommendation.trial_id if self.recommendation else "")
         try:
-            self.report = self.client.report_run(report)
+            self.report = self.client.report_run(report, patience=self.report_patience_seconds)
+        except (UnavailableError, DeadlineExceededError) as error:
+            self._save_unsent(report, error)
         except HparamrecError as error:
             log.warning("hparamrec: could not report run %s (%s); the report was: %s",
                         self.run_id, error, convert.as_json(report, indent=None))
@@ -354,6 +374,18 @@ class TrackedRun:
                             "this report (%s) was not stored; give each run its own run_id",
                             self.run_id, stored.status.value, outcome.status.value)
         return self._close()
+
+    def _save_unsent(self, report: RunReport, error: HparamrecError) -> None:
+        try:
+            self.unsent_path = unsent.save(report, self.unsent_dir)
+        except OSError as exc:
+            log.warning("hparamrec: could not report run %s (%s) nor save the report (%s); the "
+                        "report was: %s", self.run_id, error, exc,
+                        convert.as_json(report, indent=None))
+            return
+        log.warning("hparamrec: could not report run %s for %.0f s (%s); saved the report to %s: "
+                    "`hparamrec send-unsent` sends it", self.run_id, self.report_patience_seconds,
+                    error, self.unsent_path)
 
     def fail(self, error: BaseException | None = None) -> ReportResult | None:
         """Reports the run after an exception: diverged, at its last loss, for a numerical one

@@ -2,6 +2,7 @@
 gRPC server whose servicer misbehaves on purpose."""
 
 import asyncio
+import socket
 import threading
 import time
 from concurrent import futures
@@ -126,8 +127,9 @@ def test_async_client_makes_the_same_calls(target):
 # Retries and deadlines: a real gRPC server whose ReportRun fails or stalls on purpose.
 
 class Misbehaving(pb_grpc.RecommenderServiceServicer):
-    def __init__(self, unavailable_times=0, delay=0.0):
+    def __init__(self, unavailable_times=0, delay=0.0, slow_times=None):
         self.unavailable_times, self.delay = unavailable_times, delay
+        self.slow_times = slow_times  # attempts that take `delay` (default: all)
         self.run_ids = []
         self.lock = threading.Lock()
 
@@ -137,7 +139,8 @@ class Misbehaving(pb_grpc.RecommenderServiceServicer):
             attempt = len(self.run_ids)
         if attempt <= self.unavailable_times:
             context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
-        time.sleep(self.delay)
+        if self.slow_times is None or attempt <= self.unavailable_times + self.slow_times:
+            time.sleep(self.delay)
         return pb.ReportRunResponse(run=pb.Run(run_id=request.run_id), created=True)
 
 
@@ -196,6 +199,44 @@ def test_deadline_exceeded(misbehaving):
             client.report_run(REPORT)
         assert time.monotonic() - start < 0.9
         assert client.report_run(REPORT, timeout=5).created  # a per-call deadline wins
+
+
+def test_a_patient_report_waits_for_a_service_that_is_not_up_yet():
+    """A report sent while the service restarts: nothing listens for 3 s, then it answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    servicer, server = Misbehaving(), grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    later = threading.Timer(3.0, server.start)
+    later.start()
+    try:
+        with Client(f"127.0.0.1:{port}", retries=0) as client:
+            started = time.monotonic()
+            assert client.report_run(REPORT, patience=30).created
+            assert 3.0 <= time.monotonic() - started < 10
+    finally:
+        later.join()
+        server.stop(0)
+    assert len(servicer.run_ids) == 1
+
+
+def test_a_patient_report_is_retried_after_a_passed_deadline(misbehaving):
+    servicer = Misbehaving(delay=1.0, slow_times=2)  # two slow answers, then quick ones
+    with Client(misbehaving(servicer), timeout=0.3, retries=0) as client:
+        assert client.report_run(REPORT, patience=20).created
+    assert len(servicer.run_ids) == 3 and len(set(servicer.run_ids)) == 1
+
+
+def test_a_patient_report_gives_up_once_its_patience_is_spent(misbehaving):
+    servicer = Misbehaving(unavailable_times=1000)
+    with Client(misbehaving(servicer), retries=0) as client:
+        started = time.monotonic()
+        with pytest.raises(UnavailableError):
+            client.report_run(REPORT, patience=2.0)
+        assert 1.0 < time.monotonic() - started <= 2.5
+    assert len(servicer.run_ids) > 3
 
 
 def test_target_and_key_from_the_environment(monkeypatch, target):

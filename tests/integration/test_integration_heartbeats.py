@@ -129,7 +129,7 @@ def test_an_unreachable_service_does_not_stop_a_beating_run(tmp_path, caplog):
     svc.start()
     caplog.set_level(logging.WARNING, logger="hparamrec.integrations")
     with tracked_run(SPEC, server=f"127.0.0.1:{svc.port}", run_id="orphan", mode="explore",
-                     heartbeat_seconds=0.05) as run:
+                     heartbeat_seconds=0.05, report_patience_seconds=0.5) as run:
         run.client.retries = 0
         svc.stop(grace=0)
         for step in range(1, 5):
@@ -200,7 +200,8 @@ def test_the_lightning_callback_sends_throttled_heartbeats_and_survives_an_outag
 
     caplog.set_level(logging.WARNING, logger="hparamrec.integrations")
     outage = HparamrecLightningCallback(SPEC, server=target, run_id="pl-outage", mode="explore",
-                                        fit_steps_to_tokens=False, heartbeat_seconds=1e-6)
+                                        fit_steps_to_tokens=False, heartbeat_seconds=1e-6,
+                                        report_patience_seconds=0.5)
     fit = trainer(outage, Outage())
     fit.fit(_lightning_module())
     assert fit.global_step == 4 and beats == [outage.run.trial_id]

@@ -5,10 +5,12 @@ makes the loss NaN there, as bad data or a blown-up update would.
 """
 
 import math
+import time
 
 import pytest
 
-from clients import Client, Hyperparameters, RunOutcome, RunStatus, TrialState
+from clients import (Client, Hyperparameters, RunOutcome, RunReport, RunStatus, TrialState,
+                     convert, unsent)
 from clients.integrations import TrackedRun, tracked_run
 
 pytestmark = pytest.mark.integration
@@ -20,6 +22,7 @@ SEQ_LEN = 16
 # it 2 x 4 = 8 (128 tokens) and train ceil(1e4 / 128) = 79 steps.
 SPEC = {"n_params": 2e4, "n_tokens": 1e4, "seq_len": SEQ_LEN}
 MICRO_BATCH = 4
+HP = Hyperparameters(lr=1e-3, batch_size_tokens=64, weight_decay=0.1)
 
 
 def window_mean(losses: list[tuple[int, float]], last_step: int,
@@ -220,13 +223,55 @@ def test_an_explore_run_that_never_trained_leaves_its_trial_to_its_requeued_job(
         assert client.heartbeat(run.trial_id).state is TrialState.REPORTED
 
 
-def test_an_unreachable_service_does_not_stop_training(caplog):
-    run = TrackedRun(SPEC, server="127.0.0.1:1", run_id="offline",
+def test_an_unreachable_service_does_not_stop_training(caplog, tmp_path):
+    """The report keeps trying for its patience, then is saved for `hparamrec send-unsent`."""
+    run = TrackedRun(SPEC, server="127.0.0.1:1", run_id="offline", report_patience_seconds=1,
                      hyperparameters=Hyperparameters(lr=1e-3, batch_size_tokens=64, weight_decay=0.1))
-    run.client.retries = 0
     run.log(2.0)
+    started = time.monotonic()
     assert run.finish() is None
-    assert "could not report run offline" in caplog.text and '"final_loss": 2.0' in caplog.text
+    assert 0.5 < time.monotonic() - started < 5
+    assert run.unsent_path.parent == tmp_path / "unsent"  # $HPARAMREC_UNSENT_DIR (conftest)
+    saved = convert.from_proto(unsent.load(run.unsent_path))
+    assert saved.run_id == "offline" and saved.outcome == RunOutcome.completed(2.0)
+    assert "could not report run offline for 1 s" in caplog.text
+    assert str(run.unsent_path) in caplog.text
+
+
+def test_send_unsent_sends_the_saved_reports_and_removes_them(target, client, tmp_path):
+    import subprocess
+
+    from tests.integration.test_cli import HPARAMREC
+
+    offline = TrackedRun(SPEC, server="127.0.0.1:1", run_id="later", report_patience_seconds=0,
+                         hyperparameters=HP)
+    offline.log(2.0)
+    offline.finish()
+    junk = tmp_path / "unsent" / "junk.json"
+    junk.write_text("{not json")
+
+    def send(*paths):
+        return subprocess.run([HPARAMREC, "send-unsent", *map(str, paths), "--server", target],
+                              capture_output=True, text=True, timeout=60)
+
+    sent = send()  # the default directory: $HPARAMREC_UNSENT_DIR
+    assert sent.returncode == 1 and "1 of 2 saved reports sent" in sent.stdout
+    assert "run later stored" in sent.stdout and not offline.unsent_path.exists()
+    assert f"{junk}: kept: " in sent.stderr and junk.exists()
+    assert client.get_run("later").outcome == RunOutcome.completed(2.0)
+
+    def saved(loss):
+        return unsent.save(RunReport(run_id="later", spec=SPEC, hyperparameters=HP,
+                                     outcome=RunOutcome.completed(loss)), tmp_path / str(loss))
+
+    same = saved(2.0)
+    resent = send(same)
+    assert resent.returncode == 0 and "run later already stored" in resent.stdout
+    assert not same.exists()
+    other = saved(2.5)  # the run_id stored with another loss: not this report's run
+    refused = send(other)
+    assert refused.returncode == 1 and other.exists()
+    assert f"{other}: kept: " in refused.stderr and "outcome" in refused.stderr
 
 
 # transformers
