@@ -52,8 +52,8 @@ from pathlib import Path
 
 from clients import convert, unsent
 from clients.client import Client
-from clients.errors import (DeadlineExceededError, HparamrecError, UnavailableError,
-                            UnimplementedError)
+from clients.errors import (DeadlineExceededError, HparamrecError, InvalidArgumentError,
+                            NotFoundError, UnavailableError, UnimplementedError)
 from clients.integrations.distributed import ProcessGroup, from_rank_zero, torch_process_group
 from clients.integrations.final_loss import FINAL_LOSS_COUNT, FINAL_LOSS_WINDOW, FinalLoss
 from clients.models import (HeartbeatResult, Hyperparameters, Mode, Pins, Recommendation,
@@ -217,16 +217,34 @@ class TrackedRun:
                                                      convert.coerce(pins, Pins).model_dump().items()
                                                      if v is not None})
         if self.hyperparameters is None or pins is not None:
-            self.recommendation = from_rank_zero(
-                self.process_group(),
-                # For the run: a job resumed under its run_id gets the same answer again.
-                lambda: self.client.recommend(self.spec, self.pins, mode=self.mode,
-                                              run_id=self.run_id))
+            answer = from_rank_zero(self.process_group(), self._recommendation)
+            if isinstance(answer, Hyperparameters):  # the run is stored already
+                self.hyperparameters = answer
+                return self.hyperparameters
+            self.recommendation = answer
             self.hyperparameters = self.recommendation.hyperparameters
             if self.recommendation.trial_id and self.heartbeat_seconds:
                 self._next_heartbeat = time.monotonic()
                 self.heartbeat()
         return self.hyperparameters
+
+    def _recommendation(self) -> Recommendation | Hyperparameters:
+        """The recommendation for the run (a job resumed under its run_id gets the same answer
+        again); for an explore whose run is stored already (its job requeued after reporting,
+        say), the stored run's values, as an exploit run would find its report stored."""
+        try:
+            return self.client.recommend(self.spec, self.pins, mode=self.mode, run_id=self.run_id)
+        except InvalidArgumentError as error:
+            if self.mode is not Mode.EXPLORE or "run_id" not in dict(error.field_violations):
+                raise
+            try:
+                stored = self.client.get_run(self.run_id)
+            except NotFoundError:
+                raise error from None
+        log.warning("hparamrec: run %s was reported already (%s): it trains again with the values "
+                    "it ran with, and its report will not be stored; give a new run a new run_id",
+                    self.run_id, stored.outcome.status.value)
+        return stored.hyperparameters
 
     @property
     def trial_id(self) -> str:

@@ -194,6 +194,21 @@ def test_a_second_run_under_a_stored_run_id_is_not_stored_and_says_so(target, ca
            "(diverged) was not stored" in caplog.text
 
 
+def test_an_explore_job_requeued_after_its_report_trains_on_with_the_stored_values(target,
+                                                                                  caplog):
+    """Killed after reporting (during its last checkpoint's upload, say) and requeued under its
+    run_id: the explore it would ask for is refused (the run is stored), so it takes the stored
+    run's values instead of failing at start."""
+    with tracked_run(SPEC, server=target, run_id="requeued", mode="explore") as first:
+        first.log(3.0)
+    assert first.report.created
+    with tracked_run(SPEC, server=target, run_id="requeued", mode="explore") as again:
+        assert again.hyperparameters == first.hyperparameters and again.trial_id == ""
+        again.log(3.0)
+    assert not again.report.created
+    assert "run requeued was reported already (completed): it trains again" in caplog.text
+
+
 def test_a_run_that_never_trained_is_not_reported(target):
     with pytest.raises(ValueError):
         with tracked_run(SPEC, server=target, run_id="never"):
