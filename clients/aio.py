@@ -54,9 +54,10 @@ class AsyncClient:
     async def recommend(self, spec: TrainingSpec | dict | pb.TrainingSpec,
                         pins: Pins | dict | pb.Pins | None = None,
                         mode: Mode | str | int = Mode.EXPLOIT, *, run_id: str = "",
-                        timeout: float | None = None) -> Recommendation:
+                        timeout: float | None = None,
+                        patience: float | None = None) -> Recommendation:
         response = await self._call(self.stub.Recommend,
-                                    recommend_request(spec, pins, mode, run_id), timeout)
+                                    recommend_request(spec, pins, mode, run_id), timeout, patience)
         return convert.from_proto(response.recommendation)
 
     async def report_run(self, report: RunReport | dict | pb.ReportRunRequest | None = None, /, *,

@@ -237,13 +237,16 @@ class Client:
 
     def recommend(self, spec: TrainingSpec | dict | pb.TrainingSpec,
                   pins: Pins | dict | pb.Pins | None = None, mode: Mode | str | int = Mode.EXPLOIT,
-                  *, run_id: str = "", timeout: float | None = None) -> Recommendation:
+                  *, run_id: str = "", timeout: float | None = None,
+                  patience: float | None = None) -> Recommendation:
         """The recommended hyperparameters for a spec; pinned ones are kept and the rest are
         their conditional optimum. run_id (optional) names the run the answer is for: asking
         again for the same run (and spec and pins) returns the same recommendation, or with
-        mode="explore" the same trial while it is running, so a resumed job keeps its values."""
+        mode="explore" the same trial while it is running, so a resumed job keeps its values.
+        patience: as for report_run (with an explore, give the run_id: a retry after a passed
+        deadline then gets the trial the first attempt may have opened)."""
         response = self._call(self.stub.Recommend, recommend_request(spec, pins, mode, run_id),
-                              timeout)
+                              timeout, patience)
         return convert.from_proto(response.recommendation)
 
     def report_run(self, report: RunReport | dict | pb.ReportRunRequest | None = None, /, *,

@@ -79,6 +79,9 @@ HEARTBEAT_SECONDS = 600.0
 # The deadline of each heartbeat attempt: an unreachable service stalls training this long at
 # most (times the client's attempts) once per heartbeat_seconds.
 HEARTBEAT_TIMEOUT_SECONDS = 5.0
+# How long the recommendation at a run's start keeps trying while the service is unreachable:
+# long enough for a restart, short enough that a job with no fallback fails while it is fresh.
+RECOMMEND_PATIENCE_SECONDS = 60.0
 # How long the report at a run's end keeps trying while the service is unreachable: a restart
 # takes seconds, a deploy or a database failover a minute or two. Past it, the report is saved
 # for `hparamrec send-unsent` and the job ends.
@@ -138,6 +141,9 @@ class TrackedRun:
         the trial does not time out while the run goes on (0: never).
     report_patience_seconds: how long the report keeps trying while the service is unreachable
         before it is saved to unsent_dir (default: clients.unsent.unsent_dir()).
+    recommend_patience_seconds: how long start() keeps trying for a recommendation while the
+        service is unreachable; then it raises, or with `fallback` given trains with those
+        hyperparameters (logged as a warning; the run is reported as usual).
     """
 
     def __init__(self, spec: TrainingSpec | dict, *, hyperparameters: Hyperparameters | dict | None = None,
@@ -150,7 +156,9 @@ class TrackedRun:
                  final_loss_count: int = FINAL_LOSS_COUNT,
                  heartbeat_seconds: float = HEARTBEAT_SECONDS,
                  report_patience_seconds: float = REPORT_PATIENCE_SECONDS,
-                 unsent_dir: str | Path | None = None):
+                 unsent_dir: str | Path | None = None,
+                 recommend_patience_seconds: float = RECOMMEND_PATIENCE_SECONDS,
+                 fallback: Hyperparameters | dict | None = None):
         self.spec = convert.coerce(spec, TrainingSpec)
         self.pins = convert.coerce(pins, Pins) if pins is not None else Pins()
         self.hyperparameters = (convert.coerce(hyperparameters, Hyperparameters)
@@ -172,9 +180,13 @@ class TrackedRun:
         if not heartbeat_seconds >= 0:
             raise ValueError(f"heartbeat_seconds must be >= 0, not {heartbeat_seconds!r}")
         self.heartbeat_seconds = float(heartbeat_seconds)
-        if not report_patience_seconds >= 0:
-            raise ValueError(f"report_patience_seconds must be >= 0, not {report_patience_seconds!r}")
+        for name, seconds in (("report_patience_seconds", report_patience_seconds),
+                              ("recommend_patience_seconds", recommend_patience_seconds)):
+            if not seconds >= 0:
+                raise ValueError(f"{name} must be >= 0, not {seconds!r}")
         self.report_patience_seconds = float(report_patience_seconds)
+        self.recommend_patience_seconds = float(recommend_patience_seconds)
+        self.fallback = convert.coerce(fallback, Hyperparameters) if fallback is not None else None
         self.unsent_dir = unsent_dir
         self.unsent_path: Path | None = None  # where the report was saved, if it could not be sent
         # The trial's state as the last heartbeat found it (None: none answered yet).
@@ -218,7 +230,7 @@ class TrackedRun:
                                                      if v is not None})
         if self.hyperparameters is None or pins is not None:
             answer = from_rank_zero(self.process_group(), self._recommendation)
-            if isinstance(answer, Hyperparameters):  # the run is stored already
+            if isinstance(answer, Hyperparameters):  # the stored run's, or the fallback
                 self.hyperparameters = answer
                 return self.hyperparameters
             self.recommendation = answer
@@ -231,9 +243,18 @@ class TrackedRun:
     def _recommendation(self) -> Recommendation | Hyperparameters:
         """The recommendation for the run (a job resumed under its run_id gets the same answer
         again); for an explore whose run is stored already (its job requeued after reporting,
-        say), the stored run's values, as an exploit run would find its report stored."""
+        say), the stored run's values, as an exploit run would find its report stored; the
+        fallback, if given, when the service stays unreachable."""
         try:
-            return self.client.recommend(self.spec, self.pins, mode=self.mode, run_id=self.run_id)
+            return self.client.recommend(self.spec, self.pins, mode=self.mode, run_id=self.run_id,
+                                         patience=self.recommend_patience_seconds)
+        except (UnavailableError, DeadlineExceededError) as error:
+            if self.fallback is None:
+                raise
+            log.warning("hparamrec: no recommendation for run %s after %.0f s (%s): training "
+                        "with the fallback %s", self.run_id, self.recommend_patience_seconds,
+                        error, convert.as_json(self.fallback, indent=None))
+            return self.fallback
         except InvalidArgumentError as error:
             if self.mode is not Mode.EXPLORE or "run_id" not in dict(error.field_violations):
                 raise

@@ -22,7 +22,8 @@ def tracked(target: str, mode: str, out: Path):
 
     torch.distributed.init_process_group("gloo")
     model = Regression()
-    with tracked_run(SPEC, server=target, mode=mode, run_id="dist-job") as run:
+    with tracked_run(SPEC, server=target, mode=mode, run_id="dist-job",
+                     recommend_patience_seconds=1) as run:
         optimizer = torch.optim.AdamW(model.parameters(), lr=run.hyperparameters.lr)
         loader = torch.utils.data.DataLoader(Samples(), batch_size=MICRO_BATCH)
         for step, batch in zip(range(1, 4), loader):

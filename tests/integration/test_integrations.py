@@ -10,7 +10,7 @@ import time
 import pytest
 
 from clients import (Client, Hyperparameters, RunOutcome, RunReport, RunStatus, TrialState,
-                     convert, unsent)
+                     UnavailableError, convert, unsent)
 from clients.integrations import TrackedRun, tracked_run
 
 pytestmark = pytest.mark.integration
@@ -251,6 +251,20 @@ def test_an_unreachable_service_does_not_stop_training(caplog, tmp_path):
     assert saved.run_id == "offline" and saved.outcome == RunOutcome.completed(2.0)
     assert "could not report run offline for 1 s" in caplog.text
     assert str(run.unsent_path) in caplog.text
+
+
+def test_an_unreachable_service_at_the_start_is_waited_for_then_the_fallback_is_used(caplog):
+    started = time.monotonic()
+    with pytest.raises(UnavailableError):
+        with tracked_run(SPEC, server="127.0.0.1:1", recommend_patience_seconds=1):
+            pass
+    assert 0.5 < time.monotonic() - started < 5
+    with tracked_run(SPEC, server="127.0.0.1:1", run_id="fell-back", fallback=HP,
+                     recommend_patience_seconds=0, report_patience_seconds=0) as run:
+        assert run.hyperparameters == HP and run.trial_id == ""
+        run.log(2.0)
+    assert "no recommendation for run fell-back after 0 s" in caplog.text
+    assert convert.from_proto(unsent.load(run.unsent_path)).hyperparameters == HP
 
 
 def test_send_unsent_sends_the_saved_reports_and_removes_them(target, client, tmp_path):
