@@ -142,6 +142,10 @@ class HparamrecLightningCallback(Callback):
         # Under automatic optimization Lightning hands over the loss divided by the accumulation
         # steps; a module that optimizes manually returns its loss as it is.
         scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+        if trainer.world_size > 1 and hasattr(loss, "detach"):
+            # The processes train one run on different batches: its loss is their mean (as the
+            # transformers Trainer logs it), and a NaN on any of them stops every one.
+            loss = trainer.strategy.reduce(loss.detach(), reduce_op="mean")
         if not self.run.log(float(loss) * scale, step=self._step):
             if self.stop_on_divergence:
                 trainer.should_stop = True

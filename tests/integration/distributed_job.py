@@ -64,7 +64,8 @@ def main() -> None:
     hp = run.hyperparameters
     (out / f"rank{rank}.json").write_text(json.dumps({
         "trial_id": run.trial_id, "lr": hp.lr, "batch_size_tokens": hp.batch_size_tokens,
-        "weight_decay": hp.weight_decay, "reported": run.report is not None}))
+        "weight_decay": hp.weight_decay, "reported": run.report is not None,
+        "last_loss": run.last_loss}))
     # Left to the interpreter's exit, gloo's threads sometimes abort the process (SIGABRT).
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
