@@ -229,6 +229,7 @@ class TrackedRun:
                                                      convert.coerce(pins, Pins).model_dump().items()
                                                      if v is not None})
         if self.hyperparameters is None or pins is not None:
+            self._warn_if_ungrouped()
             answer = from_rank_zero(self.process_group(), self._recommendation)
             if isinstance(answer, Hyperparameters):  # the stored run's, or the fallback
                 self.hyperparameters = answer
@@ -239,6 +240,18 @@ class TrackedRun:
                 self._next_heartbeat = time.monotonic()
                 self.heartbeat()
         return self.hyperparameters
+
+    def _warn_if_ungrouped(self) -> None:
+        """A launcher (torchrun) said the job has several processes, but none of them shares a
+        group with the others yet: each would fetch its own recommendation (its own trial, when
+        exploring) and report its own run."""
+        world_size = os.environ.get("WORLD_SIZE", "1")
+        if (self.process_group() is None and self._reporting is None
+                and world_size.isdigit() and int(world_size) > 1):
+            log.warning("hparamrec: WORLD_SIZE is %s but torch.distributed is not initialized: "
+                        "this process fetches its own recommendation and reports its own run; "
+                        "initialize the process group before the run starts (or pass group=)",
+                        world_size)
 
     def _recommendation(self) -> Recommendation | Hyperparameters:
         """The recommendation for the run (a job resumed under its run_id gets the same answer

@@ -267,6 +267,19 @@ def test_an_unreachable_service_at_the_start_is_waited_for_then_the_fallback_is_
     assert convert.from_proto(unsent.load(run.unsent_path)).hyperparameters == HP
 
 
+def test_a_process_of_a_job_without_a_process_group_yet_is_warned(target, monkeypatch, caplog):
+    """torchrun set WORLD_SIZE, but the run started before init_process_group: each process
+    would fetch (and, exploring, be handed a trial) on its own."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with tracked_run(SPEC, server=target, run_id="ungrouped") as run:
+        run.log(2.0)
+    assert "WORLD_SIZE is 2 but torch.distributed is not initialized" in caplog.text
+    caplog.clear()
+    with tracked_run(SPEC, server=target, run_id="told", reporting=True) as run:  # it knows
+        run.log(2.0)
+    assert "WORLD_SIZE" not in caplog.text
+
+
 def test_send_unsent_sends_the_saved_reports_and_removes_them(target, client, tmp_path):
     import subprocess
 
