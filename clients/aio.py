@@ -121,6 +121,6 @@ class AsyncClient:
                 wait = retry_wait(error.code(), attempt, self.retries, patience,
                                   time.monotonic() - started)
                 if wait is None:
-                    raise from_rpc_error(error, self.target, timeout) from None
+                    raise from_rpc_error(error, self.target, timeout, self.settings.tls) from None
                 await asyncio.sleep(wait)
                 attempt += 1

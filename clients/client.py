@@ -54,7 +54,9 @@ def check_target(target: str, require_port: bool = False) -> None:
     if target.startswith(GRPC_SCHEMES):
         return
     match = _HOST_PORT.fullmatch(target)
-    if match is None:
+    if "://" in target:  # gRPC would say "Misformatted domain name"
+        problem = "expected HOST:PORT, not a URL (for TLS, give a CA file or tls=True)"
+    elif match is None:
         if ":" in target and not require_port:
             return  # an unbracketed IPv6 address: left to gRPC
         problem = "expected HOST:PORT"
@@ -328,6 +330,6 @@ class Client:
                 wait = retry_wait(error.code(), attempt, self.retries, patience,
                                   time.monotonic() - started)
                 if wait is None:
-                    raise from_rpc_error(error, self.target, timeout) from None
+                    raise from_rpc_error(error, self.target, timeout, self.settings.tls) from None
                 time.sleep(wait)
                 attempt += 1

@@ -63,10 +63,11 @@ class ClientSettingsError(InvalidArgumentError):
     (Client's argument name)."""
 
 
-def from_rpc_error(error: grpc.RpcError, target: str = "",
-                   timeout: float | None = None) -> HparamrecError:
+def from_rpc_error(error: grpc.RpcError, target: str = "", timeout: float | None = None,
+                   tls: bool | None = None) -> HparamrecError:
     """The exception of a failed call; `target` and `timeout` make the messages of a service
-    that cannot be reached or does not answer say which one, and how long it was given."""
+    that cannot be reached or does not answer say which one, and how long it was given; `tls`
+    (whether the call used it) adds a hint when the failure looks like a TLS mismatch."""
     cls = _BY_CODE.get(error.code(), HparamrecError)
     violations = []
     status = rpc_status.from_call(error)
@@ -78,9 +79,18 @@ def from_rpc_error(error: grpc.RpcError, target: str = "",
                 violations += [(v.field, v.description) for v in bad_request.field_violations]
     message = error.details() or error.code().name
     if cls is UnavailableError:
-        message = f"cannot reach the service: {message}"
+        message = f"cannot reach the service: {message}{_tls_hint(message, tls)}"
     elif cls is DeadlineExceededError:  # gRPC says only "Deadline Exceeded"
         at = f" at {target}" if target else ""
         within = f" ({timeout:g} s)" if timeout is not None else ""
         message = f"the service{at} did not answer within the deadline{within}"
     return cls(message, violations)
+
+
+def _tls_hint(details: str, tls: bool | None) -> str:
+    """gRPC's words for a client and server that disagree on TLS say nothing of TLS."""
+    if tls and "WRONG_VERSION_NUMBER" in details:
+        return " (the server does not seem to serve TLS: connect without --tls-ca / tls)"
+    if tls is False and "Socket closed" in details:
+        return " (if the server serves TLS, connect with --tls-ca FILE, or tls=True)"
+    return ""

@@ -195,6 +195,25 @@ def test_tls_with_a_server_certificate(tmp_path, db_url, keys):
         svc.stop(grace=1)
 
 
+def test_a_client_and_server_that_disagree_on_tls_are_told_so(tmp_path, db_url, keys):
+    from clients.errors import UnavailableError
+
+    cert, key = _self_signed(tmp_path)
+    svc = Service(Settings(database_url=db_url, metrics_port=None, port=0, tls_cert_file=str(cert),
+                           tls_key_file=str(key)))
+    svc.start()
+    try:
+        with Client(f"localhost:{svc.port}", api_key=keys["alice"], retries=0) as plaintext:
+            with pytest.raises(UnavailableError, match="if the server serves TLS, connect with"):
+                plaintext.list_runs()
+    finally:
+        svc.stop(grace=1)
+    with running_service(db_url, auth_disabled=True) as plain:
+        with Client(f"localhost:{plain.port}", tls_ca=str(cert), retries=0) as tls:
+            with pytest.raises(UnavailableError, match="does not seem to serve TLS"):
+                tls.list_runs()
+
+
 def _self_signed(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

@@ -123,6 +123,7 @@ def test_a_tls_ca_that_cannot_be_read_is_a_settings_error_naming_it(tmp_path):
     ("svc.example.com", False, True), ("::1", False, True),
     ("127.0.0.1", True, False), ("127.0.0.1:99999", False, False), ("127.0.0.1:0", False, False),
     ("127.0.0.1:", False, False), ("host:port", False, False), ("", True, False),
+    ("https://svc.example.com:443", False, False), ("http://127.0.0.1:50051", True, False),
 ])
 def test_a_target_s_port_is_checked(target, require_port, ok):
     from clients.client import check_target
