@@ -36,9 +36,9 @@ PATIENT_RETRYABLE = RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
 PATIENT_BACKOFF_CAP = 5.0  # seconds between attempts, at most
 # gRPC waits longer and longer between attempts to reconnect (up to 120 s), and the channels of
 # a process share that wait: after a 52 s outage, calls still failed 14 s after the service was
-# back. Attempts every 0.5-5 s, on a connection of the client's own.
+# back. Attempts every 0.5-5 s, on a connection of the client's own. (Not the minimum: it is
+# also each attempt's connect timeout, 20 s, which a slow TLS handshake may need.)
 CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 500),
-                   ("grpc.min_reconnect_backoff_ms", 500),
                    ("grpc.max_reconnect_backoff_ms", 5000),
                    ("grpc.use_local_subchannel_pool", 1))
 
