@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import grpc
 
 from clients import convert
-from clients.errors import ClientSettingsError, UnimplementedError, from_rpc_error
+from clients.errors import (ClientSettingsError, InvalidArgumentError, UnimplementedError,
+                            from_rpc_error)
 from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
                             Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
@@ -161,7 +162,13 @@ def recommend_request(training_spec, pins, mode, run_id: str = "") -> pb.Recomme
 def _mode(mode) -> int:
     if isinstance(mode, int):  # a proto enum value (pb.MODE_EXPLORE)
         return mode
-    return pb.Mode.Value(convert.enum_prefix("Mode") + Mode(mode).value.upper())
+    try:
+        mode = Mode(mode)
+    except ValueError:
+        choices = ", ".join(m.value for m in Mode if m is not Mode.UNSPECIFIED)
+        raise InvalidArgumentError(f"mode: one of {choices} (got {mode!r})",
+                                   [("mode", f"one of {choices} (got {mode!r})")]) from None
+    return pb.Mode.Value(convert.enum_prefix("Mode") + mode.value.upper())
 
 
 def report_request(report, fields: dict) -> pb.ReportRunRequest:

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from clients import models
 from clients.errors import InvalidArgumentError
@@ -151,7 +151,13 @@ def coerce(value, model: type[M]) -> M:
             raise TypeError(f"expected {model.__name__} or its message, got {type(value).__name__}")
         return converted
     if isinstance(value, dict):
-        return model.model_validate(value)
+        try:
+            return model.model_validate(value)
+        except ValidationError as exc:  # as the service would refuse it: one error type
+            violations = [(".".join(map(str, e["loc"])) or model.__name__,
+                           e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+            raise InvalidArgumentError("; ".join(f"{f}: {m}" for f, m in violations),
+                                       violations) from None
     raise TypeError(f"expected {model.__name__}, a dict of its fields or its proto message, "
                     f"got {type(value).__name__}")
 

@@ -185,3 +185,17 @@ def test_metadata_limits_mirror_the_servers():
 
     for name in ("MAX_METADATA_ENTRIES", "MAX_METADATA_KEY_BYTES", "MAX_METADATA_VALUE_BYTES"):
         assert getattr(models, name) == getattr(records, name), name
+
+
+def test_bad_input_caught_before_a_call_is_the_services_error_type():
+    """A launcher catching HparamrecError (InvalidArgumentError) catches these too."""
+    from clients import Client, InvalidArgumentError
+
+    with Client("127.0.0.1:1", retries=0) as client:  # never called
+        with pytest.raises(InvalidArgumentError) as typo:
+            client.recommend({"n_paramz": 1e9, "n_tokens": 2e10})
+        assert typo.value.field_violations[0][0] == "n_paramz"
+        with pytest.raises(InvalidArgumentError, match="n_params: cannot read '1.3X'"):
+            client.recommend({"n_params": "1.3X", "n_tokens": "20B"})
+        with pytest.raises(InvalidArgumentError, match="mode: one of exploit, explore"):
+            client.recommend({"n_params": 1e9, "n_tokens": 2e10}, mode="exploer")
