@@ -182,34 +182,30 @@ def test_a_streaming_method_is_not_served_unauthenticated(keys):
         server.stop(None)
 
 
-def test_tls_with_a_server_certificate(tmp_path, db_url, keys):
+@pytest.fixture
+def tls_server(tmp_path, db_url, keys):
+    """A server with authentication and TLS: (its target, its certificate's file)."""
     cert, key = _self_signed(tmp_path)
-    svc = Service(Settings(database_url=db_url, metrics_port=None, port=0, tls_cert_file=str(cert),
-                           tls_key_file=str(key)))
-    svc.start()
-    try:
-        with Client(f"localhost:{svc.port}", api_key=keys["alice"], tls_ca=str(cert),
-                    retries=0) as client:
-            assert client.list_runs().runs == []
-    finally:
-        svc.stop(grace=1)
+    with running_service(db_url, auth_disabled=False, tls_cert_file=str(cert),
+                         tls_key_file=str(key)) as svc:
+        yield f"localhost:{svc.port}", str(cert)
 
 
-def test_a_client_and_server_that_disagree_on_tls_are_told_so(tmp_path, db_url, keys):
+def test_tls_with_a_server_certificate(tls_server, keys):
+    target, cert = tls_server
+    with Client(target, api_key=keys["alice"], tls_ca=cert, retries=0) as client:
+        assert client.list_runs().runs == []
+
+
+def test_a_client_and_server_that_disagree_on_tls_are_told_so(tls_server, keys, tmp_path):
     from clients.errors import UnavailableError
 
-    cert, key = _self_signed(tmp_path)
-    svc = Service(Settings(database_url=db_url, metrics_port=None, port=0, tls_cert_file=str(cert),
-                           tls_key_file=str(key)))
-    svc.start()
-    try:
-        with Client(f"localhost:{svc.port}", api_key=keys["alice"], retries=0) as plaintext:
-            with pytest.raises(UnavailableError, match="if the server serves TLS, connect with"):
-                plaintext.list_runs()
-    finally:
-        svc.stop(grace=1)
-    with running_service(db_url, auth_disabled=True) as plain:
-        with Client(f"localhost:{plain.port}", tls_ca=str(cert), retries=0) as tls:
+    target, cert = tls_server
+    with Client(target, api_key=keys["alice"], retries=0) as plaintext:
+        with pytest.raises(UnavailableError, match="if the server serves TLS, connect with"):
+            plaintext.list_runs()
+    with running_service(f"sqlite:///{tmp_path / 'plain.db'}") as plain:
+        with Client(f"localhost:{plain.port}", tls_ca=cert, retries=0) as tls:
             with pytest.raises(UnavailableError, match="does not seem to serve TLS"):
                 tls.list_runs()
 
