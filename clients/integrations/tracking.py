@@ -421,7 +421,8 @@ class TrackedRun:
             for warning in self.report.warnings:
                 log.warning("hparamrec: run %s: %s", self.run_id, warning)
             stored = self.report.run.outcome
-            if not self.report.created and stored != outcome:
+            # The service names what differs; a service from before it did is told here.
+            if not self.report.created and stored != outcome and not self.report.warnings:
                 log.warning("hparamrec: run %s was already stored (%s) and is kept as it was: "
                             "this report (%s) was not stored; give each run its own run_id",
                             self.run_id, stored.status.value, outcome.status.value)
