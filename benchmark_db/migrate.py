@@ -16,6 +16,11 @@ LEGACY_VERSION_TABLE = "alembic_version"
 _PG_MIGRATION_LOCK = 0x68706172
 
 
+class SchemaTooNew(ValueError):
+    """The database was migrated by a newer hparamrec (a rollback, or an old replica restarting
+    during a rolling upgrade): this one cannot know what its tables mean."""
+
+
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Brings the schema to `revision` (tests stop earlier, to make an older database)."""
     config = Config()
@@ -25,7 +30,24 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
         config.attributes["connection"] = connection
         _adopt_legacy_revision(connection, config)
+        _refuse_a_newer_schema(connection, config)
         command.upgrade(config, revision)
+
+
+def _refuse_a_newer_schema(connection: sa.Connection, config: Config) -> None:
+    """SchemaTooNew, in one line, where Alembic would raise "Can't locate revision" with its
+    traceback; nothing is changed."""
+    if VERSION_TABLE not in sa.inspect(connection).get_table_names():
+        return
+    scripts = ScriptDirectory.from_config(config)
+    ours = {script.revision for script in scripts.walk_revisions()}
+    version = sa.table(VERSION_TABLE, sa.column("version_num"))
+    unknown = [r for r in connection.execute(sa.select(version.c.version_num)).scalars()
+               if r not in ours]
+    if unknown:
+        raise SchemaTooNew(f"the database's schema is at revision {unknown[0]}, newer than this "
+                           f"hparamrec's ({scripts.get_current_head()}): upgrade hparamrec, or "
+                           "restore a backup made before the upgrade")
 
 
 def _adopt_legacy_revision(connection: sa.Connection, config: Config) -> None:

@@ -69,6 +69,23 @@ def test_a_database_from_before_our_version_table_is_upgraded_with_its_rows(data
         store.close()
 
 
+def test_a_database_migrated_by_a_newer_release_is_refused_in_one_line_and_left_alone(
+        store, database_url):
+    """A rollback, or an old replica restarting during a rolling upgrade."""
+    from benchmark_db.migrate import SchemaTooNew
+
+    store.report("t", make_report("a"))
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE hparamrec_alembic_version SET version_num = '0099'"))
+    with pytest.raises(SchemaTooNew, match="the database's schema is at revision 0099, newer "
+                                           "than this hparamrec's \\(0005\\): upgrade"):
+        RunStore(database_url)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
+        assert conn.execute(sa.text("SELECT version_num FROM hparamrec_alembic_version")
+                            ).scalar() == "0099"
+
+
 def test_reopening_an_upgraded_database_is_a_no_op(store, database_url):
     store.report("t", make_report("a"))
     again = RunStore(database_url)
