@@ -1,8 +1,12 @@
 """Engines from a SQLAlchemy URL: SQLite (embedded default) or PostgreSQL."""
 
+import os
+import weakref
 from pathlib import Path
 
 import sqlalchemy as sa
+
+from benchmark_db.errors import DatabaseFileGone
 
 # How long a write waits for another connection's lock on a SQLite file before failing (the
 # service then answers UNAVAILABLE, which clients retry). Below the client's 10 s deadline, so
@@ -23,9 +27,12 @@ def create_engine(url: str) -> sa.Engine:
 def _sqlite_engine(url: sa.URL) -> sa.Engine:
     if not url.database or url.database == ":memory:":
         raise ValueError("an in-memory SQLite database would lose every run: give a file path")
-    Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = Path(url.database).expanduser().absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False,
                                                 "timeout": SQLITE_BUSY_SECONDS})
+    file = _SqliteFile(path)
+    _FILES[engine] = file
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record):
@@ -36,5 +43,48 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
         cursor.close()
+        file.opened()
+
+    @sa.event.listens_for(engine, "commit")
+    def _still_the_file(_connection):
+        file.check()  # raising here, the transaction is rolled back, never acknowledged
 
     return engine
+
+
+def check_database_file(engine: sa.Engine) -> None:
+    """DatabaseFileGone if the engine's SQLite file was deleted or replaced since it was opened
+    (a no-op for PostgreSQL)."""
+    file = _FILES.get(engine)
+    if file is not None:
+        file.check()
+
+
+class _SqliteFile:
+    """The file an engine opened. Deleted (or replaced) under a running server, SQLite goes on
+    writing to the unlinked file and every commit succeeds: acknowledged runs that vanish at the
+    next start, which then makes an empty database at the path. Commits are refused instead."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.identity: tuple[int, int] | None = None  # (device, inode) when first opened
+
+    def opened(self) -> None:
+        if self.identity is None:
+            self.identity = self._current()
+
+    def check(self) -> None:
+        if self.identity is not None and self._current() != self.identity:
+            raise DatabaseFileGone(f"the database file {self.path} was deleted or replaced while "
+                                   "the server ran: nothing more is stored in it; restart the "
+                                   "server on the right file (a deleted one is lost)")
+
+    def _current(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+
+_FILES: "weakref.WeakKeyDictionary[sa.Engine, _SqliteFile]" = weakref.WeakKeyDictionary()

@@ -30,6 +30,12 @@ class NotFound(DomainError):
     pass
 
 
+class DatabaseFileGone(DomainError):
+    """The SQLite file was deleted or replaced under the running server: nothing is stored
+    until it restarts (UNAVAILABLE: a client retrying through another replica, or later, loses
+    nothing)."""
+
+
 def database_unreachable(exc: BaseException) -> bool:
     """Whether the error (or one it was raised from: Optuna wraps SQLAlchemy's) is the database
     being out of reach: down, restarting, its connections cut, its pool exhausted, SQLite's
@@ -37,7 +43,7 @@ def database_unreachable(exc: BaseException) -> bool:
     from sqlalchemy import exc as sa_exc
 
     for cause in _chain(exc):
-        if isinstance(cause, (sa_exc.OperationalError, sa_exc.TimeoutError)):
+        if isinstance(cause, (sa_exc.OperationalError, sa_exc.TimeoutError, DatabaseFileGone)):
             return True
         if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
             return True
@@ -51,6 +57,8 @@ def database_error_summary(exc: BaseException) -> str:
     from sqlalchemy import exc as sa_exc
 
     for cause in _chain(exc):
+        if isinstance(cause, DatabaseFileGone):
+            return str(cause)
         if isinstance(cause, sa_exc.DBAPIError) and cause.orig is not None:
             said = str(cause.orig).strip().split("\n", 1)[0]
             return f"{type(cause.orig).__name__}: {said}"[:300]

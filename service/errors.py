@@ -7,8 +7,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from benchmark_db.errors import (DomainError, InvalidArgument, NotFound, database_error_summary,
-                                 database_unreachable)
+from benchmark_db.errors import (DatabaseFileGone, DomainError, InvalidArgument, NotFound,
+                                 database_error_summary, database_unreachable)
 from service.observability import request_id_metadata
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ STATUS_OF = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    DatabaseFileGone: grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -68,6 +69,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             try:
                 return inner(request, context)
             except DomainError as exc:
+                if isinstance(exc, DatabaseFileGone):  # for the operator: only a restart helps
+                    log.error("%s (in %s)", exc, method)
                 status = to_status(exc)
                 context.abort_with_status(status._replace(
                     trailing_metadata=tuple(status.trailing_metadata) + request_id_metadata()))

@@ -2,13 +2,14 @@
 each tenant's stored runs, and a tenant whose count differs from what its current model was
 fitted on gets a refit. A replica's own reports schedule theirs at once (predictor/engine.py);
 this catches the runs reported through the others, and runs imported with `hparamrec import`.
-Each poll also tells `on_database` whether the database could be reached (the server's health
-follows it)."""
+Each poll also tells `on_database` whether the database could be reached, and a SQLite file is
+still the one opened (the server's health follows it)."""
 
 import logging
 import threading
 from collections.abc import Callable
 
+from benchmark_db.engine import check_database_file
 from benchmark_db.errors import database_error_summary, database_unreachable
 from benchmark_db.store import RunStore
 from predictor.registry import ModelRegistry
@@ -43,6 +44,7 @@ class RefitPoller:
         start; what they miss, the next poll sees), and a count already scheduled is not
         scheduled again, so a refit that keeps failing is retried when the next run arrives,
         not on every poll."""
+        check_database_file(self.store.engine)  # deleted under us: health goes NOT_SERVING
         if not self.registry.wait_idle(timeout=0):
             return []
         stale = []

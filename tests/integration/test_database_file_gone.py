@@ -1,0 +1,34 @@
+"""A SQLite file deleted under a running server: SQLite would go on committing to the unlinked
+file, acknowledging runs that the next start loses. The server refuses to store anything more,
+and its health says so."""
+
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients import Client, UnavailableError
+from tests.factories import client_report
+from tests.integration.in_process_server import running_service
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_deleted_database_file_stops_reports_and_health(tmp_path):
+    path = tmp_path / "gone.db"
+    with running_service(f"sqlite:///{path}", refit_poll_seconds=0.2) as svc:
+        target = f"127.0.0.1:{svc.port}"
+        with Client(target, retries=0) as client:
+            assert client.report_run(client_report("before")).created
+            for suffix in ("", "-wal", "-shm"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+            with pytest.raises(UnavailableError, match="was deleted or replaced while the server ran"):
+                client.report_run(client_report("after"))
+        with grpc.insecure_channel(target) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            deadline = time.monotonic() + 10
+            while (status := check(health_pb2.HealthCheckRequest(), timeout=5).status) == \
+                    health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
