@@ -1,6 +1,7 @@
-"""A SQLite file deleted under a running server: SQLite would go on committing to the unlinked
-file, acknowledging runs that the next start loses. The server refuses to store anything more,
-and its health says so."""
+"""A SQLite file deleted under a running server, or not there when it starts. Deleted, SQLite
+would go on committing to the unlinked file, acknowledging runs that the next start loses: the
+server refuses to store anything more, and its health says so. Not there, it is created, and
+the server says so."""
 
 import time
 
@@ -32,3 +33,18 @@ def test_a_deleted_database_file_stops_reports_and_health(tmp_path):
                     health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
                 time.sleep(0.1)
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_a_server_that_makes_a_new_database_says_so(tmp_path, caplog):
+    """A --db typo or a volume not mounted would otherwise serve an empty store quietly."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="hparamrec.server")
+    url = f"sqlite:///{tmp_path / 'vol' / 'runs.db'}"
+    with running_service(url):
+        pass
+    assert f"no database at {tmp_path / 'vol' / 'runs.db'}: created a new, empty one" in caplog.text
+    caplog.clear()
+    with running_service(url):  # the same file again: nothing to say
+        pass
+    assert "created a new, empty one" not in caplog.text
