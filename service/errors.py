@@ -8,7 +8,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from benchmark_db.errors import (DatabaseFileGone, DomainError, InvalidArgument, NotFound,
-                                 database_error_summary, database_unreachable)
+                                 database_disk_full, database_error_summary,
+                                 database_unreachable)
 from service.observability import request_id_metadata
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     log.warning("database unreachable in %s: %s", method,
                                 database_error_summary(exc))
                     context.abort(grpc.StatusCode.UNAVAILABLE,
+                                  "the service's database is out of disk space; retry later"
+                                  if database_disk_full(exc) else
                                   "the service's database is unreachable; retry shortly")
                 log.exception("internal error in %s", method)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
