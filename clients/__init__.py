@@ -3,7 +3,8 @@ no torch (the launcher integrations in clients.integrations import their trainer
 
 from clients.aio import AsyncClient
 from clients.client import DEFAULT_TARGET, Client
-from clients.errors import (DeadlineExceededError, HparamrecError, InvalidArgumentError,
+from clients.errors import (CancelledError, DeadlineExceededError, HparamrecError,
+                            InvalidArgumentError,
                             NotFoundError, PermissionDeniedError, ResourceExhaustedError,
                             UnauthenticatedError, UnavailableError, UnimplementedError)
 from clients.models import (HeartbeatResult, Hyperparameters, Interval, LossPrediction,
@@ -13,7 +14,7 @@ from clients.models import (HeartbeatResult, Hyperparameters, Interval, LossPred
 
 __all__ = [
     "DEFAULT_TARGET", "AsyncClient", "Client",
-    "DeadlineExceededError", "HparamrecError", "InvalidArgumentError", "NotFoundError",
+    "CancelledError", "DeadlineExceededError", "HparamrecError", "InvalidArgumentError", "NotFoundError",
     "PermissionDeniedError", "ResourceExhaustedError", "UnauthenticatedError", "UnavailableError",
     "UnimplementedError",
     "HeartbeatResult", "Hyperparameters", "Interval", "LossPrediction", "LossPredictions", "Mode", "Pins",

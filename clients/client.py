@@ -31,9 +31,10 @@ from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
-# A report given a patience is retried until it runs out, after a passed deadline too: a run_id
-# is stored once, so a report sent twice is harmless, and a report not sent is a run lost.
-PATIENT_RETRYABLE = RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
+# A report given a patience is retried until it runs out, after a passed deadline too, and
+# when a stopping server cancelled it: a run_id is stored once, so a report sent twice is
+# harmless, and a report not sent is a run lost.
+PATIENT_RETRYABLE = RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 PATIENT_BACKOFF_CAP = 5.0  # seconds between attempts, at most
 # gRPC waits longer and longer between attempts to reconnect (up to 120 s), and the channels of
 # a process share that wait: after a 52 s outage, calls still failed 14 s after the service was

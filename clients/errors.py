@@ -38,6 +38,12 @@ class DeadlineExceededError(HparamrecError):
     code, exit_code = grpc.StatusCode.DEADLINE_EXCEEDED, 3
 
 
+class CancelledError(HparamrecError):
+    """The server cancelled the call (it was stopping): nothing was done; safe to send again."""
+
+    code, exit_code = grpc.StatusCode.CANCELLED, 3
+
+
 class UnauthenticatedError(HparamrecError):
     code, exit_code = grpc.StatusCode.UNAUTHENTICATED, 5
 

@@ -52,8 +52,9 @@ from pathlib import Path
 
 from clients import convert, unsent
 from clients.client import Client
-from clients.errors import (DeadlineExceededError, HparamrecError, InvalidArgumentError,
-                            NotFoundError, UnavailableError, UnimplementedError)
+from clients.errors import (CancelledError, DeadlineExceededError, HparamrecError,
+                            InvalidArgumentError, NotFoundError, UnavailableError,
+                            UnimplementedError)
 from clients.integrations.distributed import ProcessGroup, from_rank_zero, torch_process_group
 from clients.integrations.final_loss import FINAL_LOSS_COUNT, FINAL_LOSS_WINDOW, FinalLoss
 from clients.models import (HeartbeatResult, Hyperparameters, Mode, Pins, Recommendation,
@@ -412,7 +413,7 @@ class TrackedRun:
             trial_id=self.recommendation.trial_id if self.recommendation else "")
         try:
             self.report = self.client.report_run(report, patience=self.report_patience_seconds)
-        except (UnavailableError, DeadlineExceededError) as error:
+        except (UnavailableError, DeadlineExceededError, CancelledError) as error:
             self._save_unsent(report, error)
         except HparamrecError as error:
             log.warning("hparamrec: could not report run %s (%s); the report was: %s",

@@ -229,6 +229,20 @@ def test_a_patient_report_is_retried_after_a_passed_deadline(misbehaving):
     assert len(servicer.run_ids) == 3 and len(set(servicer.run_ids)) == 1
 
 
+def test_a_patient_report_is_sent_again_when_a_stopping_server_cancelled_it(misbehaving):
+    class Stopping(Misbehaving):
+        def ReportRun(self, request, context):
+            if not self.run_ids:
+                self.run_ids.append(request.run_id)
+                context.abort(grpc.StatusCode.CANCELLED, "server shutting down")
+            return super().ReportRun(request, context)
+
+    servicer = Stopping()
+    with Client(misbehaving(servicer), retries=0) as client:
+        assert client.report_run(REPORT, patience=10).created
+    assert len(servicer.run_ids) == 2 and len(set(servicer.run_ids)) == 1
+
+
 def test_a_patient_report_gives_up_once_its_patience_is_spent(misbehaving):
     servicer = Misbehaving(unavailable_times=1000)
     with Client(misbehaving(servicer), retries=0) as client:
