@@ -24,10 +24,18 @@ def create_engine(url: str) -> sa.Engine:
     return sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def sqlite_file(url: str | sa.URL) -> Path | None:
+    """The file a SQLite URL names (absolute); None for another database or an in-memory one."""
+    url = sa.make_url(url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database).expanduser().absolute()
+
+
 def _sqlite_engine(url: sa.URL) -> sa.Engine:
-    if not url.database or url.database == ":memory:":
+    path = sqlite_file(url)
+    if path is None:
         raise ValueError("an in-memory SQLite database would lose every run: give a file path")
-    path = Path(url.database).expanduser().absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False,
                                                 "timeout": SQLITE_BUSY_SECONDS})

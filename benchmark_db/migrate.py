@@ -39,15 +39,19 @@ def _refuse_a_newer_schema(connection: sa.Connection, config: Config) -> None:
     traceback; nothing is changed."""
     if VERSION_TABLE not in sa.inspect(connection).get_table_names():
         return
-    scripts = ScriptDirectory.from_config(config)
-    ours = {script.revision for script in scripts.walk_revisions()}
+    ours = _our_revisions(config)
     version = sa.table(VERSION_TABLE, sa.column("version_num"))
     unknown = [r for r in connection.execute(sa.select(version.c.version_num)).scalars()
                if r not in ours]
     if unknown:
+        head = ScriptDirectory.from_config(config).get_current_head()
         raise SchemaTooNew(f"the database's schema is at revision {unknown[0]}, newer than this "
-                           f"hparamrec's ({scripts.get_current_head()}): upgrade hparamrec, or "
-                           "restore a backup made before the upgrade")
+                           f"hparamrec's ({head}): upgrade hparamrec, or restore a backup made "
+                           "before the upgrade")
+
+
+def _our_revisions(config: Config) -> set[str]:
+    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
 
 
 def _adopt_legacy_revision(connection: sa.Connection, config: Config) -> None:
@@ -57,7 +61,7 @@ def _adopt_legacy_revision(connection: sa.Connection, config: Config) -> None:
     tables = set(sa.inspect(connection).get_table_names())
     if VERSION_TABLE in tables or LEGACY_VERSION_TABLE not in tables:
         return
-    ours = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    ours = _our_revisions(config)
     legacy = sa.table(LEGACY_VERSION_TABLE, sa.column("version_num"))
     found = [r for r in connection.execute(sa.select(legacy.c.version_num)).scalars() if r in ours]
     if not found:  # Optuna's revision alone

@@ -108,20 +108,13 @@ def open_store(db: str, must_exist: bool = False):
     """The store behind --db (database_errors). must_exist: for commands that only read or
     change what is stored (keys list, keys revoke), a SQLite file that is not there is a typo,
     not a new database to create (the engine would create it, and its directories)."""
-    from pathlib import Path
-
-    import sqlalchemy as sa
-
+    from benchmark_db.engine import sqlite_file
     from benchmark_db.store import RunStore
 
     with database_errors():
-        url = sa.make_url(db)
-        path = None
-        if (url.get_backend_name() == "sqlite" and url.database
-                and url.database != ":memory:"):  # the engine says why that one is refused
-            path = Path(url.database).expanduser()
-            if must_exist and not path.is_file():
-                raise CliError(f"--db: no database at {path}")
+        path = sqlite_file(db)  # None for an in-memory one too: the engine says why it is refused
+        if path is not None and must_exist and not path.is_file():
+            raise CliError(f"--db: no database at {path}")
         new = path is not None and not path.exists()
         store = RunStore(db)
     if new and _defaulted("db"):  # run from another directory than the server's, say

@@ -8,13 +8,12 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
-from pathlib import Path
 
 import grpc
-import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from benchmark_db.engine import sqlite_file
 from benchmark_db.store import RunStore
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -37,11 +36,13 @@ class Service:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        new_file = _missing_sqlite_file(settings.database_url)
+        database_file = sqlite_file(settings.database_url)
+        created = database_file is not None and not database_file.exists()
         self.store = RunStore(settings.database_url)
-        if new_file is not None:  # first start, or a --db typo, or a volume not mounted
+        if created:  # first start, or a --db typo, or a volume not mounted
             log.warning("no database at %s: created a new, empty one (if runs were stored, check "
-                        "--db / HPARAMREC_DATABASE_URL and that its volume is mounted)", new_file)
+                        "--db / HPARAMREC_DATABASE_URL and that its volume is mounted)",
+                        database_file)
         self.metrics = Metrics()
         self.registry = ModelRegistry(self.store, settings.predictor,
                                       settings.refit_debounce_seconds, on_refit=self.metrics.refitted,
@@ -184,15 +185,6 @@ def check_auth_configuration(settings: Settings, store: RunStore) -> None:
             "explicitly with --no-auth (HPARAMREC_AUTH_DISABLED=1)")
     log.warning("no API keys exist: every call will be refused as UNAUTHENTICATED until one is "
                 "created (`hparamrec keys create`) or the server runs with --no-auth")
-
-
-def _missing_sqlite_file(url: str) -> Path | None:
-    """The SQLite file the URL names, if it does not exist (opening it will create it)."""
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
-    path = Path(parsed.database).expanduser().absolute()
-    return None if path.exists() else path
 
 
 def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
