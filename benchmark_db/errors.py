@@ -52,12 +52,12 @@ def database_unreachable(exc: BaseException) -> bool:
 
 # What SQLite (SQLITE_FULL), PostgreSQL (disk_full, SQLSTATE 53100) and the OS say when the
 # database's disk is full: not an outage that a retry in a moment outlives.
-_DISK_FULL = ("database or disk is full", "no space left on device", "DiskFull")
+_DISK_FULL = ("database or disk is full", "no space left on device", "diskfull")
 
 
 def database_disk_full(exc: BaseException) -> bool:
     summary = database_error_summary(exc).lower()
-    return any(words.lower() in summary for words in _DISK_FULL)
+    return any(words in summary for words in _DISK_FULL)
 
 
 def database_error_summary(exc: BaseException) -> str:

@@ -40,7 +40,7 @@ class ApiKeyInfo:
 
 def key_id_of(key: str) -> str | None:
     """The key's public id, if it has the shape of a key (for logs: never the secret)."""
-    parts = key.split("_", 2)
+    parts = key.split("_", 2)  # the secret part may itself contain "_"
     if len(parts) == 3 and parts[0] == KEY_PREFIX and re.fullmatch(r"[0-9a-f]{12}", parts[1]):
         return parts[1]
     return None
@@ -68,11 +68,11 @@ class KeyStore:
 
     def tenant_for(self, key: str) -> str | None:
         """The tenant of a valid, unrevoked key; None otherwise."""
-        parts = key.split("_", 2)  # the secret part may itself contain "_"
-        if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        key_id = key_id_of(key)
+        if key_id is None:
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(api_keys).where(api_keys.c.key_id == parts[1])).mappings().first()
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.key_id == key_id)).mappings().first()
         if row is None or row["revoked_at"] is not None:
             return None
         return row["tenant"] if hmac.compare_digest(row["key_hash"], _hash(key)) else None

@@ -141,8 +141,8 @@ def backoff(attempt: int, cap: float = 2.0) -> float:
 def retry_wait(code: grpc.StatusCode, attempt: int, retries: int, patience: float | None,
                elapsed: float) -> float | None:
     """Seconds to wait before the next attempt of a call that failed with `code`, or None to
-    give up: UNAVAILABLE is retried `retries` times; with a patience (reports), UNAVAILABLE and
-    a passed deadline until `patience` seconds have gone by since the first attempt."""
+    give up: UNAVAILABLE is retried `retries` times; with a patience (reports), the codes of
+    PATIENT_RETRYABLE until `patience` seconds have gone by since the first attempt."""
     if patience is None:
         return backoff(attempt) if code in RETRYABLE and attempt < retries else None
     wait = backoff(attempt, PATIENT_BACKOFF_CAP)
