@@ -178,13 +178,12 @@ class TrackedRun:
         self.report: ReportResult | None = None
         # What was (or, on a rank that does not report, would have been) reported; None before.
         self.outcome: RunOutcome | None = None
-        if not heartbeat_seconds >= 0:
-            raise ValueError(f"heartbeat_seconds must be >= 0, not {heartbeat_seconds!r}")
-        self.heartbeat_seconds = float(heartbeat_seconds)
-        for name, seconds in (("report_patience_seconds", report_patience_seconds),
+        for name, seconds in (("heartbeat_seconds", heartbeat_seconds),
+                              ("report_patience_seconds", report_patience_seconds),
                               ("recommend_patience_seconds", recommend_patience_seconds)):
             if not seconds >= 0:
                 raise ValueError(f"{name} must be >= 0, not {seconds!r}")
+        self.heartbeat_seconds = float(heartbeat_seconds)
         self.report_patience_seconds = float(report_patience_seconds)
         self.recommend_patience_seconds = float(recommend_patience_seconds)
         self.fallback = convert.coerce(fallback, Hyperparameters) if fallback is not None else None
