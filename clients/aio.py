@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 
 from clients import convert
-from clients.client import (CHANNEL_OPTIONS, Settings, heartbeat_request, list_runs_request,
+from clients.client import (Settings, heartbeat_request, list_runs_request,
                             page_of, predict_loss_request, recommend_request, report_request,
                             retry_wait)
 from clients.errors import from_rpc_error
@@ -35,11 +35,7 @@ class AsyncClient:
         self.target = self.settings.target
         self.timeout = timeout
         self.retries = retries
-        if self.settings.tls:
-            self._channel = grpc.aio.secure_channel(self.target, self.settings.credentials(),
-                                                    CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.aio.insecure_channel(self.target, CHANNEL_OPTIONS)
+        self._channel = self.settings.open_channel(grpc.aio)
         self.stub = pb_grpc.RecommenderServiceStub(self._channel)
 
     async def __aenter__(self) -> "AsyncClient":

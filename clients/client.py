@@ -129,8 +129,12 @@ class Settings:
         metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         return cls(target, metadata, bool(tls or tls_ca), roots)
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+    def open_channel(self, channels=grpc):
+        """A channel to the target; `channels` is grpc, or grpc.aio for the async client."""
+        if self.tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            return channels.secure_channel(self.target, credentials, CHANNEL_OPTIONS)
+        return channels.insecure_channel(self.target, CHANNEL_OPTIONS)
 
 
 def backoff(attempt: int, cap: float = 2.0) -> float:
@@ -229,11 +233,7 @@ class Client:
         self.target = self.settings.target
         self.timeout = timeout
         self.retries = retries
-        if self.settings.tls:
-            self._channel = grpc.secure_channel(self.target, self.settings.credentials(),
-                                                CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.insecure_channel(self.target, CHANNEL_OPTIONS)
+        self._channel = self.settings.open_channel()
         self.stub = pb_grpc.RecommenderServiceStub(self._channel)
 
     def __enter__(self) -> "Client":
