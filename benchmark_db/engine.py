@@ -39,8 +39,6 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False,
                                                 "timeout": SQLITE_BUSY_SECONDS})
-    file = _SqliteFile(path)
-    _FILES[engine] = file
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record):
@@ -51,13 +49,23 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
         cursor.close()
-        file.opened()
 
-    @sa.event.listens_for(engine, "commit")
-    def _still_the_file(_connection):
-        file.check()  # raising here, the transaction is rolled back, never acknowledged
-
+    watch_sqlite_file(engine)
     return engine
+
+
+def watch_sqlite_file(engine: sa.Engine) -> None:
+    """Refuse the engine's commits once its SQLite file is deleted or replaced (see
+    _SqliteFile); a no-op for PostgreSQL. For every engine on the file: ours, and Optuna's."""
+    path = sqlite_file(engine.url)
+    if path is None:
+        return
+    file = _SqliteFile(path)
+    file.opened()  # an engine that has already connected (Optuna's) is watched from now
+    _FILES[engine] = file
+    sa.event.listen(engine, "connect", lambda _connection, _record: file.opened())
+    # Raising in the commit event rolls the transaction back: it is never acknowledged.
+    sa.event.listen(engine, "commit", lambda _connection: file.check())
 
 
 def check_database_file(engine: sa.Engine) -> None:

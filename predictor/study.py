@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
 from optuna.storages._cached_storage import _CachedStorage  # what load_study wraps the storage in
 
-from benchmark_db.engine import SQLITE_BUSY_SECONDS
+from benchmark_db.engine import SQLITE_BUSY_SECONDS, watch_sqlite_file
 from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, TrainingSpec, check_tenant
 from predictor.recommendation import HYPERPARAMETERS, Recommendation
@@ -248,6 +248,7 @@ class Studies:
                           else {"pool_pre_ping": True})
                 with self._pg_lock("optuna-schema"):  # replicas starting together
                     self._storage = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
+                watch_sqlite_file(self._storage.engine)
             return self._storage
 
     def close(self) -> None:

@@ -35,6 +35,21 @@ def test_a_deleted_database_file_stops_reports_and_health(tmp_path):
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def test_a_deleted_database_file_stops_explore_trials(tmp_path):
+    """The studies have an engine of their own on the file: a trial handed out after the
+    deletion would be written to the unlinked file and lost, its run then reported against a
+    trial that no longer exists."""
+    path = tmp_path / "gone.db"
+    spec = {"n_params": 1.3e9, "n_tokens": 1e11}
+    with running_service(f"sqlite:///{path}") as svc:
+        with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
+            assert client.recommend(spec, mode="explore").trial_id
+            for suffix in ("", "-wal", "-shm"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+            with pytest.raises(UnavailableError, match="was deleted or replaced while the server ran"):
+                client.recommend(spec, mode="explore")
+
+
 def test_a_server_that_makes_a_new_database_says_so(tmp_path, caplog):
     """A --db typo or a volume not mounted would otherwise serve an empty store quietly."""
     import logging
