@@ -108,6 +108,16 @@ class TrainingSpec(_Model):
     def tokens_per_param(self) -> float:
         return self.n_tokens / self.n_active_params
 
+    @classmethod
+    def of_sizes(cls, n_params: float, n_active_params: float, n_tokens: float, seq_len: int,
+                 weight_bits: int) -> "TrainingSpec":
+        """The spec of stored runs' sizes. Run tables keep no architecture: fewer active
+        parameters than parameters is a mixture of experts."""
+        moe = n_active_params < n_params * (1 - 1e-9)
+        return cls(n_params=n_params, n_active_params=n_active_params, n_tokens=n_tokens,
+                   seq_len=int(seq_len), weight_bits=int(weight_bits),
+                   architecture=Architecture.MOE if moe else Architecture.DENSE)
+
 
 class Hyperparameters(_Model):
     lr: Finite = Field(gt=0, le=MAX_LR)

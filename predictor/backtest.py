@@ -57,9 +57,8 @@ def held_out_spec(held: RunTable) -> tuple[TrainingSpec, Pins]:
     """The spec of a held-out group, and pins for the hyperparameters its sweep held constant:
     the sweep measures loss only in that slice, so the recommendation is the optimum of the
     rest there (e.g. lr and batch at the weight decay the sweep used)."""
-    spec = TrainingSpec(n_params=held.n_params[0], n_active_params=held.n_active_params[0],
-                        n_tokens=held.n_tokens[0], seq_len=int(_mode(held.seq_len)),
-                        weight_bits=int(_mode(held.weight_bits)))
+    spec = TrainingSpec.of_sizes(held.n_params[0], held.n_active_params[0], held.n_tokens[0],
+                                 _mode(held.seq_len), _mode(held.weight_bits))
     constant = {name: float(values[0]) for name in ("weight_decay", "qat_fraction")
                 if np.all((values := getattr(held, name)) == values[0])}
     if not spec.quantized:

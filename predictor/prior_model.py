@@ -26,8 +26,7 @@ class PriorLossModel:
     def predict(self, queries: RunTable) -> LossPrediction:
         mean = np.empty(len(queries))
         for key, rows in _rows_by_spec(queries).items():
-            spec = TrainingSpec(n_params=key[0], n_active_params=key[1], n_tokens=key[2],
-                                seq_len=int(key[3]), weight_bits=int(key[4]))
+            spec = TrainingSpec.of_sizes(*key)
             mean[rows] = law_loss(LawOptimum(spec), queries.lr[rows], queries.batch_size_tokens[rows],
                                   queries.weight_decay[rows], queries.qat_fraction[rows])
         half = Z80 * laws.EPOCH_LOSS.sd["relative"]

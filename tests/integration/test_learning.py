@@ -72,6 +72,25 @@ def test_backtest_json_contract(tmp_path):
         assert all(p["loss_lo"] <= p["loss_pred"] <= p["loss_hi"] for p in group["points"])
 
 
+def test_backtest_of_mixture_of_experts_groups(tmp_path):
+    """The held-out spec is rebuilt from the runs' sizes: fewer active parameters than
+    parameters is a MoE (it was taken for a dense model and refused)."""
+    runs = tmp_path / "moe.csv"
+    write_csv(runs, synthetic_sweep(groups=SWEEP_GROUPS[:3]))
+    rows = list(csv.reader(runs.open()))
+    with runs.open("w", newline="") as f:  # the same sweeps, a quarter of each model active
+        writer = csv.writer(f)
+        writer.writerow([*rows[0], "n_active_params"])
+        writer.writerows([*row, float(row[1]) / 4] for row in rows[1:])
+    out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "csv",
+                          "--predictor", "prior", "--json"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    groups = json.loads(out.stdout)["groups"]
+    assert len(groups) == 3
+    assert all(g["n_active_params"] == g["n_params"] / 4 for g in groups)
+
+
 def test_backtest_rejects_an_unknown_predictor(tmp_path):
     runs = tmp_path / "runs.csv"
     write_csv(runs, synthetic_sweep(groups=SWEEP_GROUPS[:2]))

@@ -65,6 +65,17 @@ def test_explore_mode_returns_a_trial(client):  # the refinement loop: tests/int
     assert client.recommend(spec(n_params=1e9, n_tokens=2e10), mode=pb.MODE_EXPLORE).trial_id
 
 
+def test_a_mixture_of_experts_on_the_published_laws(client):
+    """Every call of a MoE spec answered by the prior: its loss model rebuilds the spec from the
+    run table's sizes, which keep no architecture (a dense 10B with 1B active was refused)."""
+    moe = spec(n_params=1e10, n_active_params=1e9, n_tokens=1e11)
+    rec = client.recommend(moe)
+    point = {"lr": rec.lr, "batch_size_tokens": rec.batch_size_tokens}
+    assert client.predict_loss(moe, [point]).predictions[0].loss == pytest.approx(rec.predicted_loss)
+    assert client.recommend(moe, mode=pb.MODE_EXPLORE).trial_id
+    assert client.recommend(moe, mode=pb.MODE_EXPLORE).trial_id  # scored by the prior's loss
+
+
 @pytest.mark.parametrize("training_spec, field", [
     (spec(n_params=-1.0, n_tokens=1e10), "spec.n_params"),
     (spec(n_params=0.0, n_tokens=1e10), "spec.n_params"),
