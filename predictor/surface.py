@@ -45,6 +45,9 @@ PARAMS = ("c0", "cN", "cD", "d0", "dN", "dD", "la0", "laD", "ku", "lb0", "lbD", 
 PRIOR_SD = np.array([1.0, 0.3, 0.3, 1.0, 0.3, 0.3, 1.0, 0.5, 1.0, 1.0, 0.5, 1.0, 0.5, 1.0, 1.0])
 # Bootstrap draws only feed the spread of the optimum: a looser stop is plenty, and 5x faster.
 BOOTSTRAP_TOLERANCE = 1e-5
+# The groups' ln-levels about the Chinchilla form: their sd, and the misfit past which a group
+# is treated as an outlier (the Step Law groups sit within about 1% of the form).
+LEVEL_SD, LEVEL_OUTLIER = 0.005, 0.02
 # The starting point of the shape exponents: off the zero-gradient point k = 0 of linex.
 SHAPE_START = {"ku": 1.0, "kv": 0.5}
 
@@ -265,9 +268,14 @@ class LossSurface:
         def residuals(log_params):
             e, a, alpha, b, beta = np.exp(log_params)
             model = np.log(e + a / n_eff**alpha + b / keys[:, 2]**beta)
-            return np.concatenate([(model - levels) / 0.005, (log_params - start) / prior_sd])
+            return np.concatenate([(model - levels) / LEVEL_SD, (log_params - start) / prior_sd])
 
-        self.L0_ = np.exp(least_squares(residuals, start, max_nfev=500).x)
+        # Robust: a group of one report of another corpus, or of an absurd loss (999, 0.02),
+        # moved every spec's level (squared, one group outweighed the rest); beyond
+        # LEVEL_OUTLIER its pull no longer grows.
+        fit = least_squares(residuals, start, loss="soft_l1", f_scale=LEVEL_OUTLIER / LEVEL_SD,
+                            max_nfev=500)
+        self.L0_ = np.exp(fit.x)
 
 
 def _effective_params(q: RunTable) -> np.ndarray:

@@ -11,7 +11,7 @@ from predictor.auto import CANDIDATES, MAX_HELD_OUT_GROUPS, AutoModel, held_out_
 from predictor.residual_gbm import SurfaceGBM
 from predictor.surface import LossSurface
 from predictor.table import RunTable
-from tests.factories import SWEEP_GROUPS, synthetic_sweep, true_optimum
+from tests.factories import SWEEP_GROUPS, make_report, synthetic_sweep, true_optimum
 
 ALL = RunTable.from_runs(synthetic_sweep())
 HELD_OUT = SWEEP_GROUPS[3]
@@ -205,3 +205,13 @@ def test_a_mixture_of_experts_sparser_than_the_stored_runs_is_flagged(surface):
                             if "sparser than any stored run" in w]
     assert len(flagged(moe)) == 1 and "= 8" in flagged(moe)[0]
     assert flagged(dense) == []
+
+
+@pytest.mark.parametrize("loss", [999.0, 0.02, 1.2])  # absurd, or of another corpus
+def test_one_odd_report_leaves_the_other_specs_loss_level(loss):
+    odd = make_report("odd", n_params=6e8, n_tokens=3e10, lr=2.5e-3, batch=450_000, loss=loss)
+    clean = LossSurface(calibrate=False).fit(ALL)
+    with_odd = LossSurface(calibrate=False).fit(RunTable.from_runs([*synthetic_sweep(), odd]))
+    queries = RunTable.from_runs([make_report("a", n_params=1e9, n_tokens=1e11),
+                                  make_report("b", n_params=1e8, n_tokens=2e9)])
+    assert with_odd.base_loss(queries) == pytest.approx(clean.base_loss(queries), rel=0.02)
