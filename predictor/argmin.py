@@ -30,8 +30,9 @@ class ModelRecommender:
         self.model = model
         self.n_runs = len(runs)
         self._prior = PriorRecommender()
-        self._sizes = {c: (getattr(runs, c).min(), getattr(runs, c).max()) if len(runs) else None
-                       for c in ("n_active_params", "n_tokens")}
+        sizes = {"n_active_params": runs.n_active_params, "n_tokens": runs.n_tokens,
+                 "tokens_per_param": runs.n_tokens / runs.n_active_params}
+        self._sizes = {c: (v.min(), v.max()) if len(runs) else None for c, v in sizes.items()}
         # The sparsest mixture of experts stored (1: dense runs only).
         self._sparsity = float((runs.n_params / runs.n_active_params).max()) if len(runs) else None
 
@@ -145,7 +146,8 @@ class ModelRecommender:
     def _outside_stored_sizes(self, spec: TrainingSpec) -> list[tuple[str, float, tuple]]:
         """(column, value, stored range) of each size of the spec outside the stored runs'."""
         out = []
-        for column, value in (("n_active_params", spec.n_active_params), ("n_tokens", spec.n_tokens)):
+        for column, value in (("n_active_params", spec.n_active_params), ("n_tokens", spec.n_tokens),
+                              ("tokens_per_param", spec.tokens_per_param)):
             bounds = self._sizes[column]
             if bounds and not bounds[0] <= value <= bounds[1]:
                 out.append((column, value, bounds))

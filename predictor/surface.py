@@ -31,11 +31,12 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.special import expit
 
+from benchmark_db.records import TrainingSpec
 from predictor import laws
 from predictor.bowl import STEPLAW_BOWL, TIMESCALE_CURVATURE_FRACTION, timescale_excess
 from predictor.intervals import IntervalModel
 from predictor.loss_model import LossPrediction
-from predictor.prior import QAT_CURVATURE
+from predictor.prior import QAT_CURVATURE, LawOptimum
 from predictor.table import RunTable
 
 N0, D0 = 5e8, 2e10  # centre of the coordinates
@@ -102,16 +103,44 @@ class LossSurface:
         self.divergence_ = None
         self.intervals_ = IntervalModel()
         self.n_runs_ = 0
+        self.fitted_sizes_ = None  # ((Na lo, hi), (D/Na lo, hi)) of the completed runs
 
     @property
     def version_(self) -> str:
-        return f"surface@{_fingerprint(self.theta_, self.L0_)}"
+        return f"surface@{_fingerprint(self.theta_, self.L0_, np.ravel(self.fitted_sizes_ or ()))}"
 
     # ----- the model -----
     def centre(self, theta, n_active, n_tokens):
-        """(ln lr*, ln B*) for the given sizes."""
-        x_n, x_d = np.log(n_active / N0), np.log(n_tokens / D0)
-        return theta[0] + theta[1] * x_n + theta[2] * x_d, theta[3] + theta[4] * x_n + theta[5] * x_d
+        """(ln lr*, ln B*) for the given sizes: the fitted form within the sizes fitted on;
+        beyond them, its value at the nearest fitted sizes moved as the published laws move
+        (whose lr slows with data past 500 tokens per parameter; the fitted form, linear in
+        ln D, would keep growing it: 30x the laws' lr at 100M params and 10T tokens)."""
+        one_spec = np.ndim(n_active) == np.ndim(n_tokens) == 0
+        n_active, n_tokens = np.broadcast_arrays(np.atleast_1d(np.asarray(n_active, float)),
+                                                 np.atleast_1d(np.asarray(n_tokens, float)))
+        n_in, d_in, moved = self._into_fitted_sizes(n_active, n_tokens)
+        x_n, x_d = np.log(n_in / N0), np.log(d_in / D0)
+        log_lr = theta[0] + theta[1] * x_n + theta[2] * x_d
+        log_b = theta[3] + theta[4] * x_n + theta[5] * x_d
+        if moved.any():
+            shift = _law_shift(n_active[moved], n_tokens[moved], n_in[moved], d_in[moved])
+            log_lr, log_b = np.array(log_lr, float), np.array(log_b, float)
+            log_lr[moved] += shift[:, 0]
+            log_b[moved] += shift[:, 1]
+        if one_spec:  # numbers back, as given
+            return float(log_lr[0]), float(log_b[0])
+        return log_lr, log_b
+
+    def _into_fitted_sizes(self, n_active, n_tokens):
+        """(Na, D, moved): the sizes (arrays of one shape) moved into the box of (ln Na,
+        ln D/Na) that the completed runs fitted on span, and which were."""
+        if self.fitted_sizes_ is None:
+            return n_active, n_tokens, np.zeros(n_active.shape, bool)
+        (n_lo, n_hi), (r_lo, r_hi) = self.fitted_sizes_
+        ratio = n_tokens / n_active
+        n_in, r_in = np.clip(n_active, n_lo, n_hi), np.clip(ratio, r_lo, r_hi)
+        moved = (n_in != n_active) | (r_in != ratio)
+        return n_in, np.where(moved, n_in * r_in, n_tokens), moved
 
     def penalty(self, theta, q: RunTable) -> np.ndarray:
         """Relative excess P of each query over the optimum of its spec."""
@@ -179,6 +208,9 @@ class LossSurface:
         if not ok.any():
             return self
         completed = runs.subset(ok)
+        ratio = completed.n_tokens / completed.n_active_params
+        self.fitted_sizes_ = ((completed.n_active_params.min(), completed.n_active_params.max()),
+                              (ratio.min(), ratio.max()))
         keys, groups = group_index(completed)
         levels = self._fit_bowl(completed, groups, len(keys))
         self._fit_base_loss(keys, levels)
@@ -215,6 +247,7 @@ class LossSurface:
         twin = LossSurface(self.e0, self.f_scale, self.lr_safety, calibrate,
                            tolerance=self.tolerance if tolerance is None else tolerance)
         twin.theta_ = self.theta_.copy()
+        twin.fitted_sizes_ = self.fitted_sizes_
         return twin
 
     def _fit_divergence(self, runs: RunTable) -> None:
@@ -276,6 +309,23 @@ class LossSurface:
         fit = least_squares(residuals, start, loss="soft_l1", f_scale=LEVEL_OUTLIER / LEVEL_SD,
                             max_nfev=500)
         self.L0_ = np.exp(fit.x)
+
+
+def _law_shift(n_active, n_tokens, n_from, d_from) -> np.ndarray:
+    """(k, 2): ln lr* and ln B* of the published laws at (n_active, n_tokens) minus theirs at
+    (n_from, d_from), for each of k pairs (a few distinct ones: the specs asked about)."""
+    pairs = np.stack([n_active, n_tokens, n_from, d_from], 1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    shifts = np.array([np.log(_law_optimum(n, d)) - np.log(_law_optimum(nf, df))
+                       for n, d, nf, df in unique])
+    return shifts[inverse.ravel()]
+
+
+def _law_optimum(n_active: float, n_tokens: float) -> tuple[float, float]:
+    spec = TrainingSpec(n_params=n_active, n_active_params=n_active, n_tokens=n_tokens,
+                        seq_len=1)  # the laws' optimum does not depend on it; a tiny D is valid
+    values = LawOptimum(spec).values
+    return values["lr"], values["batch_size_tokens"]
 
 
 def _effective_params(q: RunTable) -> np.ndarray:

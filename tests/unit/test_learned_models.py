@@ -9,7 +9,7 @@ from predictor import laws
 from predictor.argmin import ModelRecommender
 from predictor.auto import CANDIDATES, MAX_HELD_OUT_GROUPS, AutoModel, held_out_groups
 from predictor.residual_gbm import SurfaceGBM
-from predictor.surface import LossSurface
+from predictor.surface import D0, N0, LossSurface
 from predictor.table import RunTable
 from tests.factories import SWEEP_GROUPS, make_report, synthetic_sweep, true_optimum
 
@@ -133,6 +133,16 @@ def test_outside_the_stored_sizes_the_intervals_take_in_the_laws():
     assert near.lr_interval.hi / near.lr_interval.lo < law_near.lr_interval.hi / law_near.lr_interval.lo
 
 
+def test_more_tokens_per_parameter_than_stored_is_an_extrapolation_too():
+    """Each size within the stored ones, their ratio not: the surface's centre follows the
+    published laws there, and the intervals take theirs in."""
+    recommender = ModelRecommender(LossSurface(calibrate=False).fit(ALL), ALL)
+    spec = TrainingSpec(n_params=2e8, n_active_params=2e8, n_tokens=6e10)  # 300; stored 20-100
+    rec = recommender.recommend(spec, Pins(weight_decay=0.1))
+    assert any(w.startswith("surface: tokens_per_param = 300 is outside the stored runs")
+               for w in rec.warnings)
+
+
 def test_auto_selects_by_leaving_training_groups_out():
     train = without(ALL, HELD_OUT)
     model = AutoModel().fit(train)
@@ -215,3 +225,27 @@ def test_one_odd_report_leaves_the_other_specs_loss_level(loss):
     queries = RunTable.from_runs([make_report("a", n_params=1e9, n_tokens=1e11),
                                   make_report("b", n_params=1e8, n_tokens=2e9)])
     assert with_odd.base_loss(queries) == pytest.approx(clean.base_loss(queries), rel=0.02)
+
+
+@pytest.mark.parametrize("far, nearest_fitted", [
+    ((2e8, 2e13), (2e8, 2e10)),  # 100,000 tokens per parameter: the fitted at most 100
+    ((1e7, 1e9), (2e8, 2e10)),  # smaller than any model fitted on
+    ((7e10, 1.4e12), (8e8, 1.6e10)),  # larger
+])
+def test_past_the_fitted_sizes_the_optimum_moves_as_the_published_laws_do(far, nearest_fitted):
+    """The fitted centre is linear in ln D: extrapolated to long training, its lr kept growing
+    (30x the laws' at 100M params and 10T tokens), where the laws' slows (DeepSeek's blend)."""
+    from predictor.prior import LawOptimum
+
+    def law(n, d):
+        values = LawOptimum(TrainingSpec(n_params=n, n_active_params=n, n_tokens=d)).values
+        return np.log([values["lr"], values["batch_size_tokens"]])
+
+    model = LossSurface(calibrate=False).fit(ALL)
+    moved = np.subtract(model.centre(model.theta_, *far), model.centre(model.theta_, *nearest_fitted))
+    assert moved == pytest.approx(law(*far) - law(*nearest_fitted), abs=1e-9)
+    inside = (4e8, 2e10)  # within the fitted sizes: the fitted form itself
+    x_n, x_d = np.log(inside[0] / N0), np.log(inside[1] / D0)
+    t = model.theta_
+    assert model.centre(t, *inside) == pytest.approx((t[0] + t[1] * x_n + t[2] * x_d,
+                                                      t[3] + t[4] * x_n + t[5] * x_d))
