@@ -90,7 +90,8 @@ def in_sample_references(table: RunTable) -> dict[str, list[float]]:
 
 def score_backtest(table: RunTable, result: dict) -> dict:
     ids = table.group_ids()
-    per_group = {"regret": [], "spearman": [], "coverage": [], "width": []}
+    per_group = {"regret": [], "spearman": [], "coverage": [], "width": [], "lr_covers": [],
+                 "batch_covers": []}
     for g, group in zip(np.unique(ids), result["groups"]):
         held = table.subset(ids == g)
         rec = group["recommendation"]
@@ -102,6 +103,10 @@ def score_backtest(table: RunTable, result: dict) -> dict:
         per_group["spearman"].append(scoring.rank_correlation(held, mean))
         per_group["coverage"].append(scoring.coverage(held, lo, hi))
         per_group["width"].append(scoring.relative_width(held, lo, hi, mean))
+        best = np.flatnonzero(held.completed)[np.argmin(held.loss[held.completed])]
+        for name, value in (("lr", held.lr[best]), ("batch", held.batch_size_tokens[best])):
+            interval = rec["lr_interval" if name == "lr" else "batch_size_tokens_interval"]
+            per_group[f"{name}_covers"].append(interval[0] <= value <= interval[1])
     return per_group
 
 
@@ -159,18 +164,22 @@ def main() -> None:
         "used, so lr and batch are recommended in the slice the sweep measured. The in-sample "
         "rows are fitted on the groups they are scored on: what a model class reaches on this "
         "sweep having seen every answer, about the best its leave-one-group-out row can hope "
-        "for.",
+        "for. lr / batch in interval: share of groups whose best run's lr (batch) lies in the "
+        "recommendation's 80% lr (batch) interval.",
         "",
-        "| recommender | mean regret | median | max | Spearman | 80% coverage | width | fit | recommend |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| recommender | mean regret | median | max | Spearman | 80% coverage | width "
+        "| lr in interval | batch in interval | fit | recommend |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s, per_group, times in rows:
         cells = [name, f"{100 * s['mean']:.3f}%", f"{100 * s['median']:.3f}%", f"{100 * s['max']:.3f}%"]
         if per_group is None:
-            cells += ["", "", "", "", ""]
+            cells += ["", "", "", "", "", "", ""]
         else:
             cells += [f"{np.mean(per_group['spearman']):.3f}", f"{np.mean(per_group['coverage']):.1%}",
-                      f"{np.mean(per_group['width']):.2%}", f"{times[0]:.2f} s", f"{1000 * times[1]:.1f} ms"]
+                      f"{np.mean(per_group['width']):.2%}", f"{np.mean(per_group['lr_covers']):.0%}",
+                      f"{np.mean(per_group['batch_covers']):.0%}", f"{times[0]:.2f} s",
+                      f"{1000 * times[1]:.1f} ms"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per-group regret (%):", "", "| predictor | " + " | ".join(
         str(i + 1) for i in range(n_groups)) + " |", "|---|" + "---|" * n_groups]

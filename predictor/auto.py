@@ -13,7 +13,7 @@ import numpy as np
 
 from predictor.argmin import ModelRecommender
 from predictor.backtest import held_out_spec
-from predictor.intervals import IntervalModel
+from predictor.intervals import IntervalModel, best_run_offset
 from predictor.loss_model import LossPrediction
 from predictor.residual_gbm import SurfaceGBM
 from predictor.scoring import regret
@@ -62,17 +62,19 @@ class AutoModel:
             self.inner_regret_[name] = float(np.mean(results[name][1]))
         self.choice_ = within_one_standard_error(
             {name: results[name][1] for name in self.candidates})
-        fitted, _, folds = results[self.choice_]
+        fitted, _, folds, offsets = results[self.choice_]
         self.model_ = _calibrated(fitted, folds)
+        _surface_of(self.model_).optimum_offsets_ = offsets
         _surface_of(self.model_).bootstrap(runs, BOOTSTRAP_DRAWS)
         return self
 
     @staticmethod
     def _leave_groups_out(model, runs, groups, surfaces):
-        """Fits on all runs and on each group left out; returns (fitted model, regrets, folds)."""
+        """Fits on all runs and on each group left out; returns (fitted model, regrets, folds,
+        optimum offsets), per held-out group."""
         shared = surfaces.get(model.e0) if isinstance(model, SurfaceGBM) else None
         model = model.fit(runs, surface=shared[0]) if shared else model.fit(runs)
-        regrets, folds, inner_surfaces = [], [], []
+        regrets, folds, offsets, inner_surfaces = [], [], [], []
         for k, j in enumerate(held_out_groups(groups)):
             train, held = runs.subset(groups != j), runs.subset(groups == j)
             if not held.completed.any():  # only diverged runs: no regret to score it by
@@ -86,9 +88,10 @@ class AutoModel:
             regrets.append(regret(held, rec.lr, rec.batch_size_tokens))
             done = held.subset(held.completed)
             folds.append((np.log(done.loss) - np.log(inner.mean(done)), inner.interval_penalty(done)))
+            offsets.append(best_run_offset(held, rec.lr, rec.batch_size_tokens))
         if isinstance(model, LossSurface):
             surfaces.setdefault(model.e0, (model, inner_surfaces))
-        return model, regrets, folds
+        return model, regrets, folds, np.array(offsets).reshape(-1, 2)
 
     def mean(self, q: RunTable) -> np.ndarray:
         return self.model_.mean(q)
@@ -104,6 +107,9 @@ class AutoModel:
 
     def optimum_log_offsets(self, n_active: float, n_tokens: float) -> np.ndarray | None:
         return self.model_.optimum_log_offsets(n_active, n_tokens)
+
+    def held_out_optimum_offsets(self) -> np.ndarray | None:
+        return self.model_.held_out_optimum_offsets()
 
 
 def within_one_standard_error(regrets: dict[str, list[float]]) -> str:

@@ -51,3 +51,9 @@ class EnsembleModel:
             if hasattr(model, "optimum_log_offsets"):
                 return model.optimum_log_offsets(n_active, n_tokens)
         return None
+
+    def held_out_optimum_offsets(self) -> np.ndarray | None:
+        for model in self.models_:
+            if hasattr(model, "held_out_optimum_offsets"):
+                return model.held_out_optimum_offsets()
+        return None

@@ -50,20 +50,44 @@ class IntervalModel:
         return cls(level_sd, float(shape_sd), float(kappa), float(np.quantile(ratio, COVERAGE)))
 
 
-def held_out_residuals(model, runs) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For each group of `runs`: a warm-started clone fitted on the others, and its
-    (ln-residuals, penalties) on the group's completed runs."""
+def held_out_folds(model, runs) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """For each group of `runs`, a warm-started clone fitted on the others: its (ln-residuals,
+    penalties) on the group's completed runs, and where the group's best run lies relative to
+    its recommendation (optimum_offset)."""
     from predictor.surface import group_index
 
     _, groups = group_index(runs)
-    folds = []
+    folds, offsets = [], []
     for j in np.unique(groups):
-        inner = model.clone().fit(runs.subset(groups != j))
-        held = runs.subset((groups == j) & runs.completed)
-        if len(held):
-            folds.append((np.log(held.loss) - np.log(inner.mean(held)), inner.interval_penalty(held)))
-    return folds
+        train = runs.subset(groups != j)
+        inner = model.clone().fit(train)
+        held = runs.subset(groups == j)
+        done = held.subset(held.completed)
+        if len(done):
+            folds.append((np.log(done.loss) - np.log(inner.mean(done)), inner.interval_penalty(done)))
+            offsets.append(optimum_offset(inner, train, held))
+    return folds, np.array(offsets).reshape(-1, 2)
 
 
-def calibrate_by_leaving_groups_out(model, runs) -> IntervalModel:
-    return IntervalModel.from_held_out(held_out_residuals(model, runs))
+def optimum_offset(model, train, held) -> np.ndarray:
+    """ln(lr, batch) of the held-out group's best completed run minus those the model, fitted
+    on `train`, recommends for its spec: how far off a recommendation for a new spec is."""
+    from predictor.argmin import ModelRecommender
+    from predictor.backtest import held_out_spec
+
+    spec, pins = held_out_spec(held)
+    rec = ModelRecommender(model, train).recommend(spec, pins)
+    return best_run_offset(held, rec.lr, rec.batch_size_tokens)
+
+
+def best_run_offset(held, lr: float, batch_size_tokens: float) -> np.ndarray:
+    """ln(lr, batch) of the group's best completed run minus ln(lr, batch_size_tokens)."""
+    done = np.flatnonzero(held.completed)
+    best = done[np.argmin(held.loss[done])]
+    return np.log([held.lr[best] / lr, held.batch_size_tokens[best] / batch_size_tokens])
+
+
+def calibrate_by_leaving_groups_out(model, runs) -> tuple[IntervalModel, np.ndarray]:
+    """The loss intervals, and the held-out groups' optimum offsets (for the lr and batch ones)."""
+    folds, offsets = held_out_folds(model, runs)
+    return IntervalModel.from_held_out(folds), offsets

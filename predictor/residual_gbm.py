@@ -58,7 +58,8 @@ class SurfaceGBM:
         self.fitted_version_ = f"lightgbm@{_fingerprint(self.surface_.theta_, trees)}"
         self._fit_shrink(keys)
         if self.calibrate and len(keys) >= 4:
-            self.surface_.intervals_ = calibrate_by_leaving_groups_out(self, runs)
+            self.surface_.intervals_, self.surface_.optimum_offsets_ = \
+                calibrate_by_leaving_groups_out(self, runs)
         return self
 
     def clone(self) -> "SurfaceGBM":
@@ -105,6 +106,9 @@ class SurfaceGBM:
 
     def optimum_log_offsets(self, n_active: float, n_tokens: float) -> np.ndarray | None:
         return self.surface_.optimum_log_offsets(n_active, n_tokens)
+
+    def held_out_optimum_offsets(self) -> np.ndarray | None:
+        return self.surface_.held_out_optimum_offsets()
 
     def predict(self, q: RunTable) -> LossPrediction:
         mean = self.mean(q)

@@ -104,6 +104,9 @@ class LossSurface:
         self.intervals_ = IntervalModel()
         self.n_runs_ = 0
         self.fitted_sizes_ = None  # ((Na lo, hi), (D/Na lo, hi)) of the completed runs
+        # (groups, 2): ln lr and ln B of each held-out group's best run over the recommendation
+        # made without it (from the calibration's folds; None uncalibrated)
+        self.optimum_offsets_ = None
 
     @property
     def version_(self) -> str:
@@ -217,7 +220,7 @@ class LossSurface:
         if self.calibrate and len(keys) >= 4:
             from predictor.intervals import calibrate_by_leaving_groups_out
 
-            self.intervals_ = calibrate_by_leaving_groups_out(self, runs)
+            self.intervals_, self.optimum_offsets_ = calibrate_by_leaving_groups_out(self, runs)
         if self.n_boot:
             self.bootstrap(runs, self.n_boot)
         return self
@@ -241,6 +244,9 @@ class LossSurface:
             return None
         fitted = np.array(self.centre(self.theta_, n_active, n_tokens))
         return np.array([self.centre(t, n_active, n_tokens) for t in self.boot_theta_]) - fitted
+
+    def held_out_optimum_offsets(self) -> np.ndarray | None:
+        return self.optimum_offsets_
 
     def clone(self, calibrate: bool = False, tolerance: float | None = None) -> "LossSurface":
         """Same parameters, warm-started from this fit: for inner folds."""

@@ -260,3 +260,29 @@ def test_past_the_fitted_sizes_the_optimum_moves_as_the_published_laws_do(far, n
     t = model.theta_
     assert model.centre(t, *inside) == pytest.approx((t[0] + t[1] * x_n + t[2] * x_d,
                                                       t[3] + t[4] * x_n + t[5] * x_d))
+
+
+def test_best_run_offset_is_where_the_best_run_lies_from_a_recommendation():
+    from predictor.intervals import best_run_offset
+
+    held = RunTable.from_runs([make_report("a", lr=1e-3, batch=1 << 20, loss=2.6),
+                               make_report("b", lr=2e-3, batch=1 << 19, loss=2.5),
+                               make_report("c", lr=8e-3, batch=1 << 19, status="diverged")])
+    assert best_run_offset(held, 1e-3, 1 << 20) == pytest.approx(np.log([2.0, 0.5]))
+
+
+def test_lr_and_batch_intervals_take_in_where_held_out_groups_best_runs_lay():
+    """The bootstrap says how well the stored runs pin the fit down, not how far off a new
+    spec's recommendation is: on the real sweep it covered the best run's lr in few groups."""
+    model = LossSurface(n_boot=4).fit(ALL)  # calibrated by leaving each group out
+    offsets = model.held_out_optimum_offsets()
+    assert offsets.shape == (len(SWEEP_GROUPS), 2)
+    spec = TrainingSpec(n_params=4e8, n_active_params=4e8, n_tokens=2e10)
+    rec = ModelRecommender(model, ALL).recommend(spec, Pins(weight_decay=0.1))
+    lo, hi = np.minimum(np.percentile(offsets, 10, axis=0), 0), np.maximum(np.percentile(offsets, 90, axis=0), 0)
+    assert rec.lr_interval.lo <= rec.lr * np.exp(lo[0]) * (1 + 1e-9)
+    assert rec.lr_interval.hi >= rec.lr * np.exp(hi[0]) * (1 - 1e-9)
+    assert rec.batch_size_tokens_interval.lo <= rec.batch_size_tokens * np.exp(lo[1]) * (1 + 1e-9)
+    assert rec.batch_size_tokens_interval.hi >= rec.batch_size_tokens * np.exp(hi[1]) * (1 - 1e-9)
+    auto = AutoModel().fit(ALL)
+    assert auto.held_out_optimum_offsets().shape == (len(SWEEP_GROUPS), 2)
