@@ -49,6 +49,8 @@ BOOTSTRAP_TOLERANCE = 1e-5
 # The groups' ln-levels about the Chinchilla form: their sd, and the misfit past which a group
 # is treated as an outlier (the Step Law groups sit within about 1% of the form).
 LEVEL_SD, LEVEL_OUTLIER = 0.005, 0.02
+# The relative excess over the optimum the surface predicts at most (4x the optimum's loss).
+MAX_EXCESS = 3.0
 # The starting point of the shape exponents: off the zero-gradient point k = 0 of linex.
 SHAPE_START = {"ku": 1.0, "kv": 0.5}
 
@@ -155,7 +157,7 @@ class LossSurface:
         p = a * linex(u, theta[8]) + b * linex(v, theta[11])
         delta = np.log(self.lr_div(q, theta)) - (log_lr_star + theta[12] * v)
         p = p + np.exp(theta[13] - theta[14] * delta) * (np.expm1(theta[14] * u) - theta[14] * u)
-        return p + self._weight_decay_term(q, np.minimum(a, b)) + _qat_term(q)
+        return _saturated(p + self._weight_decay_term(q, np.minimum(a, b)) + _qat_term(q))
 
     @staticmethod
     def _weight_decay_term(q: RunTable, curvature) -> np.ndarray:
@@ -315,6 +317,16 @@ class LossSurface:
         fit = least_squares(residuals, start, loss="soft_l1", f_scale=LEVEL_OUTLIER / LEVEL_SD,
                             max_nfev=500)
         self.L0_ = np.exp(fit.x)
+
+
+def _saturated(p: np.ndarray) -> np.ndarray:
+    """The excess as it is up to a doubled loss, then bending smoothly towards MAX_EXCESS: the
+    exponential flanks, unbounded, predicted 43,000 nats at a pinned lr of 1 and 1e9 further
+    out, where a run diverges (the Step Law sweep's diverged runs end at 5-11 nats, 2-5x the
+    best). Completed runs that far out are too few to move a fit."""
+    over = np.maximum(p - 1.0, 0.0)
+    cap = MAX_EXCESS - 1.0
+    return np.where(p > 1.0, 1.0 + cap * np.tanh(over / cap), p)
 
 
 def _law_shift(n_active, n_tokens, n_from, d_from) -> np.ndarray:

@@ -10,7 +10,7 @@ from predictor.argmin import ModelRecommender
 from predictor.auto import (CANDIDATES, MAX_HELD_OUT_GROUPS, AutoModel, held_out_groups,
                             within_one_standard_error)
 from predictor.residual_gbm import SurfaceGBM
-from predictor.surface import D0, N0, LossSurface
+from predictor.surface import D0, MAX_EXCESS, N0, LossSurface
 from predictor.table import RunTable
 from tests.factories import SWEEP_GROUPS, make_report, synthetic_sweep, true_optimum
 
@@ -96,6 +96,7 @@ def test_surface_answers_stay_sane_at_absurd_pins(surface, pins):
         assert 0 < interval.lo < rec.predicted_loss < interval.hi < np.inf
         assert interval.hi / interval.lo < 2
         assert rec.predicted_loss >= best * (1 - 1e-3)
+        assert rec.predicted_loss <= best * (1 + MAX_EXCESS) * 1.01  # lr 10 predicted 7e7 nats
         assert rec.weight_decay <= 100
     if pins.lr == 10.0:
         assert any("above the surface model's limit" in w for w in rec.warnings)
