@@ -25,6 +25,8 @@ QAT_CURVATURE = 0.025  # excess per unit (f - f*)^2; assumed: 0.2 off costs abou
 STEPLAW_CENTRE_N, STEPLAW_CENTRE_D = 4.6e8, 2.4e10
 # Log-ratios to the optimum beyond which a pin is clamped in the bowl (a factor of e^6 ~ 400).
 MAX_LOG_RATIO = 6.0
+# Runs diverge from about this multiple of the optimal lr (the reference's sweeps).
+DIVERGENCE_LR_FACTOR = 6.0
 
 
 class PriorRecommender:
@@ -97,6 +99,11 @@ class PriorRecommender:
                                 "for the law's weight decay")
                 continue
             ratio = math.log(value / optimum.values[name])
+            if name == "lr" and value > DIVERGENCE_LR_FACTOR * optimum.values["lr"]:
+                warnings.append(f"pinned lr = {value:.3g} is over {DIVERGENCE_LR_FACTOR:g}x the "
+                                f"prior optimum {optimum.values['lr']:.3g}, past which runs "
+                                "diverge in the reference's sweeps: the run may diverge, and "
+                                "the loss predicted for it assumes it does not")
             if abs(ratio) > MAX_LOG_RATIO:
                 warnings.append(f"pinned {name} = {value:.3g} is more than e^{MAX_LOG_RATIO:g} "
                                 f"from the prior optimum {optimum.values[name]:.3g}; the "

@@ -36,7 +36,7 @@ from predictor import laws
 from predictor.bowl import STEPLAW_BOWL, TIMESCALE_CURVATURE_FRACTION, timescale_excess
 from predictor.intervals import IntervalModel
 from predictor.loss_model import LossPrediction
-from predictor.prior import QAT_CURVATURE, LawOptimum
+from predictor.prior import DIVERGENCE_LR_FACTOR, QAT_CURVATURE, LawOptimum
 from predictor.table import RunTable
 
 N0, D0 = 5e8, 2e10  # centre of the coordinates
@@ -180,7 +180,7 @@ class LossSurface:
     def lr_div(self, q: RunTable, theta=None) -> np.ndarray:
         """The lr at which half the runs diverge (prior: 6x the optimum, as in the reference)."""
         if self.divergence_ is None:
-            return 6.0 * np.exp(self.centre(self.theta_ if theta is None else theta,
+            return DIVERGENCE_LR_FACTOR * np.exp(self.centre(self.theta_ if theta is None else theta,
                                             q.n_active_params, q.n_tokens)[0])
         w = self.divergence_
         return np.exp(-(w[0] + w[2] * np.log(q.batch_size_tokens / 1e6)

@@ -85,6 +85,14 @@ def test_pins_never_predict_a_lower_loss_than_the_optimum():
         assert prior.recommend(s, pins).predicted_loss > best
 
 
+def test_a_pinned_lr_past_the_divergence_boundary_is_warned_about():
+    s = spec()
+    optimum = prior.recommend(s, Pins()).lr
+    assert not any("may diverge" in w for w in prior.recommend(s, Pins(lr=5 * optimum)).warnings)
+    warned = prior.recommend(s, Pins(lr=7 * optimum)).warnings
+    assert any(w.startswith("pinned lr = ") and "the run may diverge" in w for w in warned)
+
+
 def test_contradictory_pins_are_rejected():
     with pytest.raises(InvalidArgument) as exc:
         prior.recommend(spec(), Pins(qat_fraction=0.3))
