@@ -40,7 +40,7 @@ class ModelRegistry:
         self.fitter: Fitter = fit_predictor  # what a refit calls in the child; must pickle
         self._current: dict[str, FittedPredictor] = {}
         self._fitted_on: dict[str, int] = {}  # stored runs each tenant's last refit read
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, None] = {}  # tenants waiting for a refit, in order (a set)
         self._running: tuple[str, float] | None = None  # (tenant, time.monotonic() it started)
         self._wake = threading.Condition()
         self._closed = False
@@ -78,9 +78,15 @@ class ModelRegistry:
 
     def schedule_refit(self, tenant: str) -> None:
         with self._wake:
-            self._dirty.add(tenant)
+            self._dirty[tenant] = None
             self._idle.clear()
             self._wake.notify()
+
+    def busy(self, tenant: str) -> bool:
+        """Whether a refit of the tenant is waiting or running (it reads the runs as it starts)."""
+        with self._wake:
+            running = self._running
+            return tenant in self._dirty or (running is not None and running[0] == tenant)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Blocks until no refit is pending or running (for tests and orderly shutdown)."""
@@ -121,13 +127,18 @@ class ModelRegistry:
                     self._idle.set()
                     return
             time.sleep(self.debounce_seconds)  # let a burst of reports land first
-            with self._wake:
-                tenants, self._dirty = self._dirty, set()
-            for tenant in tenants:
-                if self._closed:
-                    self._idle.set()
-                    return
-                self._running = (tenant, time.monotonic())
+            while True:
+                # One tenant at a time off the queue: those waiting stay counted as pending
+                # (status) and busy (the poller); the whole queue taken at once hid them.
+                with self._wake:
+                    if self._closed:
+                        self._idle.set()
+                        return
+                    if not self._dirty:
+                        break
+                    tenant = next(iter(self._dirty))
+                    del self._dirty[tenant]
+                    self._running = (tenant, time.monotonic())
                 try:
                     self.refit(tenant)
                 except FitAbandoned:  # close() stopped its child

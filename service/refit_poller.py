@@ -15,6 +15,7 @@ from benchmark_db.store import RunStore
 from predictor.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
+POLL_ATTEMPTS = 2  # refits a poll schedules for one count of a tenant's runs: one retry
 
 
 class RefitPoller:
@@ -24,7 +25,8 @@ class RefitPoller:
         self.on_database = on_database
         self.registry = registry
         self.interval_seconds = interval_seconds
-        self._scheduled: dict[str, int] = {}  # the count each tenant's last poll-refit was for
+        # (count, times scheduled) of each tenant's last poll-refit
+        self._scheduled: dict[str, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hparamrec-refit-poll", daemon=True)
 
@@ -40,19 +42,22 @@ class RefitPoller:
     def poll_once(self) -> list[str]:
         """Schedules a refit for each tenant whose stored runs changed; returns those tenants.
 
-        Nothing is scheduled while refits are pending or running (they read the runs when they
-        start; what they miss, the next poll sees), and a count already scheduled is not
-        scheduled again, so a refit that keeps failing is retried when the next run arrives,
-        not on every poll."""
+        A tenant whose refit is waiting or running is left to it (it reads the runs when it
+        starts; what it misses, the next poll sees), and a count already scheduled is
+        scheduled once more, not on every poll: a refit that failed (a fit process killed)
+        is retried once, and one that keeps failing when the next run arrives."""
         check_database_file(self.store.engine)  # deleted under us: health goes NOT_SERVING
-        if not self.registry.wait_idle(timeout=0):
-            return []
         stale = []
-        for tenant, count in self.store.run_counts().items():
-            if count != self.registry.fitted_on(tenant) and count != self._scheduled.get(tenant):
-                self._scheduled[tenant] = count
-                self.registry.schedule_refit(tenant)
-                stale.append(tenant)
+        for tenant, count in self.store.run_counts().items():  # also: the database answers
+            if count == self.registry.fitted_on(tenant) or self.registry.busy(tenant):
+                continue
+            scheduled, attempts = self._scheduled.get(tenant, (None, 0))
+            attempts = attempts + 1 if count == scheduled else 1
+            if attempts > POLL_ATTEMPTS:
+                continue
+            self._scheduled[tenant] = (count, attempts)
+            self.registry.schedule_refit(tenant)
+            stale.append(tenant)
         return stale
 
     def _run(self) -> None:
@@ -72,4 +77,4 @@ class RefitPoller:
             if self.on_database is not None:
                 self.on_database(True)
             if stale:
-                log.info("stored runs changed for %d tenant(s): refit scheduled", len(stale))
+                log.info("stored runs changed for tenant(s) %s: refit scheduled", ", ".join(stale))
