@@ -35,7 +35,8 @@ def app() -> None:
 @click.option("--port", type=int, help="Port to listen on (default 50051; 0 picks a free one).")
 @click.option("--no-auth", is_flag=True, default=None,
               help="Switch authentication off (local development): every caller is one tenant.")
-@click.option("--metrics-port", type=int, help="Prometheus metrics port (default 9464).")
+@click.option("--metrics-port", help="Prometheus metrics port (default 9464; 0 picks a free "
+                                     "one; off: no metrics).")
 @click.option("--metrics-host", help="Address of the metrics port (default: --host's).")
 @click.option("--tls-cert", help="PEM server certificate: serve TLS (with --tls-key).")
 @click.option("--tls-key", help="PEM private key of --tls-cert.")

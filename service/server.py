@@ -25,7 +25,7 @@ from service.errors import ErrorInterceptor
 from service.observability import Metrics, ObservabilityInterceptor
 from service.refit_poller import RefitPoller
 from service.handlers import RecommenderServicer
-from service.settings import Settings
+from service.settings import Settings, unknown_variables
 
 log = logging.getLogger("hparamrec.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
@@ -207,6 +207,8 @@ def serve(settings: Settings) -> None:
     # against 141 ms with one; many times more when the cores are busy), and make the last
     # bits of a recommendation depend on the host's core count.
     threadpool_limits(limits=1, user_api="blas")
+    for line in unknown_variables():
+        log.warning(line)
     service = Service(settings)
     service.start()
     gc.freeze()  # the start-up heap (modules, laws, models) is never garbage: spare the collector
@@ -218,6 +220,11 @@ def serve(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # SIGHUP's default is to die at once, without draining; operators send it expecting a
+    # reload, and there is nothing to reload: say so and keep serving.
+    signal.signal(signal.SIGHUP, lambda *_: log.warning(
+        "SIGHUP ignored: settings are read at start only; restart the server (SIGTERM drains "
+        "it) to change them"))
     stop.wait()
     log.info("shutting down: draining in-flight calls for up to %.0f s", settings.grace_seconds)
     started = time.monotonic()

@@ -1,9 +1,15 @@
 """One settings object, built at start-up from HPARAMREC_* variables and flags, passed down."""
 
-from typing import Literal
+import os
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A duration: finite, and within what a thread's wait accepts (an infinite or 1e300 s poll
+# interval killed the poll thread with an OverflowError while the server went on serving).
+Seconds = Annotated[float, Field(ge=0, le=100 * 365 * 86400.0, allow_inf_nan=False)]
+DATABASES = ("sqlite", "postgresql")
 
 
 class Settings(BaseSettings):
@@ -21,25 +27,25 @@ class Settings(BaseSettings):
     # Requests above this size get RESOURCE_EXHAUSTED before any handler runs.
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
     # How long SIGTERM waits for in-flight calls before cancelling them.
-    grace_seconds: float = Field(default=10.0, ge=0)
+    grace_seconds: Seconds = 10.0
     # Which learned model serves recommendations once a tenant has runs (see predictor/predictors.py).
     predictor: str = "auto"
     # A burst of reports within this many seconds leads to one refit.
-    refit_debounce_seconds: float = Field(default=2.0, ge=0)
+    refit_debounce_seconds: Seconds = 2.0
     # How often to look for runs stored through other replicas (or imported) and refit on them;
     # 0 switches the poll off (one replica: its own reports already trigger refits).
-    refit_poll_seconds: float = Field(default=5.0, ge=0)
+    refit_poll_seconds: Seconds = 5.0
     # Recommendations are cached per (tenant, spec, pins) until the tenant's model changes or
     # a run is reported here, and at most this long (the lag behind runs reported through
     # another replica); 0 switches the cache off.
-    recommend_cache_seconds: float = Field(default=5.0, ge=0)
+    recommend_cache_seconds: Seconds = 5.0
     # An explore trial not reported within this many seconds of being handed out, or of its
     # last heartbeat (Heartbeat RPC), is abandoned: the next explore of its study closes it as
     # FAIL (user attr timed_out) and stops steering around it; a late report is still stored
     # and used as the user's own run. Longer than your longest run that sends no heartbeats (a
     # live trial that times out may be handed out again), and than the heartbeat interval
     # (the integrations: 600 s); 0: never. At most 100 years: beyond, a deadline is no date.
-    trial_timeout_seconds: float = Field(default=7 * 24 * 3600.0, ge=0, le=100 * 365 * 86400.0)
+    trial_timeout_seconds: Seconds = 7 * 24 * 3600.0
     # Authentication off: every caller is the default tenant. For local development only;
     # `make run` sets it (on 127.0.0.1). Never implied: see service/server.py.
     auth_disabled: bool = False
@@ -47,7 +53,7 @@ class Settings(BaseSettings):
     # not plaintext).
     tls_cert_file: str | None = None
     tls_key_file: str | None = Field(default=None, validate_default=True)
-    # Prometheus metrics on their own port (0 picks a free one; None switches them off), on
+    # Prometheus metrics on their own port (0 picks a free one; off switches them off), on
     # metrics_host (default: host's). They name tenants and are not authenticated: a replica
     # listening on all interfaces can keep them on a private one.
     metrics_port: int | None = Field(default=9464, ge=0, le=65535)
@@ -57,6 +63,31 @@ class Settings(BaseSettings):
     # Off by default: at thousands of calls per second it costs a share of the one core Python
     # runs on (docs/benchmarks.md, load).
     access_log: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        import sqlalchemy as sa
+
+        try:
+            backend = sa.make_url(url).get_backend_name()
+        except sa.exc.ArgumentError:
+            raise ValueError(f"{url!r} is not a database URL (sqlite:///PATH or "
+                             "postgresql://USER:PASSWORD@HOST/DATABASE)") from None
+        if backend not in DATABASES:
+            raise ValueError(f"{backend} is not supported: give a sqlite:///PATH or "
+                             "postgresql://... URL")
+        return url
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _metrics_off(cls, port):
+        return None if isinstance(port, str) and port.strip().lower() in ("", "off", "none") else port
+
+    @field_validator("tls_cert_file")
+    @classmethod
+    def _tls_cert_readable(cls, cert: str | None) -> str | None:
+        return _readable(cert)
 
     @field_validator("predictor")
     @classmethod
@@ -73,4 +104,36 @@ class Settings(BaseSettings):
             raise ValueError("is set without the certificate, --tls-cert (HPARAMREC_TLS_CERT_FILE)")
         if cert and not key:
             raise ValueError("is required with --tls-cert (HPARAMREC_TLS_CERT_FILE)")
-        return key
+        return _readable(key)
+
+
+def _readable(path: str | None) -> str | None:
+    """The path of a file this process can read (told at start, not at the first TLS call)."""
+    if path is not None:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+def unknown_variables(environ=os.environ) -> list[str]:
+    """A line for each HPARAMREC_* variable that is neither a setting nor a client's: most
+    likely misspelt, and then ignored, its setting left at the default without a word."""
+    import difflib
+
+    settings = [name.upper() for name in Settings.model_fields]
+    out = []
+    for name in sorted(v for v in environ if v.startswith("HPARAMREC_")):
+        if name.removeprefix("HPARAMREC_") in settings or name in CLIENT_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name.removeprefix("HPARAMREC_"), settings, n=1)
+        out.append(f"{name} is not a setting, and is ignored"
+                   + (f" (did you mean HPARAMREC_{close[0]}?)" if close else ""))
+    return out
+
+
+# Read by the client library, the CLI and the integrations, not by the server.
+CLIENT_VARIABLES = {"HPARAMREC_SERVER", "HPARAMREC_API_KEY", "HPARAMREC_TLS_CA",
+                    "HPARAMREC_UNSENT_DIR", "HPARAMREC_RUN_ID"}

@@ -156,12 +156,27 @@ def test_serve_refuses_a_trial_time_out_out_of_range_in_one_line(tmp_path, value
                                       "without the certificate, --tls-cert"),
     (["--tls-cert", "server.crt"], {}, "error: --tls-key (or HPARAMREC_TLS_KEY_FILE): is required "
                                        "with --tls-cert"),
+    # Told at start, naming the flag: it was "[Errno 2] No such file or directory", after the
+    # database had been opened.
+    (["--tls-cert", "missing.crt", "--tls-key", "server.key"], {},
+     "error: --tls-cert (or HPARAMREC_TLS_CERT_FILE): cannot read missing.crt: No such file"),
+    (["--tls-cert", "server.crt", "--tls-key", "missing.key"], {},
+     "error: --tls-key (or HPARAMREC_TLS_KEY_FILE): cannot read missing.key: No such file"),
+    # inf killed the poll thread (OverflowError) while the server went on without it.
+    ([], {"HPARAMREC_REFIT_POLL_SECONDS": "inf"},
+     "error: HPARAMREC_REFIT_POLL_SECONDS: Input should be a finite number"),
+    ([], {"HPARAMREC_GRACE_SECONDS": "1e300"}, "error: HPARAMREC_GRACE_SECONDS: Input should be "
+                                               "less than or equal to"),
+    (["--metrics-port", "abc"], {}, "error: --metrics-port (or HPARAMREC_METRICS_PORT): "),
 ])
 def test_a_bad_setting_is_named_by_its_flag_and_variable_before_the_database_is_made(
         tmp_path, flags, env, needle):
+    for name in ("server.crt", "server.key"):  # half a pair is the point, not a missing file
+        (tmp_path / name).write_text("PEM")
     out = subprocess.run([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 'p.db'}",
                           "--metrics-port", "0", "--no-auth", *flags],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+                         capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+                         cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert out.stderr.startswith(needle)
@@ -200,7 +215,9 @@ def test_serve_refuses_a_port_already_in_use(tmp_path):
 
 
 @pytest.mark.parametrize("flags, code, needle", [
-    (["--db", "bogus://x"], 2, "error: --db: "),
+    (["--db", "bogus://x"], 2, "error: --db (or HPARAMREC_DATABASE_URL): bogus is not supported"),
+    (["--db", "mysql://u@h/db"], 2, "error: --db (or HPARAMREC_DATABASE_URL): mysql is not "
+                                    "supported: give a sqlite:///PATH or postgresql://... URL"),
     (["--db", "sqlite:////proc/x.db"], 3, "error: cannot open the database: "),
     (["--db", "postgresql://u:p@127.0.0.1:1/db"], 3, "error: cannot open the database: "),
     (["--host", "999.1.1.1", "--no-auth"], 2, "error: cannot listen on 999.1.1.1:0"),
@@ -252,3 +269,31 @@ def test_metrics_can_listen_on_another_address_than_the_calls(tmp_path):
         assert "hparamrec_refits_pending" in text
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(f"http://127.0.0.1:{svc.metrics_port}/metrics", timeout=5)
+
+
+def test_serve_warns_of_a_misspelt_variable_switches_metrics_off_and_survives_sighup(tmp_path):
+    """A misspelt HPARAMREC_* variable left its setting at the default without a word; there
+    was no way to switch the metrics port off; SIGHUP (sent for a reload) killed the server
+    at once, without draining."""
+    port = free_port()
+    process = subprocess.Popen([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 's.db'}",
+                                "--port", str(port), "--no-auth", "--metrics-port", "off"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HPARAMREC_REFIT_POLL_SECOND": "1"})
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_serving(target)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert process.poll() is None
+        with Client(target, retries=0) as client:
+            assert client.health() == "SERVING"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    logs = [json.loads(line)["msg"] for line in stderr.splitlines() if line.startswith("{")]
+    assert ("HPARAMREC_REFIT_POLL_SECOND is not a setting, and is ignored (did you mean "
+            "HPARAMREC_REFIT_POLL_SECONDS?)") in logs
+    assert any(m.startswith("SIGHUP ignored: settings are read at start only") for m in logs)
+    assert any("(metrics on no port)" in m for m in logs)
