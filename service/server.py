@@ -26,6 +26,7 @@ from service.observability import Metrics, ObservabilityInterceptor
 from service.refit_poller import RefitPoller
 from service.handlers import RecommenderServicer
 from service.settings import Settings, unknown_variables
+from service.sqlite_lock import SqliteFileTaken, hold_sqlite_file
 
 log = logging.getLogger("hparamrec.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
@@ -209,6 +210,10 @@ def serve(settings: Settings) -> None:
     threadpool_limits(limits=1, user_api="blas")
     for line in unknown_variables():
         log.warning(line)
+    try:
+        sqlite_lock = hold_sqlite_file(settings.database_url)
+    except SqliteFileTaken as exc:
+        raise ConfigurationError(str(exc)) from None
     service = Service(settings)
     service.start()
     gc.freeze()  # the start-up heap (modules, laws, models) is never garbage: spare the collector
@@ -229,6 +234,8 @@ def serve(settings: Settings) -> None:
     log.info("shutting down: draining in-flight calls for up to %.0f s", settings.grace_seconds)
     started = time.monotonic()
     service.stop()
+    if sqlite_lock is not None:
+        sqlite_lock.close()
     log.info("stopped in %.1f s", time.monotonic() - started)
 
 

@@ -297,3 +297,22 @@ def test_serve_warns_of_a_misspelt_variable_switches_metrics_off_and_survives_si
             "HPARAMREC_REFIT_POLL_SECONDS?)") in logs
     assert any(m.startswith("SIGHUP ignored: settings are read at start only") for m in logs)
     assert any("(metrics on no port)" in m for m in logs)
+
+
+def test_a_second_server_on_one_sqlite_file_is_refused(tmp_path):
+    """Each would lock the studies in-process only: one explore trial handed to two launchers."""
+    process, _ = start(f"sqlite:///{tmp_path / 'one.db'}", "--no-auth")
+    try:
+        out = cli("serve", "--db", f"sqlite:///{tmp_path / 'one.db'}", "--port", "0",
+                  "--metrics-port", "off", "--no-auth")
+        assert out.returncode == 2
+        assert out.stderr.strip().splitlines()[-1] == (
+            f"error: --db: another hparamrec server (pid {process.pid}) serves "
+            f"{tmp_path / 'one.db'}; a SQLite database takes one server (several replicas "
+            "need PostgreSQL)")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    again, target = start(f"sqlite:///{tmp_path / 'one.db'}", "--no-auth")  # released at exit
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(timeout=30) == 0
