@@ -82,6 +82,10 @@ class ModelRegistry:
             self._idle.clear()
             self._wake.notify()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def busy(self, tenant: str) -> bool:
         """Whether a refit of the tenant is waiting or running (it reads the runs as it starts)."""
         with self._wake:

@@ -30,6 +30,10 @@ from service.sqlite_lock import SqliteFileTaken, hold_sqlite_file
 
 log = logging.getLogger("hparamrec.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+# Health of the learned models: SERVING once every tenant stored at start has had its first
+# refit (till then its answers come from the published laws), and as the others after that.
+# What a load balancer checks to send calls to a replica only once it answers as the others.
+WARM_SERVICE_NAME = "hparamrec.warm"
 
 
 class Service:
@@ -56,6 +60,8 @@ class Service:
         self.refit_poller = RefitPoller(self.store, self.registry, settings.refit_poll_seconds,
                                         on_database=self._database_reachable)
         self.health = health.HealthServicer()
+        self._database_ok = True
+        self._warm = False
         check_auth_configuration(settings, self.store)
         limit = settings.max_message_bytes
         self.observer = ObservabilityInterceptor(self.metrics, access_log=settings.access_log)
@@ -106,11 +112,33 @@ class Service:
                 raise OSError(f"cannot serve metrics on {host}:{self.settings.metrics_port} "
                               f"(--metrics-host, --metrics-port; HPARAMREC_METRICS_HOST, "
                               f"HPARAMREC_METRICS_PORT): {exc.strerror or exc}") from None
-        for tenant in self.store.tenants():  # learn from what is already stored, in the background
+        stored = self.store.tenants()
+        for tenant in stored:  # learn from what is already stored, in the background
             self.registry.schedule_refit(tenant)
         self.refit_poller.start()
+        self._set_health()
+        threading.Thread(target=self._warm_up, args=(stored,), name="hparamrec-warm-up",
+                         daemon=True).start()
+
+    def _warm_up(self, tenants: list[str]) -> None:
+        started = time.monotonic()
+        while any(self.registry.busy(t) for t in tenants) and not self.registry.closed:
+            time.sleep(0.1)
+        self._warm = True
+        self._set_health()
+        if tenants:
+            log.info("warm: the first refits of the %d stored tenant(s) took %.1f s",
+                     len(tenants), time.monotonic() - started)
+
+    def _set_health(self) -> None:
+        """"" and SERVICE_NAME follow the database; WARM_SERVICE_NAME too, once warm. (Once
+        draining, set() is a no-op: the server stays NOT_SERVING.)"""
+        serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
+                                health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = serving if self._database_ok else not_serving
         for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(name, status)
+        self.health.set(WARM_SERVICE_NAME, status if self._warm else not_serving)
 
     @property
     def metrics_host(self) -> str:
@@ -119,12 +147,13 @@ class Service:
 
     def _database_reachable(self, reachable: bool) -> None:
         """Health follows the database: NOT_SERVING while it is out of reach, so probes and load
-        balancers send calls to replicas that can answer them. (Once draining, set() is a no-op:
-        the server stays NOT_SERVING.)"""
-        status = (health_pb2.HealthCheckResponse.SERVING if reachable
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, status)
+        balancers send calls to replicas that can answer them."""
+        if reachable != self._database_ok:
+            log.log(logging.INFO if reachable else logging.ERROR, "health: %s",
+                    "SERVING again: the database answers" if reachable
+                    else "NOT_SERVING: the database is out of reach")
+        self._database_ok = reachable
+        self._set_health()
 
     def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace` seconds, closes the store."""

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 
 from clients import Client
-from tests.factories import client_report
+from tests.factories import client_report, make_report
 from tests.integration.blocking_fit import BlockingFit, process_running
 from tests.integration.in_process_server import running_service
 
@@ -83,3 +83,42 @@ def test_shutdown_stops_a_refit_in_progress(tmp_path, slow_fit, caplog):
     assert not process_running(child)
     assert any("stopped the refit of tenant default" in r.getMessage() for r in caplog.records)
 
+
+
+def test_a_replica_is_warm_once_its_stored_tenants_have_their_first_models(tmp_path, slow_fit):
+    """After a (re)start the answers come from the published laws until the first refits end:
+    minutes on a large store. `hparamrec.warm` says when they are the learned ones."""
+    from benchmark_db.store import RunStore
+    from service.server import Service
+    from service.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    store = RunStore(url)
+    store.report("default", make_report("stored"))
+    store.close()
+    svc = Service(Settings(database_url=url, port=0, metrics_port=None, auth_disabled=True,
+                           predictor="prior", refit_debounce_seconds=0, refit_poll_seconds=0))
+    svc.registry.fitter = slow_fit.fitter()
+    svc.start()
+    try:
+        with Client(f"127.0.0.1:{svc.port}") as client:
+            assert slow_fit.wait_started(30)
+            assert client.health() == client.health("hparamrec.v1.RecommenderService") == "SERVING"
+            assert client.health("hparamrec.warm") == "NOT_SERVING"
+            slow_fit.release()
+            deadline = time.monotonic() + 30
+            while client.health("hparamrec.warm") != "SERVING" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.health("hparamrec.warm") == "SERVING"
+            assert svc.registry.fitted_on("default") == 1
+    finally:
+        svc.stop(grace=1)
+
+
+def test_an_empty_store_is_warm_at_once(tmp_path):
+    with running_service(f"sqlite:///{tmp_path / 'e.db'}") as svc:
+        with Client(f"127.0.0.1:{svc.port}") as client:
+            deadline = time.monotonic() + 5
+            while client.health("hparamrec.warm") != "SERVING" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.health("hparamrec.warm") == "SERVING"
