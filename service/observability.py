@@ -3,6 +3,7 @@
 import contextvars
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -10,7 +11,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               start_http_server)
 
 if TYPE_CHECKING:
     from predictor.registry import RefitStatus
@@ -29,6 +31,12 @@ class Metrics:
                                 ("method", "code"), registry=self.registry)
         self.latency = Histogram("hparamrec_request_seconds", "RPC latency by method", ("method",),
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        # The time a call waits for a handler thread, which request_seconds leaves out: with
+        # every worker busy (slow explores, a locked database) it is most of what callers see.
+        self.queued = Histogram("hparamrec_request_queue_seconds",
+                                "Time from a call's arrival to its handler starting",
+                                buckets=LATENCY_BUCKETS, registry=self.registry)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, ..._memory_bytes
         self.refit_seconds = Histogram("hparamrec_refit_seconds", "Duration of model refits",
                                        buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
                                        registry=self.registry)
@@ -44,12 +52,20 @@ class Metrics:
                                       registry=self.registry)
         self._versions: dict[str, str] = {}
 
-    def watch_refits(self, status: Callable[[], "RefitStatus"]) -> None:
-        """Gauges read from the refit thread's status at each scrape."""
+    def watch_refits(self, status: Callable[[], "RefitStatus"],
+                     fit_process: Callable[[], int | None]) -> None:
+        """Gauges read from the refit thread's status, and the refit process, at each scrape."""
         Gauge("hparamrec_refit_running_seconds", "How long the refit in progress has run (0: none)",
               registry=self.registry).set_function(lambda: status().running_seconds)
         Gauge("hparamrec_refits_pending", "Tenants waiting for a refit",
               registry=self.registry).set_function(lambda: status().pending)
+        Gauge("hparamrec_fit_process_resident_memory_bytes",
+              "Resident memory of the refit process (0: not running)",
+              registry=self.registry).set_function(lambda: _resident_bytes(fit_process()))
+
+    def watch_calls(self, running: Callable[[], int]) -> None:
+        Gauge("hparamrec_requests_running", "Calls whose handler is running now",
+              registry=self.registry).set_function(running)
 
     def serve(self, host: str, port: int) -> int:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -83,9 +99,10 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         self.last_accepted = 0.0  # time.monotonic() of the last call handed over
         self.running = 0  # handlers executing now
         self._lock = threading.Lock()
+        metrics.watch_calls(lambda: self.running)
 
     def intercept_service(self, continuation, handler_call_details):
-        self.last_accepted = time.monotonic()
+        self.last_accepted = arrived = time.monotonic()
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -100,6 +117,7 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             caller_token = _caller.set(caller)
             context.set_trailing_metadata(request_id_metadata())
             started = time.perf_counter()
+            self.metrics.queued.observe(time.monotonic() - arrived)
             code = grpc.StatusCode.OK
             with self._lock:
                 self.running += 1
@@ -125,6 +143,17 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 _request_id.reset(token)
 
         return handler._replace(unary_unary=observed)
+
+
+def _resident_bytes(pid: int | None) -> float:
+    """A process's resident memory from /proc (Linux), 0 when there is none to read."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def note_caller(**fields: str) -> None:

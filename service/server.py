@@ -52,7 +52,7 @@ class Service:
         self.registry = ModelRegistry(self.store, settings.predictor,
                                       settings.refit_debounce_seconds, on_refit=self.metrics.refitted,
                                       on_refit_failed=self.metrics.refit_failed)
-        self.metrics.watch_refits(self.registry.status)
+        self.metrics.watch_refits(self.registry.status, lambda: self.registry.fit_worker_pid)
         self.refiner = Refiner(self.store, self.registry,  # Optuna studies: EXPLORE and reports
                                trial_timeout_seconds=settings.trial_timeout_seconds)
         self.engine = RecommendationEngine(self.store, self.registry, self.refiner,

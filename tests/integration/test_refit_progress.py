@@ -48,6 +48,11 @@ def test_metrics_show_a_refit_in_progress_and_the_models_age(tmp_path, slow_fit)
         time.sleep(0.3)
         during = scrape(svc.metrics_port)
         assert during["hparamrec_refit_running_seconds"] >= 0.3
+        assert during["hparamrec_fit_process_resident_memory_bytes"] > 20e6  # the child's
+        assert during["hparamrec_request_queue_seconds_count"] >= 1  # the report
+        assert during["hparamrec_requests_running"] == 0
+        text = urllib.request.urlopen(f"http://127.0.0.1:{svc.metrics_port}/metrics").read()
+        assert b"\nprocess_resident_memory_bytes " in text  # the server's own
         svc.registry.schedule_refit("default")  # a report arriving meanwhile
         assert scrape(svc.metrics_port)["hparamrec_refits_pending"] == 1
         assert not any(k.startswith("hparamrec_model_fitted_timestamp") for k in during)
