@@ -115,6 +115,13 @@ class RecommendationEngine:
         finally:
             self._changed(tenant)
 
+    def give_back(self, tenant: str, trial_id: str) -> None:
+        """An explore trial nobody received (TrialTimeouts.give_back)."""
+        try:
+            self.refiner.timeouts.give_back(tenant, trial_id)
+        finally:
+            self._changed(tenant)
+
     def heartbeat(self, tenant: str, trial_id: str, interval_seconds: float = 0.0):
         """The run of an explore trial is still going (TrialTimeouts.heartbeat): a TrialStatus. The
         cached recommendations stay valid: a heartbeat changes nothing they depend on."""

@@ -77,6 +77,20 @@ class TrialTimeouts:
                   else "heartbeat recorded; trials never time out on this server")
         return TrialStatus("running", detail, "", now, expires)
 
+    def give_back(self, tenant: str, trial_id: str) -> None:
+        """Closes a running trial whose explore call ended before its answer reached the
+        launcher (its deadline passed while it waited behind a burst of others), as the
+        time-out would: nobody runs it, and left running it repelled suggestions for the
+        time-out (a week by default). A report against it later is still stored and used."""
+        name, _, found = self.studies.find_trial(tenant, trial_id)
+        storage = self.studies.storage()
+        with self.studies.lock(name):
+            trial = storage.get_trial(found._trial_id)
+            if trial.state is TrialState.RUNNING:
+                storage.set_trial_user_attr(trial._trial_id, TIMED_OUT_ATTR,
+                                            "its explore call ended before the answer was sent")
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
     def alive(self, trial) -> datetime:
         """Records that the running trial's run showed life now (its last heartbeat); under
         the study's lock."""

@@ -31,6 +31,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             if self.engine.refiner is None:
                 raise Unimplemented("mode EXPLORE is not available on this server; use MODE_EXPLOIT")
             rec = self.engine.explore(tenant_of(context), spec, pins, request.run_id)
+            if not request.run_id and not context.is_active():  # the caller gave up: no one
+                self.engine.give_back(tenant_of(context), rec.trial_id)  # will run it
         else:
             rec = self.engine.recommend(tenant_of(context), spec, pins, request.run_id)
         return pb.RecommendResponse(recommendation=converters.recommendation_to_proto(rec))

@@ -232,3 +232,31 @@ def test_the_async_client_sends_heartbeats(target, client):
             return await c.heartbeat(trial.trial_id)
 
     assert asyncio.run(beat()).running
+
+
+def test_a_trial_whose_explore_call_ended_before_the_answer_is_given_back(tmp_path):
+    """A burst of explores of one study queue for its lock; one whose caller's deadline
+    passed meanwhile still made its trial, which nobody would run or report: it stayed
+    running for the time-out (a week), repelling suggestions."""
+    from clients.errors import DeadlineExceededError
+    from benchmark_db.records import Pins, resolve_spec
+    from predictor.study import study_name
+
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    name = study_name("default", resolve_spec(n_params=1e9, n_tokens=2e10), Pins(weight_decay=0.1))
+    with running_service(url) as svc, Client(f"127.0.0.1:{svc.port}", retries=0) as client:
+        client.recommend({"n_params": 1e8, "n_tokens": 2e9}, mode="explore")  # Optuna's tables
+        with svc.engine.refiner.studies.lock(name):  # the burst ahead of it
+            with pytest.raises(DeadlineExceededError):
+                client.recommend(SPEC, PINS, mode="explore", timeout=0.5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if states(url) == ["FAIL"]:
+                    break
+            except KeyError:  # the handler has not made the study yet
+                pass
+            time.sleep(0.05)
+        assert states(url) == ["FAIL"]
+        assert "ended before the answer" in study_of(url).trials[0].user_attrs["timed_out"]
+        assert client.recommend(SPEC, PINS, mode="explore").trial_id  # the next is handed out
