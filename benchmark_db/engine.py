@@ -21,7 +21,16 @@ def create_engine(url: str) -> sa.Engine:
         return _sqlite_engine(parsed)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we install
-    return sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                            connect_args=postgresql_connect_args(parsed))
+
+
+def postgresql_connect_args(url: sa.URL) -> dict:
+    """Names this process's connections in pg_stat_activity (which replica holds which), unless
+    the URL names them itself."""
+    if "application_name" in url.query:
+        return {}
+    return {"application_name": f"hparamrec pid {os.getpid()}"}
 
 
 def sqlite_file(url: str | sa.URL) -> Path | None:

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
 from optuna.storages._cached_storage import _CachedStorage  # what load_study wraps the storage in
 
-from benchmark_db.engine import SQLITE_BUSY_SECONDS, watch_sqlite_file
+from benchmark_db.engine import SQLITE_BUSY_SECONDS, postgresql_connect_args, watch_sqlite_file
 from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, TrainingSpec, check_tenant
 from predictor.recommendation import HYPERPARAMETERS, Recommendation
@@ -244,8 +244,9 @@ class Studies:
         with self._guard:
             if self._storage is None:
                 sqlite = sa.make_url(self.url).get_backend_name() == "sqlite"
+                url = sa.make_url(self.url)
                 kwargs = ({"connect_args": {"timeout": SQLITE_BUSY_SECONDS}} if sqlite
-                          else {"pool_pre_ping": True})
+                          else {"pool_pre_ping": True, "connect_args": postgresql_connect_args(url)})
                 with self._pg_lock("optuna-schema"):  # replicas starting together
                     self._storage = optuna.storages.RDBStorage(self.url, engine_kwargs=kwargs)
                 watch_sqlite_file(self._storage.engine)

@@ -195,3 +195,14 @@ def test_failed_insert_leaves_store_unchanged(store):
         with store.engine.begin() as conn:  # a constraint violation mid-transaction
             conn.execute(sa.text("UPDATE runs SET status = NULL"))
     assert store.get("t", "a").outcome.status == "completed"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_connections_name_their_process(store):
+    """Replicas' connections told apart in pg_stat_activity."""
+    import os
+
+    with store.engine.connect() as conn:
+        name = conn.scalar(sa.text("SELECT application_name FROM pg_stat_activity "
+                                   "WHERE pid = pg_backend_pid()"))
+    assert name == f"hparamrec pid {os.getpid()}"
