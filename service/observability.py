@@ -138,6 +138,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 self.metrics.latency.labels(method).observe(elapsed)
                 level = self.ok_level if code is grpc.StatusCode.OK else logging.WARNING
                 who = "".join(f", {name} {value}" for name, value in caller.items())
+                if code is grpc.StatusCode.OK and not context.is_active():
+                    # Answered, but to no one: its deadline passed, or it was cancelled.
+                    level, who = logging.WARNING, who + ", after the caller had gone"
                 self.log.log(level, "%s %s in %.1f ms%s", method, code.name, 1000 * elapsed, who)
                 _caller.reset(caller_token)
                 _request_id.reset(token)

@@ -234,7 +234,7 @@ def test_the_async_client_sends_heartbeats(target, client):
     assert asyncio.run(beat()).running
 
 
-def test_a_trial_whose_explore_call_ended_before_the_answer_is_given_back(tmp_path):
+def test_a_trial_whose_explore_call_ended_before_the_answer_is_given_back(tmp_path, caplog):
     """A burst of explores of one study queue for its lock; one whose caller's deadline
     passed meanwhile still made its trial, which nobody would run or report: it stayed
     running for the time-out (a week), repelling suggestions."""
@@ -260,3 +260,4 @@ def test_a_trial_whose_explore_call_ended_before_the_answer_is_given_back(tmp_pa
         assert states(url) == ["FAIL"]
         assert "ended before the answer" in study_of(url).trials[0].user_attrs["timed_out"]
         assert client.recommend(SPEC, PINS, mode="explore").trial_id  # the next is handed out
+    assert "Recommend OK in" in caplog.text and "after the caller had gone" in caplog.text
