@@ -243,8 +243,8 @@ class Studies:
     def storage(self) -> optuna.storages.RDBStorage:
         with self._guard:
             if self._storage is None:
-                sqlite = sa.make_url(self.url).get_backend_name() == "sqlite"
                 url = sa.make_url(self.url)
+                sqlite = url.get_backend_name() == "sqlite"
                 kwargs = ({"connect_args": {"timeout": SQLITE_BUSY_SECONDS}} if sqlite
                           else {"pool_pre_ping": True, "connect_args": postgresql_connect_args(url)})
                 with self._pg_lock("optuna-schema"):  # replicas starting together

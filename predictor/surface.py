@@ -180,8 +180,9 @@ class LossSurface:
     def lr_div(self, q: RunTable, theta=None) -> np.ndarray:
         """The lr at which half the runs diverge (prior: 6x the optimum, as in the reference)."""
         if self.divergence_ is None:
-            return DIVERGENCE_LR_FACTOR * np.exp(self.centre(self.theta_ if theta is None else theta,
-                                            q.n_active_params, q.n_tokens)[0])
+            centre = self.centre(self.theta_ if theta is None else theta, q.n_active_params,
+                                 q.n_tokens)
+            return DIVERGENCE_LR_FACTOR * np.exp(centre[0])
         w = self.divergence_
         return np.exp(-(w[0] + w[2] * np.log(q.batch_size_tokens / 1e6)
                         + w[3] * np.log(q.n_active_params / N0) + w[4] * np.log(q.n_tokens / D0)) / w[1])
