@@ -165,7 +165,9 @@ def main() -> None:
         "rows are fitted on the groups they are scored on: what a model class reaches on this "
         "sweep having seen every answer, about the best its leave-one-group-out row can hope "
         "for. lr / batch in interval: share of groups whose best run's lr (batch) lies in the "
-        "recommendation's 80% lr (batch) interval.",
+        "recommendation's 80% lr (batch) interval. `auto` keeps the first of its candidates "
+        "within one standard error of the lowest inner regret, a rule adopted (for stability) "
+        "after earlier runs of this table had been seen (docs/design.md).",
         "",
         "| recommender | mean regret | median | max | Spearman | 80% coverage | width "
         "| lr in interval | batch in interval | fit | recommend |",

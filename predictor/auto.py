@@ -5,7 +5,7 @@ inside any outer backtest), with its intervals calibrated on the same held-out f
 The candidates were fixed before any backtest was run: the surface with three weighting
 localities, and the surface with the LightGBM residual layer with two. The choice is the
 first of them within one standard error of the lowest regret (adopted for stability, after
-backtests had been seen: see docs/benchmarks.md). Nothing here sees a run outside the table
+backtests had been seen: see docs/design.md). Nothing here sees a run outside the table
 given to fit().
 """
 
