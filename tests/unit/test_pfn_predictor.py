@@ -371,3 +371,22 @@ def test_a_fitted_model_pickles_without_its_network_and_predicts_the_same(store)
     assert copy.context_cache_info()[:3] == (0, 0, 0)
     assert copy.version_ == model.version_
     np.testing.assert_array_equal(predicted(copy, queries), before)
+
+
+def test_lr_and_batch_intervals_take_in_where_held_out_groups_best_runs_lay(store):
+    """The near-optimal band alone held the best run's lr in 29% of the real sweep's groups."""
+    from benchmark_db.records import Pins
+    from predictor.argmin import ModelRecommender
+
+    model = PFNLossModel().fit(store)
+    offsets = model.held_out_optimum_offsets()
+    assert offsets.shape == (len(np.unique(store.group_ids())), 2)
+    spec = TrainingSpec(n_params=store.n_params[0], n_active_params=store.n_active_params[0],
+                        n_tokens=store.n_tokens[0])
+    rec = ModelRecommender(model, store).recommend(spec, Pins(weight_decay=0.1))
+    lo = np.minimum(np.percentile(offsets, 10, axis=0), 0)
+    hi = np.maximum(np.percentile(offsets, 90, axis=0), 0)
+    assert rec.lr_interval.lo <= rec.lr * np.exp(lo[0]) * (1 + 1e-9)
+    assert rec.lr_interval.hi >= rec.lr * np.exp(hi[0]) * (1 - 1e-9)
+    assert rec.batch_size_tokens_interval.hi >= rec.batch_size_tokens * np.exp(hi[1]) * (1 - 1e-9)
+    assert PFNLossModel(recalibrate=False).fit(store).held_out_optimum_offsets() is None
