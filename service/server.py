@@ -222,10 +222,12 @@ def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials([(key.read(), cert.read())])
 
 
-def build_server(settings: Settings) -> tuple[grpc.Server, int]:
-    """The house-plan entry point: a server ready to start, and the port it is bound to."""
+def build_server(settings: Settings) -> tuple[Service, int]:
+    """The house-plan entry point, for embedding: the server, bound to the returned port, to
+    start() and stop(grace) (its store, refits and metrics with it; a bare grpc.Server would
+    serve without them, and leave them running)."""
     service = Service(settings)
-    return service.server, service.port
+    return service, service.port
 
 
 def serve(settings: Settings) -> None:

@@ -335,3 +335,22 @@ def test_a_spec_of_fewer_tokens_than_one_sequence_is_refused(client):
         client.recommend(spec(n_params=1e3, n_tokens=1e3))
     assert exc.value.field_violations == [
         ("spec.n_tokens", "fewer than one sequence of seq_len 2048 tokens")]
+
+
+def test_build_server_is_a_whole_server_to_start_and_stop(tmp_path):
+    """The embedding entry point: started, it answers with its health, refits and store; it
+    returned a bare grpc.Server, which served SERVING health without any of them."""
+    from clients import Client
+    from service.server import build_server
+    from service.settings import Settings
+
+    server, port = build_server(Settings(database_url=f"sqlite:///{tmp_path / 'e.db'}", port=0,
+                                         metrics_port=None, auth_disabled=True))
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}", retries=0) as client:
+            assert client.health("hparamrec.warm") in ("SERVING", "NOT_SERVING")  # registered
+            assert client.recommend(spec(n_params=1e9, n_tokens=2e10)).lr > 0
+    finally:
+        server.stop(1)
+    assert server.registry.closed
