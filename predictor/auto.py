@@ -13,7 +13,7 @@ import numpy as np
 
 from predictor.argmin import ModelRecommender
 from predictor.backtest import held_out_spec
-from predictor.intervals import IntervalModel, best_run_offset
+from predictor.intervals import IntervalModel, best_run_offset, held_out_groups
 from predictor.loss_model import LossPrediction
 from predictor.residual_gbm import SurfaceGBM
 from predictor.scoring import regret
@@ -28,11 +28,6 @@ CANDIDATES = {
     "lightgbm/e0=0.01": lambda: SurfaceGBM(e0=0.01, calibrate=False),
 }
 MIN_GROUPS_TO_SELECT = 4  # fewer groups: no held-out evidence, keep the first candidate
-# Each candidate is fitted once per held-out group: a refit's cost grows with the store's groups
-# (63 s of CPU at 80 groups). Beyond this many, the groups held out are spread evenly over the
-# sorted sizes. The real sweep has 17 groups, so neither its backtest nor a service holding it
-# is affected.
-MAX_HELD_OUT_GROUPS = 20
 BOOTSTRAP_DRAWS = 20  # of the chosen model's surface: the 80% interval of the optimum
 
 
@@ -43,7 +38,8 @@ class AutoModel:
         self.candidates = candidates
         self.model_ = CANDIDATES[candidates[0]]()
         self.choice_ = candidates[0]
-        self.inner_regret_: dict[str, float] = {}
+        self.inner_regret_: dict[str, float] = {}  # mean over the held-out groups
+        self.inner_regrets_: dict[str, list[float]] = {}  # per held-out group
 
     @property
     def version_(self) -> str:
@@ -60,8 +56,8 @@ class AutoModel:
             model = CANDIDATES[name]()
             results[name] = self._leave_groups_out(model, runs, groups, surfaces)
             self.inner_regret_[name] = float(np.mean(results[name][1]))
-        self.choice_ = within_one_standard_error(
-            {name: results[name][1] for name in self.candidates})
+        self.inner_regrets_ = {name: results[name][1] for name in self.candidates}
+        self.choice_ = within_one_standard_error(self.inner_regrets_)
         fitted, _, folds, offsets = results[self.choice_]
         self.model_ = _calibrated(fitted, folds)
         _surface_of(self.model_).optimum_offsets_ = offsets
@@ -122,15 +118,6 @@ def within_one_standard_error(regrets: dict[str, list[float]]) -> str:
     spread = regrets[best]
     tolerance = np.std(spread, ddof=1) / np.sqrt(len(spread)) if len(spread) > 1 else 0.0
     return next(name for name in regrets if means[name] <= means[best] + tolerance)
-
-
-def held_out_groups(groups: np.ndarray) -> np.ndarray:
-    """The group indices the selection holds out in turn: all, or MAX_HELD_OUT_GROUPS of them
-    spread evenly (group_index sorts the groups by size)."""
-    unique = np.unique(groups)
-    if len(unique) <= MAX_HELD_OUT_GROUPS:
-        return unique
-    return unique[np.unique(np.linspace(0, len(unique) - 1, MAX_HELD_OUT_GROUPS).round().astype(int))]
 
 
 def _surface_of(model) -> LossSurface:

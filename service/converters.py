@@ -156,7 +156,7 @@ def points_from_proto(request: pb.PredictLossRequest, spec: TrainingSpec) -> dic
             ("weight_decay", ~(np.isnan(arrays["weight_decay"])
                                | ((arrays["weight_decay"] >= 0)
                                   & (arrays["weight_decay"] <= MAX_WEIGHT_DECAY))),
-             "must be in [0, 100]"),
+             f"must be in [0, {MAX_WEIGHT_DECAY:g}]"),
             ("qat_fraction", ~(np.isnan(arrays["qat_fraction"])
                                | ((arrays["qat_fraction"] >= 0) & (arrays["qat_fraction"] <= 1)
                                   & (spec.quantized | (arrays["qat_fraction"] == 0)))),

@@ -7,8 +7,8 @@ from scipy.stats import spearmanr
 from benchmark_db.records import Pins, TrainingSpec
 from predictor import laws
 from predictor.argmin import ModelRecommender
-from predictor.auto import (CANDIDATES, MAX_HELD_OUT_GROUPS, AutoModel, held_out_groups,
-                            within_one_standard_error)
+from predictor.auto import CANDIDATES, AutoModel, within_one_standard_error
+from predictor.intervals import MAX_HELD_OUT_GROUPS, held_out_groups
 from predictor.residual_gbm import SurfaceGBM
 from predictor.surface import D0, MAX_EXCESS, N0, LossSurface
 from predictor.table import RunTable
@@ -149,8 +149,8 @@ def test_auto_selects_by_leaving_training_groups_out():
     train = without(ALL, HELD_OUT)
     model = AutoModel().fit(train)
     assert set(model.inner_regret_) == set(CANDIDATES)
-    best = min(model.inner_regret_.values())
-    assert model.inner_regret_[model.choice_] <= best + 1e-3  # within a standard error of it
+    assert model.choice_ == within_one_standard_error(model.inner_regrets_)
+    assert model.inner_regret_ == {k: pytest.approx(np.mean(v)) for k, v in model.inner_regrets_.items()}
     assert model.version_.startswith(f"auto[{model.choice_}]")
     lr, _ = recommend(model, train, HELD_OUT)
     assert lr == pytest.approx(true_optimum(*HELD_OUT)[0], rel=0.2)
