@@ -29,21 +29,24 @@ class GroupCommitter:
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self._closing = threading.Lock()  # nothing is queued after the stop mark
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, item: Any) -> Any:
         """Blocks until the item is committed; returns its result (or raises its error)."""
-        if self._closed:
-            raise RuntimeError("the store is closed")
         future: Future = Future()
-        self._queue.put((item, future))
+        with self._closing:  # checked and queued at once: queued after the stop, it would
+            if self._closed:  # never be answered, its caller blocked for good
+                raise RuntimeError("the store is closed")
+            self._queue.put((item, future))
         return future.result()
 
     def close(self) -> None:
         """Commits what is queued, then stops the writer."""
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._closing:
+            self._closed = True
+            self._queue.put(_STOP)
         self._thread.join(timeout=60)
 
     def _run(self) -> None:

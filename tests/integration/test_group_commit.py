@@ -90,3 +90,37 @@ def test_a_locked_database_fails_the_batch_and_the_queue_at_once():
         assert calls == [["a"]]  # nothing retried, nothing queued tried again
     finally:
         committer.close()
+
+
+def test_a_write_racing_close_is_answered_or_refused(monkeypatch):
+    """A write checked for a closed store just before close(), and queued just after its stop
+    mark, was never answered: its caller (a handler still running at shutdown) blocked for
+    good, and the process with it. Made to happen here by pausing the write in between."""
+    from concurrent.futures import Future
+
+    import benchmark_db.group_commit as group_commit
+
+    committer = GroupCommitter(lambda items: [f"ok:{item}" for item in items])
+    paused, resume = threading.Event(), threading.Event()
+
+    def paused_future():
+        paused.set()
+        resume.wait(10)
+        return Future()
+
+    monkeypatch.setattr(group_commit, "Future", paused_future)
+    outcome = []
+
+    def write():
+        try:
+            outcome.append(committer.submit("late"))
+        except RuntimeError as exc:
+            outcome.append(str(exc))
+
+    writer = threading.Thread(target=write, daemon=True)  # may block for good: not joined at exit
+    writer.start()
+    assert paused.wait(10)
+    committer.close()
+    resume.set()
+    writer.join(timeout=10)
+    assert outcome == ["the store is closed"]
