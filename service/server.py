@@ -48,6 +48,13 @@ class Service:
             log.warning("no database at %s: created a new, empty one (if runs were stored, check "
                         "--db / HPARAMREC_DATABASE_URL and that its volume is mounted)",
                         database_file)
+        try:
+            self._assemble(settings)
+        except BaseException:  # refused settings, a port in use: no threads or engines left
+            self._close_parts()
+            raise
+
+    def _assemble(self, settings: Settings) -> None:
         self.metrics = Metrics()
         self.registry = ModelRegistry(self.store, settings.predictor,
                                       settings.refit_debounce_seconds, on_refit=self.metrics.refitted,
@@ -109,6 +116,7 @@ class Service:
                 self.metrics_port = self.metrics.serve(host, self.settings.metrics_port)
             except OSError as exc:
                 self.server.stop(None)
+                self._close_parts()
                 raise OSError(f"cannot serve metrics on {host}:{self.settings.metrics_port} "
                               f"(--metrics-host, --metrics-port; HPARAMREC_METRICS_HOST, "
                               f"HPARAMREC_METRICS_PORT): {exc.strerror or exc}") from None
@@ -169,6 +177,13 @@ class Service:
         self.refiner.close()
         with _said_if_slow("committing the last queued runs"):  # a locked SQLite file: 5 s
             self.store.close()
+
+    def _close_parts(self) -> None:
+        """What a server that never served must still close: the refit thread and process, the
+        studies' engine, the store (with its writer thread)."""
+        for part in ("registry", "refiner", "store"):
+            if hasattr(self, part):
+                getattr(self, part).close()
 
     def _settle(self, until: float) -> None:
         """server.stop() cancels the calls gRPC has received but not yet handed to a handler

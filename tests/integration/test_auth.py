@@ -2,6 +2,7 @@
 
 import datetime
 import ipaddress
+import time
 
 import grpc
 import pytest
@@ -134,8 +135,18 @@ def test_keys_are_stored_hashed(keys):
 
 
 def test_refuses_non_loopback_without_keys(db_url):
+    import threading
+
+    before = {t.name for t in threading.enumerate()}
     with pytest.raises(ConfigurationError, match="--no-auth"):
         Service(Settings(database_url=db_url, metrics_port=None, host="0.0.0.0", port=0))
+    # The refit and group-commit threads it had started are stopped, not left behind.
+    deadline = time.monotonic() + 5
+    while ({"hparamrec-refit", "hparamrec-group-commit"} & {t.name for t in threading.enumerate()}
+           - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not {"hparamrec-refit", "hparamrec-group-commit"} & (
+        {t.name for t in threading.enumerate()} - before)
 
 
 def test_explicit_no_auth_serves_the_default_tenant(db_url):
