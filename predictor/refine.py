@@ -235,10 +235,12 @@ class Refiner:
 
     def _best(self, conditioned: ConditionedModel, base: Recommendation, pins: Pins,
               study, rule: str = "mean") -> tuple[Recommendation, Params]:
-        """The argmin of the conditioned mean among the configurations the model allows, and
-        the recommendation for it (lr and batch intervals: the band of the grid where the
-        conditioned mean is within NEAR_OPTIMAL_EXCESS of the grid's minimum, widened to hold the
-        argmin)."""
+        """The configuration `rule` (one of EXPLOIT_RULES) picks among those the model allows,
+        and the recommendation for it: "mean", the argmin of the conditioned mean; "guarded"
+        (the exploit default), the unconditioned recommendation kept when the study's reports
+        look noisy, else "best_run", the best reported configuration. lr and batch intervals:
+        the band of the grid where the conditioned mean is within NEAR_OPTIMAL_EXCESS of the
+        grid's minimum, widened to hold the pick."""
         warnings = _noisy_reports(conditioned)
         if rule == "noise_aware":
             conditioned, rule = _noise_aware(conditioned, noisy=bool(warnings))
