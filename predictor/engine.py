@@ -170,9 +170,10 @@ class RecommendationCache:
     # An entry (a Recommendation with its key) holds ~10 KB. The launchers of a fleet ask for
     # a few specs; 2,048 entries outlast the ttl at the varied-spec load benchmark's rate
     # (~250 distinct specs/s over 5 s) in ~20 MB.
-    def __init__(self, ttl_seconds: float, max_entries: int = 2_048):
+    def __init__(self, ttl_seconds: float, max_entries: int = 2_048, clock=time.monotonic):
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
+        self._clock = clock  # seconds; a test's own clock, so its ttl need not race the machine
         self._entries: OrderedDict[tuple, tuple[tuple, float, Recommendation]] = OrderedDict()
         self._flights: dict[tuple, _Flight] = {}
         self._epochs: dict[str, int] = {}
@@ -189,7 +190,7 @@ class RecommendationCache:
             entry = self._entries.get(key)
             flight = self._flights.get(key)
             if entry is not None and entry[0] == stamp and (
-                    entry[1] >= time.monotonic() or (flight is not None and flight.stamp == stamp)):
+                    entry[1] >= self._clock() or (flight is not None and flight.stamp == stamp)):
                 self._entries.move_to_end(key)
                 hit = entry[2]  # fresh, or aged out and being refreshed
             else:
@@ -206,7 +207,7 @@ class RecommendationCache:
         try:
             flight.result = compute()
             with self._lock:
-                now = time.monotonic()
+                now = self._clock()
                 self._entries[key] = (stamp, now + self.ttl_seconds, flight.result)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.max_entries:

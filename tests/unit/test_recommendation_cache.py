@@ -13,6 +13,16 @@ SPEC = resolve_spec(n_params=1e9, n_tokens=2e10)
 REC = PriorRecommender().recommend(SPEC, Pins())
 
 
+class Clock:
+    """A monotonic clock the test moves: a ttl that a slow machine cannot race."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Counting:
     def __init__(self, delay: float = 0.0, fail_first: bool = False):
         self.calls, self.delay, self.fail_first = 0, delay, fail_first
@@ -39,7 +49,8 @@ def test_a_hit_is_a_copy_with_its_own_id():
 
 
 def test_a_report_a_model_swap_or_the_ttl_makes_it_recompute():
-    cache, compute = RecommendationCache(0.2), Counting()
+    clock = Clock()
+    cache, compute = RecommendationCache(60, clock=clock), Counting()
     key = ("t", SPEC, Pins())
     cache.get_or_compute(key, cache.stamp("t", None), compute)
     cache.invalidate("t")  # a run reported for this tenant
@@ -57,7 +68,7 @@ def test_a_report_a_model_swap_or_the_ttl_makes_it_recompute():
     cache.get_or_compute(key, cache.stamp("t", first), compute)
     cache.get_or_compute(key, cache.stamp("t", second), compute)
     assert compute.calls == 4
-    time.sleep(0.25)
+    clock.now += 61
     cache.get_or_compute(key, cache.stamp("t", second), compute)
     assert compute.calls == 5
 
@@ -107,18 +118,18 @@ def test_size_is_bounded():
 
 
 def test_expired_entries_go_when_the_next_is_stored():
-    cache, compute = RecommendationCache(0.2), Counting()
+    clock = Clock()
+    cache, compute = RecommendationCache(60, clock=clock), Counting()
     stamp = cache.stamp("t", None)
     for n in (1e8, 2e8, 3e8):
         cache.get_or_compute(("t", resolve_spec(n_params=n, n_tokens=2e10), Pins()), stamp, compute)
     assert len(cache) == 3
-    time.sleep(0.3)
+    clock.now += 61
     cache.get_or_compute(("t", SPEC, Pins()), stamp, compute)
     assert len(cache) == 1
 
 
-@pytest.mark.parametrize("ttl", [0.0])
-def test_the_engine_without_a_cache_computes_every_time(ttl, tmp_path):
+def test_the_engine_without_a_cache_computes_every_time(tmp_path):
     from benchmark_db.store import RunStore
     from predictor.engine import RecommendationEngine
     from predictor.registry import ModelRegistry
@@ -126,30 +137,39 @@ def test_the_engine_without_a_cache_computes_every_time(ttl, tmp_path):
     store = RunStore(f"sqlite:///{tmp_path / 'c.db'}")
     registry = ModelRegistry(store, kind="prior")
     try:
-        engine = RecommendationEngine(store, registry, cache_seconds=ttl)
+        engine = RecommendationEngine(store, registry, cache_seconds=0.0)
         assert engine.cache is None
-        assert engine.recommend("t", SPEC, Pins()).lr == REC.lr
+        first, second = (engine.recommend("t", SPEC, Pins()) for _ in range(2))
+        assert first.lr == second.lr == REC.lr
+        assert first.recommendation_id != second.recommendation_id
     finally:
         registry.close()
         store.close()
 
 
 def test_an_aged_out_entry_is_served_while_one_call_refreshes_it():
-    cache, compute = RecommendationCache(0.1), Counting()
+    clock = Clock()
+    cache, compute = RecommendationCache(60, clock=clock), Counting()
     key, stamp = ("t", SPEC, Pins()), cache.stamp("t", None)
     cache.get_or_compute(key, stamp, compute)
-    time.sleep(0.15)
-    slow = Counting(delay=0.3)
+    clock.now += 61
+    refreshing, release = threading.Event(), threading.Event()
+
+    def slow():
+        refreshing.set()
+        assert release.wait(10)
+        return compute()
+
     refresher = threading.Thread(target=cache.get_or_compute, args=(key, stamp, slow))
     refresher.start()
-    time.sleep(0.05)
-    started = time.perf_counter()
-    answer = cache.get_or_compute(key, stamp, compute)  # does not wait for the refresh
-    assert time.perf_counter() - started < 0.1 and answer.lr == REC.lr
+    assert refreshing.wait(10)
+    answer = cache.get_or_compute(key, stamp, compute)  # served while the refresh is held
+    assert answer.lr == REC.lr and compute.calls == 1
+    release.set()
     refresher.join()
-    assert compute.calls == 1 and slow.calls == 1
+    assert compute.calls == 2  # the one refresh
     cache.invalidate("t")  # but a stale stamp is never served, refreshing or not
-    assert cache.get_or_compute(key, cache.stamp("t", None), compute) is not None and compute.calls == 2
+    assert cache.get_or_compute(key, cache.stamp("t", None), compute) is not None and compute.calls == 3
 
 
 class FlakyRefiner:
