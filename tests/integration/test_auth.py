@@ -122,8 +122,12 @@ def test_key_metadata_header_forms(secured, keys):
 
     with grpc.insecure_channel(secured) as channel:
         stub = pb_grpc.RecommenderServiceStub(channel)
-        stub.ListRuns(pb.ListRunsRequest(), metadata=(("x-api-key", keys["bob"]),))
-        stub.ListRuns(pb.ListRunsRequest(), metadata=(("authorization", f"Bearer {keys['bob']}"),))
+        stub.ReportRun(report("bobs"), metadata=(("x-api-key", keys["bob"]),))
+        listed = stub.ListRuns(pb.ListRunsRequest(),
+                               metadata=(("authorization", f"Bearer {keys['bob']}"),))
+        assert [r.run_id for r in listed.runs] == ["bobs"]  # both forms are bob's tenant
+        others = stub.ListRuns(pb.ListRunsRequest(), metadata=(("x-api-key", keys["alice"]),))
+        assert "bobs" not in [r.run_id for r in others.runs]
 
 
 def test_keys_are_stored_hashed(keys):

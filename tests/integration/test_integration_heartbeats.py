@@ -90,13 +90,15 @@ def test_a_job_that_dies_before_its_first_step_frees_its_trial_after_3_intervals
     while loading its data is given up after 3 missed heartbeats, not at the time-out."""
     with serving(tmp_path, 3600) as svc:
         target = f"127.0.0.1:{svc.port}"
-        dead = TrackedRun(SPEC, server=target, mode="explore", heartbeat_seconds=0.2)
+        # An interval long enough that the first explore below, on a slow machine, still
+        # comes well within 3 of them.
+        dead = TrackedRun(SPEC, server=target, mode="explore", heartbeat_seconds=1.0)
         dead.start()  # ... and the job dies: no loss, no report
         with Client(target, retries=0) as other:
             time.sleep(0.3)
             other.recommend(SPEC, mode="explore")  # another launcher's explore: not yet
             assert trial_of(svc.settings.database_url, dead.trial_id).state.name == "RUNNING"
-            time.sleep(0.4)  # 3 x 0.2 s since the heartbeat
+            time.sleep(3.0)  # 3 x 1 s since the heartbeat
             other.recommend(SPEC, mode="explore")
         given_up = trial_of(svc.settings.database_url, dead.trial_id)
         assert given_up.state.name == "FAIL" and "3 heartbeat intervals" in given_up.user_attrs["timed_out"]
