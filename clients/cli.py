@@ -126,7 +126,8 @@ def recommend(explain, mode, run_id, client, as_json, **kw) -> None:
 @click.option("--batch-size-tokens", type=QUANTITY, required=True, help="Global batch in tokens.")
 @click.option("--weight-decay", type=float, required=True, help="AdamW weight decay used.")
 @click.option("--qat-fraction", type=float, help="Fraction of training in QAT (default 0).")
-@click.option("--loss", type=float, help="Final training loss.")
+@click.option("--loss", type=float, help="Final loss: mean cross-entropy in nats per token, "
+                                         "smoothed over the last steps or on evaluation data.")
 @click.option("--diverged", is_flag=True, help="The loss blew up.")
 @click.option("--failed", is_flag=True, help="Stopped for reasons unrelated to its hyperparameters.")
 @click.option("--run-id", callback=given_run_id,

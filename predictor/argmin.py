@@ -51,7 +51,7 @@ class ModelRecommender:
         lr, batch = self._best(spec, pins, base, self.model, fine_lr, fine_batch)
         if pins.batch_size_tokens is None:
             batch = whole_sequences(batch, spec.seq_len)
-        wd = self._weight_decay(spec, pins, base, lr, batch)
+        wd = free_weight_decay(spec, pins, lr, batch)
         prediction = self.model.predict(RunTable.queries(spec, lr, batch, wd, base.qat_fraction))
 
         lr_interval, batch_interval = self._intervals(spec, pins, base, lr, batch, fine_lr, fine_batch)
@@ -72,7 +72,7 @@ class ModelRecommender:
 
     def _queries(self, spec, pins, base, lr_axis, batch_axis) -> tuple[RunTable, np.ndarray, np.ndarray]:
         lr, batch = (a.ravel() for a in np.meshgrid(lr_axis, batch_axis, indexing="ij"))
-        wd = self._weight_decay(spec, pins, base, lr, batch)
+        wd = free_weight_decay(spec, pins, lr, batch)
         return RunTable.queries(spec, lr, batch, wd, base.qat_fraction), lr, batch
 
     def _best(self, spec, pins, base, model, lr_axis, batch_axis) -> tuple[float, float]:
@@ -91,11 +91,6 @@ class ModelRecommender:
             return mean
         return np.where(queries.lr <= limit(queries), mean, np.inf)
 
-    @staticmethod
-    def _weight_decay(spec, pins, base, lr, batch):
-        if pins.weight_decay is not None:
-            return np.full(np.shape(lr), pins.weight_decay) if np.ndim(lr) else pins.weight_decay
-        return laws.timescale_weight_decay(spec, lr, batch)
 
     def _intervals(self, spec, pins, base, lr, batch, lr_axis, batch_axis) -> tuple[Interval, Interval]:
         spreads = [s for s in self._optimum_spreads(spec) if s is not None and len(s)]
@@ -179,6 +174,13 @@ class ModelRecommender:
                        f"than any stored run ({self._sparsity:.3g} at most); how the loss level "
                        "follows the inactive experts is an extrapolation")
         return out
+
+
+def free_weight_decay(spec: TrainingSpec, pins: Pins, lr, batch):
+    """The weight decay at each (lr, batch): the pinned one, else the timescale rule's."""
+    if pins.weight_decay is not None:
+        return np.full(np.shape(lr), pins.weight_decay) if np.ndim(lr) else pins.weight_decay
+    return laws.timescale_weight_decay(spec, lr, batch)
 
 
 def _axis(centre: float, pinned: float | None, step: float | None = None,

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, RunRecord, RunReport, TrainingSpec, check_run_id
 from benchmark_db.store import RunStore
-from predictor.argmin import ModelRecommender
+from predictor.argmin import free_weight_decay
 from predictor.conditioned import NOISE_SD, ConditionedModel, Params, StudyTrials
 from predictor.loss_model import LossPrediction
 from predictor.prior import NEAR_OPTIMAL_EXCESS, Z80, PriorRecommender
@@ -323,7 +323,7 @@ class Refiner:
             else:
                 axes.append(np.array([space.fixed[n]]))
         lr, batch = (a.ravel() for a in np.meshgrid(*axes, indexing="ij"))
-        wd = ModelRecommender._weight_decay(spec, pins, base, lr, batch)
+        wd = free_weight_decay(spec, pins, lr, batch)
         if "weight_decay" in space.bounds:
             wd = np.clip(wd, *space.bounds["weight_decay"])
         else:

@@ -29,7 +29,6 @@ weights soft_l1 in ln-loss, and an sd growing as 1 + excess/e0 with a run's exce
 
 import numpy as np
 from scipy.optimize import least_squares
-from scipy.special import expit
 
 from benchmark_db.records import TrainingSpec
 from predictor import laws
@@ -190,11 +189,6 @@ class LossSurface:
     def lr_limit(self, q: RunTable) -> np.ndarray:
         """Largest lr a recommendation may use: a safety factor below the divergence boundary."""
         return self.lr_div(q) / self.lr_safety
-
-    def p_diverge(self, q: RunTable) -> np.ndarray:
-        if self.divergence_ is None:
-            return (q.lr > self.lr_div(q)).astype(float)
-        return expit(self.divergence_[1] * (np.log(q.lr) - np.log(self.lr_div(q))))
 
     def interval_penalty(self, q: RunTable) -> np.ndarray:
         """What the predictive sd grows with: the distance from the optimum."""
