@@ -1,5 +1,7 @@
 """The contract of a learned loss model (surface, LightGBM, PFN), scikit-learn style:
-__init__ stores parameters, fit() learns, learned attributes end in `_`."""
+__init__ stores parameters, fit() learns, learned attributes end in `_`. One exception, on
+purpose: the surface and `auto` also set their learned attributes in __init__, to the
+published laws, so an unfitted model predicts the prior (what a store without runs serves)."""
 
 from dataclasses import dataclass
 from typing import Protocol, Self
