@@ -22,6 +22,9 @@ from predictor.prior import NEAR_OPTIMAL_EXCESS, PriorRecommender, check_pins
 from predictor.recommendation import Interval, Recommendation, Source, whole_sequences
 from predictor.table import RunTable
 
+# How far past the swept sizes the lr and batch intervals take in all of the published laws'
+# (a sudden hull at the edge moved an end by 36% across a 0.5% step in size).
+PRIOR_HULL_DISTANCE = math.log(2.0)
 SEARCH_HALF_WIDTH = math.log(30.0)  # the grid spans the prior optimum /30 to x30
 COARSE_POINTS = 35  # steps of 0.2 in ln
 FINE_POINTS = 21  # steps of 0.02 in ln, one coarse step either side
@@ -32,9 +35,10 @@ class ModelRecommender:
         self.model = model
         self.n_runs = len(runs)
         self._prior = PriorRecommender()
-        sizes = {"n_active_params": runs.n_active_params, "n_tokens": runs.n_tokens,
-                 "tokens_per_param": runs.n_tokens / runs.n_active_params}
-        self._sizes = {c: (v.min(), v.max()) if len(runs) else None for c, v in sizes.items()}
+        swept = runs.swept()  # where the learned optimum is trusted (RunTable.swept)
+        sizes = {"n_active_params": swept.n_active_params, "n_tokens": swept.n_tokens,
+                 "tokens_per_param": swept.n_tokens / swept.n_active_params}
+        self._sizes = {c: (v.min(), v.max()) if len(swept) else None for c, v in sizes.items()}
         # The sparsest mixture of experts stored (1: dense runs only).
         self._sparsity = float((runs.n_params / runs.n_active_params).max()) if len(runs) else None
 
@@ -108,12 +112,14 @@ class ModelRecommender:
         lr_iv = Interval.point(lr) if pins.lr is not None else Interval(lo=lo[0], hi=hi[0])
         batch_iv = (Interval.point(batch) if pins.batch_size_tokens is not None
                     else Interval(lo=lo[1], hi=hi[1]))
-        if self._outside_stored_sizes(spec):
-            # The learned correction extrapolates there, and its bootstrap knows nothing of how
-            # far: the published laws' uncertainty (widened further out) still stands.
-            lr_iv = lr_iv if pins.lr is not None else lr_iv.hull(base.lr_interval)
-            batch_iv = (batch_iv if pins.batch_size_tokens is not None
-                        else batch_iv.hull(base.batch_size_tokens_interval))
+        # Past the swept sizes the learned optimum extrapolates, and its spreads know nothing
+        # of how far: the published laws' uncertainty (widened further out) stands too, taken
+        # in gradually (all of it PRIOR_HULL_DISTANCE out), so the ends do not jump at the edge.
+        weight = min(1.0, self._distance_outside(spec) / PRIOR_HULL_DISTANCE)
+        if weight > 0 and pins.lr is None:
+            lr_iv = _towards_hull(lr_iv, base.lr_interval, weight)
+        if weight > 0 and pins.batch_size_tokens is None:
+            batch_iv = _towards_hull(batch_iv, base.batch_size_tokens_interval, weight)
         return lr_iv, batch_iv
 
     def _optimum_spreads(self, spec: TrainingSpec) -> list[np.ndarray | None]:
@@ -152,7 +158,7 @@ class ModelRecommender:
                 "may diverge, and the loss predicted for it is an extrapolation"]
 
     def _outside_stored_sizes(self, spec: TrainingSpec) -> list[tuple[str, float, tuple]]:
-        """(column, value, stored range) of each size of the spec outside the stored runs'."""
+        """(column, value, swept range) of each size of the spec outside the swept runs'."""
         out = []
         for column, value in (("n_active_params", spec.n_active_params), ("n_tokens", spec.n_tokens),
                               ("tokens_per_param", spec.tokens_per_param)):
@@ -161,12 +167,17 @@ class ModelRecommender:
                 out.append((column, value, bounds))
         return out
 
+    def _distance_outside(self, spec: TrainingSpec) -> float:
+        """How far (in ln) the spec's farthest size lies beyond the swept ones (0 within)."""
+        return max((math.log(max(bounds[0] / value, value / bounds[1]))
+                    for _, value, bounds in self._outside_stored_sizes(spec)), default=0.0)
+
     def _range_warnings(self, spec: TrainingSpec) -> list[str]:
         out = []
         for column, value, bounds in self._outside_stored_sizes(spec):
-            out.append(f"{self.model.name}: {column} = {value:.3g} is outside the stored runs "
-                       f"({bounds[0]:.3g} to {bounds[1]:.3g}); the learned correction is an "
-                       "extrapolation, and the lr and batch intervals take in the published "
+            out.append(f"{self.model.name}: {column} = {value:.3g} is outside the stored runs' "
+                       f"sweeps ({bounds[0]:.3g} to {bounds[1]:.3g}); the learned correction is "
+                       "an extrapolation, and the lr and batch intervals take in the published "
                        "laws' too")
         sparsity = spec.n_params / spec.n_active_params
         if self._sparsity is not None and sparsity > 1.01 * self._sparsity:
@@ -174,6 +185,12 @@ class ModelRecommender:
                        f"than any stored run ({self._sparsity:.3g} at most); how the loss level "
                        "follows the inactive experts is an extrapolation")
         return out
+
+
+def _towards_hull(ours: Interval, laws_: Interval, weight: float) -> Interval:
+    """ours, each end moved (in ln) `weight` of the way to the hull of ours and the laws'."""
+    return Interval(lo=ours.lo ** (1 - weight) * min(ours.lo, laws_.lo) ** weight,
+                    hi=ours.hi ** (1 - weight) * max(ours.hi, laws_.hi) ** weight)
 
 
 def free_weight_decay(spec: TrainingSpec, pins: Pins, lr, batch):

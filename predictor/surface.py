@@ -104,7 +104,7 @@ class LossSurface:
         self.divergence_ = None
         self.intervals_ = IntervalModel()
         self.n_runs_ = 0
-        self.fitted_sizes_ = None  # ((Na lo, hi), (D/Na lo, hi)) of the completed runs
+        self.fitted_sizes_ = None  # ((Na lo, hi), (D/Na lo, hi)) of the swept groups' runs
         # (groups, 2): ln lr and ln B of each held-out group's best run over the recommendation
         # made without it (from the calibration's folds; None uncalibrated)
         self.optimum_offsets_ = None
@@ -137,7 +137,7 @@ class LossSurface:
 
     def _into_fitted_sizes(self, n_active, n_tokens):
         """(Na, D, moved): the sizes (arrays of one shape) moved into the box of (ln Na,
-        ln D/Na) that the completed runs fitted on span, and which were."""
+        ln D/Na) that the swept groups fitted on span (RunTable.swept), and which were."""
         if self.fitted_sizes_ is None:
             return n_active, n_tokens, np.zeros(n_active.shape, bool)
         (n_lo, n_hi), (r_lo, r_hi) = self.fitted_sizes_
@@ -208,8 +208,9 @@ class LossSurface:
         if not ok.any():
             return self
         completed = runs.subset(ok)
-        ratio = completed.n_tokens / completed.n_active_params
-        self.fitted_sizes_ = ((completed.n_active_params.min(), completed.n_active_params.max()),
+        swept = runs.swept()
+        ratio = swept.n_tokens / swept.n_active_params
+        self.fitted_sizes_ = ((swept.n_active_params.min(), swept.n_active_params.max()),
                               (ratio.min(), ratio.max()))
         keys, groups = group_index(completed)
         levels = self._fit_bowl(completed, groups, len(keys))

@@ -10,6 +10,10 @@ from benchmark_db.records import RunReport, RunStatus, TrainingSpec
 GROUP_COLUMNS = ("n_params", "n_active_params", "n_tokens")
 
 
+# Completed runs a group needs for its optimum to be placed (a 1-D lr sweep has 5 or more).
+MIN_SWEEP_RUNS = 5
+
+
 @dataclass(frozen=True)
 class RunTable:
     """One row per run (or per query configuration). `loss` is NaN where unknown; `diverged`
@@ -65,6 +69,18 @@ class RunTable:
     def concat(cls, tables: Sequence["RunTable"]) -> "RunTable":
         return cls(**{f.name: np.concatenate([getattr(t, f.name) for t in tables])
                       for f in fields(cls)})
+
+    def swept(self) -> "RunTable":
+        """The completed runs of the groups swept enough to place their optimum (at least
+        MIN_SWEEP_RUNS completed), or all completed runs if no group is: the sizes a learned
+        optimum is trusted at. One run at a new size says its loss, not where its optimum lies;
+        counted, it moved the trusted box and the batch of far specs by 30%."""
+        done = self.subset(self.completed)
+        if not len(done):
+            return done
+        ids = done.group_ids()
+        swept = np.bincount(ids)[ids] >= MIN_SWEEP_RUNS
+        return done.subset(swept) if swept.any() else done
 
     def group_ids(self) -> np.ndarray:
         """An integer per row, equal for rows of one (n_params, n_active_params, n_tokens)."""

@@ -141,7 +141,7 @@ def test_more_tokens_per_parameter_than_stored_is_an_extrapolation_too():
     recommender = ModelRecommender(LossSurface(calibrate=False).fit(ALL), ALL)
     spec = TrainingSpec(n_params=2e8, n_active_params=2e8, n_tokens=6e10)  # 300; stored 20-100
     rec = recommender.recommend(spec, Pins(weight_decay=0.1))
-    assert any(w.startswith("surface: tokens_per_param = 300 is outside the stored runs")
+    assert any(w.startswith("surface: tokens_per_param = 300 is outside the stored runs' sweeps")
                for w in rec.warnings)
 
 
@@ -287,3 +287,27 @@ def test_lr_and_batch_intervals_take_in_where_held_out_groups_best_runs_lay():
     assert rec.batch_size_tokens_interval.hi >= rec.batch_size_tokens * np.exp(hi[1]) * (1 - 1e-9)
     auto = AutoModel().fit(ALL)
     assert auto.held_out_optimum_offsets().shape == (len(SWEEP_GROUPS), 2)
+
+
+def test_one_run_at_a_new_size_does_not_move_where_the_optimum_is_trusted():
+    """It says its loss, not where its optimum lies: counted, it widened the box the learned
+    optimum is trusted in, and the batch of far specs moved by 30%."""
+    lone = make_report("lone", n_params=1e10, n_tokens=1e11, lr=1.6e-3, batch=1 << 21, loss=2.0)
+    with_lone = RunTable.from_runs([*synthetic_sweep(), lone])
+    clean, extended = (LossSurface(calibrate=False).fit(t) for t in (ALL, with_lone))
+    assert extended.fitted_sizes_ == clean.fitted_sizes_
+    far = TrainingSpec(n_params=7e10, n_active_params=7e10, n_tokens=1.4e12)
+    before, after = (ModelRecommender(m, t).recommend(far, Pins(weight_decay=0.1))
+                     for m, t in ((clean, ALL), (extended, with_lone)))
+    assert after.batch_size_tokens == pytest.approx(before.batch_size_tokens, rel=0.05)
+
+
+def test_the_intervals_take_in_the_laws_gradually_past_the_swept_sizes():
+    """A sudden hull at the edge moved an interval end by 36% across a 0.5% step in size."""
+    model = LossSurface(calibrate=False, n_boot=8).fit(ALL)
+    recommender = ModelRecommender(model, ALL)
+    edge = 2e8  # the smallest model swept, at 100 tokens per parameter
+    lows = [recommender.recommend(TrainingSpec(n_params=n, n_active_params=n, n_tokens=100 * n),
+                                  Pins(weight_decay=0.1)).lr_interval.lo
+            for n in (edge * 1.001, edge / 1.001)]
+    assert lows[1] == pytest.approx(lows[0], rel=0.02)
