@@ -43,6 +43,16 @@ _LOADED: dict[Path, object] = {}
 _LOCK = threading.Lock()
 
 
+def _calibration_groups(ids: np.ndarray, completed: np.ndarray) -> np.ndarray | None:
+    """The groups (of `ids`, one per run) a calibration predicts from the others: those with
+    completed runs, at most CALIBRATION_MAX_GROUPS spread evenly; None if too few."""
+    groups = [g for g in np.unique(ids) if completed[ids == g].any()]
+    if len(groups) < CALIBRATION_MIN_GROUPS:
+        return None
+    spread = np.linspace(0, len(groups) - 1, CALIBRATION_MAX_GROUPS).round().astype(int)
+    return np.array(groups)[np.unique(spread)]
+
+
 def load_checkpoint(path: Path | None = None):
     """The checkpoint at path (default: the committed one), loaded once per process."""
     from predictor.pfn import checkpoint
@@ -192,11 +202,9 @@ class PFNLossModel:
         from predictor.intervals import optimum_offset
 
         ids = runs.group_ids()
-        groups = [g for g in np.unique(ids) if runs.completed[ids == g].any()]
-        if len(groups) < CALIBRATION_MIN_GROUPS:
+        chosen = _calibration_groups(ids, runs.completed)
+        if chosen is None:
             return None
-        chosen = np.array(groups)[np.unique(np.linspace(
-            0, len(groups) - 1, CALIBRATION_MAX_GROUPS).round().astype(int))]
         offsets = []
         for g in chosen:
             train = runs.subset(ids != g)
@@ -255,11 +263,9 @@ class PFNLossModel:
         keys = np.stack([runs.n_params, runs.n_active, runs.n_tokens, runs.bits], axis=1)
         unique, inverse = np.unique(keys, axis=0, return_inverse=True)
         inverse = inverse.ravel()
-        with_completed = [k for k in range(len(unique)) if runs.completed[inverse == k].any()]
-        if len(with_completed) < CALIBRATION_MIN_GROUPS:
+        chosen = _calibration_groups(inverse, runs.completed)
+        if chosen is None:
             return INTERVAL
-        chosen = np.array(with_completed)[np.unique(np.linspace(
-            0, len(with_completed) - 1, CALIBRATION_MAX_GROUPS).round().astype(int))]
         pits = []
         for k in chosen:
             held = inverse == k
