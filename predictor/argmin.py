@@ -95,7 +95,6 @@ class ModelRecommender:
             return mean
         return np.where(queries.lr <= limit(queries), mean, np.inf)
 
-
     def _intervals(self, spec, pins, base, lr, batch, lr_axis, batch_axis) -> tuple[Interval, Interval]:
         spreads = [s for s in self._optimum_spreads(spec) if s is not None and len(s)]
         if spreads:  # the widest of the 10th-90th percentiles of each spread, about the argmin

@@ -55,13 +55,13 @@ class IntervalModel:
         return cls(level_sd, float(shape_sd), float(kappa), float(np.quantile(ratio, COVERAGE)))
 
 
-def held_out_groups(groups: np.ndarray) -> np.ndarray:
-    """The group indices a leave-groups-out (auto's selection, the calibration) holds out in
-    turn: all, or MAX_HELD_OUT_GROUPS of them spread evenly (group_index sorts them by size)."""
+def held_out_groups(groups: np.ndarray, at_most: int = MAX_HELD_OUT_GROUPS) -> np.ndarray:
+    """The group indices a leave-groups-out (auto's selection, the calibrations) holds out in
+    turn: all, or `at_most` of them spread evenly (group_index sorts them by size)."""
     unique = np.unique(groups)
-    if len(unique) <= MAX_HELD_OUT_GROUPS:
+    if len(unique) <= at_most:
         return unique
-    return unique[np.unique(np.linspace(0, len(unique) - 1, MAX_HELD_OUT_GROUPS).round().astype(int))]
+    return unique[np.unique(np.linspace(0, len(unique) - 1, at_most).round().astype(int))]
 
 
 def held_out_folds(model, runs) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:

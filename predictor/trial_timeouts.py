@@ -43,8 +43,7 @@ class TrialTimeouts:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             deadline, why = self._deadline(trial)
             if deadline is not None and deadline < now:
-                storage.set_trial_user_attr(trial._trial_id, TIMED_OUT_ATTR, why)
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                _give_up(storage, trial._trial_id, why)
 
     def heartbeat(self, tenant: str, trial_id: str, interval_seconds: float = 0.0) -> "TrialStatus":
         """Records that the run of one of the tenant's explore trials is still going (user
@@ -87,9 +86,7 @@ class TrialTimeouts:
         with self.studies.lock(name):
             trial = storage.get_trial(found._trial_id)
             if trial.state is TrialState.RUNNING:
-                storage.set_trial_user_attr(trial._trial_id, TIMED_OUT_ATTR,
-                                            "its explore call ended before the answer was sent")
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                _give_up(storage, trial._trial_id, "its explore call ended before the answer was sent")
 
     def alive(self, trial) -> datetime:
         """Records that the running trial's run showed life now (its last heartbeat); under
@@ -118,6 +115,13 @@ class TrialTimeouts:
                        f"({MISSED_HEARTBEATS} x {quiet / MISSED_HEARTBEATS:g} s, as its launcher "
                        "said) of its last heartbeat")
         return deadline, why
+
+
+def _give_up(storage, trial_id: int, why: str) -> None:
+    """Closes a running trial as FAIL with user attribute timed_out = why: without a report
+    it says nothing (the sampler ignores such a FAIL)."""
+    storage.set_trial_user_attr(trial_id, TIMED_OUT_ATTR, why)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def _last_alive(trial) -> datetime | None:

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from predictor.intervals import held_out_groups
 from predictor.loss_model import LossPrediction
 from predictor.pfn.features import (Normalisation, Runs, Spec, context_features, episode,
                                     query_features, select_context, targets)
@@ -46,11 +47,10 @@ _LOCK = threading.Lock()
 def _calibration_groups(ids: np.ndarray, completed: np.ndarray) -> np.ndarray | None:
     """The groups (of `ids`, one per run) a calibration predicts from the others: those with
     completed runs, at most CALIBRATION_MAX_GROUPS spread evenly; None if too few."""
-    groups = [g for g in np.unique(ids) if completed[ids == g].any()]
+    groups = np.array([g for g in np.unique(ids) if completed[ids == g].any()])
     if len(groups) < CALIBRATION_MIN_GROUPS:
         return None
-    spread = np.linspace(0, len(groups) - 1, CALIBRATION_MAX_GROUPS).round().astype(int)
-    return np.array(groups)[np.unique(spread)]
+    return held_out_groups(groups, CALIBRATION_MAX_GROUPS)
 
 
 def load_checkpoint(path: Path | None = None):
