@@ -25,7 +25,7 @@ from predictor.table import RunTable
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "steplaw-dense" / "dense_lr_bs_loss.csv"
+DEFAULT_DATA = report.STEPLAW_DENSE
 
 
 def formula_baselines(runs, table: RunTable) -> dict[str, list[float]]:

@@ -38,7 +38,6 @@ from pathlib import Path
 from benchmarks import report
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "steplaw-dense" / "dense_lr_bs_loss.csv"
 HPARAMREC = str(Path(sys.executable).parent / "hparamrec")
 SCENARIOS = {
     "health": "grpc.health Check (ceiling)",
@@ -259,7 +258,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario")
     parser.add_argument("--clients", type=int, default=32, help="concurrent callers")
     parser.add_argument("--processes", type=int, default=4, help="client processes")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Step Law dense sweep")
+    parser.add_argument("--data", type=Path, default=report.STEPLAW_DENSE,
+                        help="the Step Law dense sweep")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--note", default="", help="a line on what else ran on the machine")
@@ -267,12 +267,15 @@ def main() -> None:
                         help="an HPARAMREC_* setting for the server, e.g. HPARAMREC_MAX_WORKERS=8")
     args = parser.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
+    if not args.data.is_file():
+        # an empty store would be answered by the published laws alone, not the learned model
+        parser.error(f"--data {args.data}: no such file (the Step Law dense sweep)")
 
     load_before, machine = os.getloadavg(), report.machine()
     rows, cpu = {}, {}
     with tempfile.TemporaryDirectory(prefix="hparamrec-load-") as tmp:
         db_url = f"sqlite:///{Path(tmp) / 'load.db'}"
-        seeded = seed(db_url, args.data) if args.data.exists() else 0
+        seeded = seed(db_url, args.data)
         server = Server(db_url, Path(tmp) / "server.log", env=dict(s.split("=", 1) for s in args.set))
         try:
             server.wait_ready(refits=1 if seeded else 0)

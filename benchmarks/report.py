@@ -5,6 +5,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
+# the real dense sweep, read from beside the project (never copied into it)
+STEPLAW_DENSE = ROOT.parent / "shared" / "datasets" / "steplaw-dense" / "dense_lr_bs_loss.csv"
 HEADER = ("# Benchmarks\n\nEvery figure here is written by a script in `benchmarks/`, with its "
           "baselines measured in the same run. Rerun a script to refresh its section.\n")
 
