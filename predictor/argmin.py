@@ -44,7 +44,9 @@ class ModelRecommender:
 
     def recommend(self, spec: TrainingSpec, pins: Pins) -> Recommendation:
         check_pins(spec, pins)
-        base = self._prior.recommend(spec, pins)
+        # One divergence warning, from the model that sets the lr limit (two disagreed).
+        base = self._prior.recommend(spec, pins,
+                                     warn_divergence=not hasattr(self.model, "lr_limit"))
         lr_axis = _axis(base.lr, pins.lr)
         batch_axis = _axis(base.batch_size_tokens, pins.batch_size_tokens)
         lr, batch = self._best(spec, pins, base, self.model, lr_axis, batch_axis)

@@ -34,11 +34,14 @@ class PriorRecommender:
 
     version = PRIOR_VERSION
 
-    def recommend(self, spec: TrainingSpec, pins: Pins) -> Recommendation:
+    def recommend(self, spec: TrainingSpec, pins: Pins, *, warn_divergence: bool = True
+                  ) -> Recommendation:
+        """`warn_divergence=False` leaves the warning on a pinned lr past DIVERGENCE_LR_FACTOR to
+        a learned model with its own lr limit, which knows better where runs diverge."""
         check_pins(spec, pins)
         optimum = LawOptimum(spec)
         warnings = list(optimum.warnings) + _partial_sequence_warnings(spec, pins)
-        in_bowl, z = self._conditional(spec, pins, optimum, warnings)
+        in_bowl, z = self._conditional(spec, pins, optimum, warnings, warn_divergence)
         bowl = Bowl.steplaw(spec.n_tokens)
         pinned = _pinned_names(pins)
 
@@ -87,7 +90,7 @@ class PriorRecommender:
         )
 
     @staticmethod
-    def _conditional(spec, pins, optimum, warnings) -> tuple[set[int], np.ndarray]:
+    def _conditional(spec, pins, optimum, warnings, warn_divergence) -> tuple[set[int], np.ndarray]:
         pinned = {}
         for i, name in enumerate(COORDS):
             value = getattr(pins, name)
@@ -99,7 +102,8 @@ class PriorRecommender:
                                 "for the law's weight decay")
                 continue
             ratio = math.log(value / optimum.values[name])
-            if name == "lr" and value > DIVERGENCE_LR_FACTOR * optimum.values["lr"]:
+            if (warn_divergence and name == "lr"
+                    and value > DIVERGENCE_LR_FACTOR * optimum.values["lr"]):
                 warnings.append(f"pinned lr = {value:.3g} is over {DIVERGENCE_LR_FACTOR:g}x the "
                                 f"prior optimum {optimum.values['lr']:.3g}, past which runs "
                                 "diverge in the reference's sweeps: the run may diverge, and "

@@ -102,6 +102,16 @@ def test_surface_answers_stay_sane_at_absurd_pins(surface, pins):
         assert any("above the surface model's limit" in w for w in rec.warnings)
 
 
+def test_one_divergence_warning_on_a_pinned_high_lr(surface):
+    """The model with an lr limit gives the warning; the prior's own, based on the laws'
+    optimum, used to come too, and said the opposite between the two limits."""
+    spec = TrainingSpec(n_params=1e9, n_active_params=1e9, n_tokens=2e10)
+    recommender = ModelRecommender(surface, without(ALL, HELD_OUT))
+    warned = recommender.recommend(spec, Pins(lr=10.0)).warnings
+    assert [w for w in warned if "diverge" in w] == [w for w in warned if "surface model's limit" in w]
+    assert len([w for w in warned if "diverge" in w]) == 1
+
+
 def test_gbm_far_from_data_is_the_surface():
     model = SurfaceGBM(calibrate=False).fit(ALL)
     far = TrainingSpec(n_params=1e11, n_active_params=1e11, n_tokens=1e13)
