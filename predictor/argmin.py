@@ -18,7 +18,7 @@ import numpy as np
 from benchmark_db.records import Pins, TrainingSpec
 from predictor import laws
 from predictor.loss_model import LossModel
-from predictor.prior import NEAR_OPTIMAL_EXCESS, PriorRecommender, check_pins
+from predictor.prior import NEAR_OPTIMAL_EXCESS, LawOptimum, PriorRecommender, check_pins
 from predictor.recommendation import Interval, Recommendation, Source, whole_sequences
 from predictor.table import RunTable
 
@@ -39,6 +39,7 @@ class ModelRecommender:
         sizes = {"n_active_params": swept.n_active_params, "n_tokens": swept.n_tokens,
                  "tokens_per_param": swept.n_tokens / swept.n_active_params}
         self._sizes = {c: (v.min(), v.max()) if len(swept) else None for c, v in sizes.items()}
+        self._pin_spans = _swept_log_ratios(swept)
         # The sparsest mixture of experts stored (1: dense runs only).
         self._sparsity = float((runs.n_params / runs.n_active_params).max()) if len(runs) else None
 
@@ -72,7 +73,8 @@ class ModelRecommender:
             "predicted_loss_interval": Interval(lo=float(prediction.lo[0]), hi=float(prediction.hi[0])),
             "sources": tuple(self._sources(base, pins)),
             "warnings": (base.warnings + tuple(self._range_warnings(spec))
-                         + tuple(self._lr_limit_warnings(spec, pins, lr, batch, wd))),
+                         + tuple(self._lr_limit_warnings(spec, pins, lr, batch, wd)
+                                 or self._pin_span_warnings(spec, pins))),
             "model_versions": (self.model.version_,) + base.model_versions,
         })
 
@@ -158,6 +160,23 @@ class ModelRecommender:
                 f"({at:.3g}, a safety factor below where it expects runs to diverge): the run "
                 "may diverge, and the loss predicted for it is an extrapolation"]
 
+    def _pin_span_warnings(self, spec: TrainingSpec, pins: Pins) -> list[str]:
+        """A pinned lr or batch farther from the laws' optimum than any stored run was from its
+        own: the loss predicted there follows a flank no run measured."""
+        out = []
+        optimum = LawOptimum(spec).values
+        for name, span in self._pin_spans.items():
+            value = getattr(pins, name)
+            if value is None or span is None:
+                continue
+            ratio = value / optimum[name]
+            if not span[0] * (1 - 1e-9) <= ratio <= span[1] * (1 + 1e-9):
+                out.append(f"{self.model.name}: pinned {name} = {value:.3g} is {ratio:.3g}x the "
+                           f"published laws' optimum, and the stored sweeps ran {span[0]:.3g}x to "
+                           f"{span[1]:.3g}x of theirs: the loss predicted for it is an "
+                           "extrapolation")
+        return out
+
     def _outside_stored_sizes(self, spec: TrainingSpec) -> list[tuple[str, float, tuple]]:
         """(column, value, swept range) of each size of the spec outside the swept runs'."""
         out = []
@@ -186,6 +205,23 @@ class ModelRecommender:
                        f"than any stored run ({self._sparsity:.3g} at most); how the loss level "
                        "follows the inactive experts is an extrapolation")
         return out
+
+
+def _swept_log_ratios(swept: RunTable) -> dict[str, tuple[float, float] | None]:
+    """For lr and batch: the range of a swept run's value over its group's published-law
+    optimum (the coordinates the learned models work in); None without swept runs."""
+    spans: dict[str, tuple[float, float] | None] = {"lr": None, "batch_size_tokens": None}
+    if not len(swept):
+        return spans
+    ids = swept.group_ids()
+    first = np.unique(ids, return_index=True)[1]
+    optima = [LawOptimum(TrainingSpec.of_sizes(swept.n_params[i], swept.n_active_params[i],
+                                               swept.n_tokens[i], swept.seq_len[i],
+                                               swept.weight_bits[i])).values for i in first]
+    for name, column in (("lr", swept.lr), ("batch_size_tokens", swept.batch_size_tokens)):
+        ratio = column / np.array([o[name] for o in optima])[ids]
+        spans[name] = (float(ratio.min()), float(ratio.max()))
+    return spans
 
 
 def _towards_hull(ours: Interval, laws_: Interval, weight: float) -> Interval:

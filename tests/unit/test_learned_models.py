@@ -9,6 +9,7 @@ from predictor import laws
 from predictor.argmin import ModelRecommender
 from predictor.auto import CANDIDATES, AutoModel, within_one_standard_error
 from predictor.intervals import MAX_HELD_OUT_GROUPS, held_out_groups
+from predictor.prior import LawOptimum
 from predictor.residual_gbm import SurfaceGBM
 from predictor.surface import D0, MAX_EXCESS, N0, LossSurface
 from predictor.table import RunTable
@@ -321,3 +322,23 @@ def test_the_intervals_take_in_the_laws_gradually_past_the_swept_sizes():
                                   Pins(weight_decay=0.1)).lr_interval.lo
             for n in (edge * 1.001, edge / 1.001)]
     assert lows[1] == pytest.approx(lows[0], rel=0.02)
+
+
+def test_a_pin_beyond_the_stored_sweeps_is_called_an_extrapolation(surface):
+    """lr 1e-6 for a 1B model predicted a loss 5% above the optimum, with no word that no
+    stored run was ever that far below its optimum."""
+    spec = TrainingSpec(n_params=1e9, n_active_params=1e9, n_tokens=2e10)
+    recommender = ModelRecommender(surface, without(ALL, HELD_OUT))
+    lo, hi = recommender._pin_spans["lr"]
+    optimum = LawOptimum(spec).values["lr"]
+
+    def span_warnings(pins):
+        return [w for w in recommender.recommend(spec, pins).warnings if "stored sweeps ran" in w]
+
+    assert len(span_warnings(Pins(lr=optimum * lo / 3))) == 1
+    assert span_warnings(Pins(lr=optimum * lo * 1.5)) == []
+    assert span_warnings(Pins(lr=optimum)) == []
+    assert span_warnings(Pins(lr=10.0)) == []  # the lr limit's warning says it
+    b_lo, b_hi = recommender._pin_spans["batch_size_tokens"]
+    batch = LawOptimum(spec).values["batch_size_tokens"]
+    assert len(span_warnings(Pins(batch_size_tokens=round(batch * b_hi * 3 / 2048) * 2048))) == 1
