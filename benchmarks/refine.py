@@ -38,7 +38,7 @@ from benchmarks.backtest import DEFAULT_DATA
 from clients.client import Client
 from clients.models import Pins, RunOutcome, RunReport, TrainingSpec
 from predictor.backtest import held_out_spec
-from predictor.refine import EXPLOIT_RULE, NOISY_REPORTS_MARK
+from predictor.exploit import EXPLOIT_RULE, NOISY_REPORTS_MARK
 from predictor.scoring import nearest_point, regret
 from predictor.table import RunTable
 from service.server import Service

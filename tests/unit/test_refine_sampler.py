@@ -150,21 +150,21 @@ def imported_grid(scatter: float, seed: int = 0) -> ConditionedModel:
 
 
 def test_a_whole_clean_sweep_is_checked_near_its_best_where_the_model_can_fit_it():
-    from predictor.refine import NOISY_REPORTS_WINDOW, _noisy_reports
+    from predictor.exploit import NOISY_REPORTS_WINDOW, noisy_reports
 
     clean = imported_grid(0.0)
     assert clean.consistency()[1] < 1e-6  # all 40: the far ends are no bowl of the model's
     near = clean.nearest_trials(NOISY_REPORTS_WINDOW)
     assert near.trials.n_completed == NOISY_REPORTS_WINDOW
     assert np.abs(np.log(near.trials.completed["lr"] / LR)).max() < 1.0  # around the best
-    assert _noisy_reports(clean) == []
+    assert noisy_reports(clean) == []
     for seed in range(3):  # one step's batch noise is still caught
-        warning, = _noisy_reports(imported_grid(0.015, seed))
+        warning, = noisy_reports(imported_grid(0.015, seed))
         assert warning.startswith("the 8 reported losses") and "(the 8 of 40 nearest" in warning
 
 
 @pytest.mark.parametrize("n", [3, 8])
-def test_a_loss_level_unlike_the_models_is_not_taken_for_noisy_reports(n):
+def test_a_loss_level_unlike_the_models_is_not_taken_fornoisy_reports(n):
     """Losses 30% above the model's everywhere (another dataset or tokenizer) rank the
     configurations as the model's bowl does; 13 LEVEL_SDs off, they failed a check that did
     not profile the level out. The statistic does not depend on the
