@@ -71,7 +71,7 @@ def read(path: Path, progress: Progress | None = None) -> list[RunReport]:
         with at_row(row_number):
             rows.append(_parse(row_number, cells))
     best = _group_best_losses(rows)
-    names = Counter(row.cells.get("exp_name", "").strip() for row in rows)
+    names = _distinct_rows_per_name(rows)
     reports = []
     for row in counted(rows, progress):
         with at_row(row.number, columns):
@@ -79,7 +79,17 @@ def read(path: Path, progress: Progress | None = None) -> list[RunReport]:
     return reports
 
 
+def _distinct_rows_per_name(rows: list[_Row]) -> Counter:
+    """How many different rows carry each exp_name: a row repeated (a file concatenated with
+    itself) is one run under its name; only different runs sharing a name need other ids."""
+    distinct = {(row.cells.get("exp_name", "").strip(), tuple(sorted(row.cells.items())))
+                for row in rows}
+    return Counter(name for name, _ in distinct)
+
+
 def _parse(row_number: int, cells: dict[str, str]) -> _Row:
+    if "Na" in cells and not cells["Na"].strip():  # a MoE file: every run has active params
+        raise InvalidArgument.single("Na", "required in a file with an Na column")
     return _Row(
         number=row_number, cells=cells,
         n_params=required_number(cells["N"], "N"),
@@ -124,6 +134,6 @@ def _report(row: _Row, moe: bool, group_best: float | None, names: Counter) -> R
         "source": SOURCE,
     })
     name = row.cells.get("exp_name", "").strip()
-    if not name or names[name] > 1:  # no name to tell this run from the others
+    if not name or names[name] > 1:  # no name that tells this run from the others
         report = report.model_copy(update={"run_id": content_id(report, RUN_ID_PREFIX)})
     return report

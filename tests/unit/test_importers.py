@@ -111,6 +111,23 @@ def test_steplaw_duplicate_names_fall_back_to_content_hashes(tmp_path):
     assert [r.run_id for r in read_runs(path, "steplaw")] == ids  # deterministic
 
 
+def test_steplaw_rows_repeated_whole_keep_their_names(tmp_path):
+    """A file concatenated with itself: every run was stored under steplaw:<exp_name> before,
+    and switching the repeated names to content hashes stored them all a second time."""
+    rows = [steplaw_row(1e-3, 256, 2.5, name="a"), steplaw_row(2e-3, 256, 2.6, name="b")]
+    ids = [r.run_id for r in read_runs(write_steplaw(tmp_path, rows + rows), "steplaw")]
+    assert ids == ["steplaw:a", "steplaw:b", "steplaw:a", "steplaw:b"]
+
+
+def test_steplaw_moe_row_without_active_params_is_refused(tmp_path):
+    header = STEPLAW_HEADER + ["Na"]
+    rows = [steplaw_row(1e-3, 256, 2.5, name="a") + [int(5e7)],
+            steplaw_row(2e-3, 256, 2.6, name="b") + [""]]
+    with pytest.raises(InvalidArgument) as exc:
+        read_runs(write_steplaw(tmp_path, rows, header), "steplaw")
+    assert violation_fields(exc) == ["row 3: Na"]
+
+
 def test_steplaw_missing_column_is_named(tmp_path):
     header = [c for c in STEPLAW_HEADER if c != "smooth loss"]
     path = write_csv(tmp_path / "s.csv", header, [])
