@@ -11,6 +11,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
+from clients import client as client_module
 from clients import (AsyncClient, Client, DeadlineExceededError, Hyperparameters,
                      InvalidArgumentError, NotFoundError, Pins, RunOutcome, RunReport, RunStatus,
                      TrainingSpec, UnavailableError, convert)
@@ -201,25 +202,44 @@ def test_deadline_exceeded(misbehaving):
         assert client.report_run(REPORT, timeout=5).created  # a per-call deadline wins
 
 
-def test_a_patient_report_waits_for_a_service_that_is_not_up_yet():
+def test_a_patient_report_waits_for_a_service_that_is_not_up_yet(monkeypatch):
     """A report sent while the service restarts: nothing listens for 3 s, then it answers."""
-    with socket.socket() as probe:
+    with socket.socket() as probe:  # a free port, closed again: nothing listens on it yet
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    servicer, server = Misbehaving(), grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    later = threading.Timer(3.0, server.start)
+    servicer, servers = Misbehaving(), []
+
+    def start_server():  # the server binds the port only now, 3 s after the first attempt
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        pb_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        servers.append(server)
+
+    failed_attempts = []
+    retry_wait = client_module.retry_wait
+
+    def counting_retry_wait(code, *args):
+        failed_attempts.append(code)
+        return retry_wait(code, *args)
+
+    monkeypatch.setattr(client_module, "retry_wait", counting_retry_wait)
+    later = threading.Timer(3.0, start_server)
+    started = time.monotonic()
     later.start()
     try:
         with Client(f"127.0.0.1:{port}", retries=0) as client:
-            started = time.monotonic()
+            with pytest.raises(UnavailableError):  # without patience: no one listens yet
+                client.report_run(REPORT)
             assert client.report_run(REPORT, patience=30).created
-            assert 3.0 <= time.monotonic() - started < 10
+            assert 3.0 <= time.monotonic() - started < 25
     finally:
         later.join()
-        server.stop(0)
+        for server in servers:
+            server.stop(0)
     assert len(servicer.run_ids) == 1
+    assert len(failed_attempts) > 2  # the impatient call's one, then the patient call's retries
+    assert set(failed_attempts) == {grpc.StatusCode.UNAVAILABLE}
 
 
 def test_a_patient_report_is_retried_after_a_passed_deadline(misbehaving):
@@ -243,14 +263,18 @@ def test_a_patient_report_is_sent_again_when_a_stopping_server_cancelled_it(misb
     assert len(servicer.run_ids) == 2 and len(set(servicer.run_ids)) == 1
 
 
-def test_a_patient_report_gives_up_once_its_patience_is_spent(misbehaving):
+def test_a_patient_report_gives_up_once_its_patience_is_spent(misbehaving, monkeypatch):
+    """Without jitter the waits are 0.1, 0.2, 0.4, 0.8 s (1.5 s in all, the 5th attempt at
+    1.5 s); the next, 1.6 s, would end past the patience of 2.5 s: five attempts, then the
+    error. (The calls themselves may take up to 1 s in all, on a loaded machine.)"""
+    monkeypatch.setattr(client_module.random, "uniform", lambda lo, hi: (lo + hi) / 2)
     servicer = Misbehaving(unavailable_times=1000)
     with Client(misbehaving(servicer), retries=0) as client:
         started = time.monotonic()
         with pytest.raises(UnavailableError):
-            client.report_run(REPORT, patience=2.0)
-        assert 1.0 < time.monotonic() - started <= 2.5
-    assert len(servicer.run_ids) > 3
+            client.report_run(REPORT, patience=2.5)
+        assert 1.5 <= time.monotonic() - started < 20
+    assert len(servicer.run_ids) == 5
 
 
 def test_target_and_key_from_the_environment(monkeypatch, target):
