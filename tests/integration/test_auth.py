@@ -65,8 +65,16 @@ def test_a_key_read_from_a_file_with_its_newline_works(secured, keys):
 
 
 def test_health_and_reflection_stay_open(secured):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
     with Client(secured, retries=0) as anonymous:
         assert anonymous.health() == "SERVING"
+    with grpc.insecure_channel(secured) as channel:  # no key sent
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([
+            reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for s in next(responses).list_services_response.service}
+    assert {"hparamrec.v1.RecommenderService", "grpc.health.v1.Health"} <= names
 
 
 def test_tenants_are_isolated(secured, keys):
