@@ -8,8 +8,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
-from benchmark_db.importers.rows import (HEADER_ROW, Progress, at_row, boolean, content_id,
-                                         counted, integer, number, read_csv, text_file)
+from benchmark_db.importers.rows import (DIVERGED_RATIO, HEADER_ROW, Progress, at_row, boolean,
+                                         content_id, counted, integer, number, read_csv,
+                                         text_file)
 from benchmark_db.importers.steplaw_csv import REQUIRED_COLUMNS as STEPLAW_COLUMNS
 from benchmark_db.records import RunReport, RunStatus, resolve_spec, validated
 
@@ -98,7 +99,7 @@ def _jsonl_fields(lines: Iterable[str]) -> Iterator[tuple[int, dict]]:
 
 def _reports(rows: Iterable[tuple[int, dict]], source: str,
              progress: Progress | None) -> list[RunReport]:
-    reports, first_seen = [], {}
+    reports, status_given, first_seen = [], [], {}
     for row_number, fields in counted(rows, progress):
         with at_row(row_number):
             report = _report(fields, source)
@@ -108,7 +109,31 @@ def _reports(rows: Iterable[tuple[int, dict]], source: str,
                 f"row {row_number}: run_id",
                 f"{report.run_id!r} is also the id of row {earlier[0]}, which has other values")
         reports.append(report)
-    return reports
+        status_given.append("status" in fields or "diverged" in fields)
+    return _far_above_the_best_diverged(reports, status_given)
+
+
+def _far_above_the_best_diverged(reports: list[RunReport], status_given: list[bool]) -> list[RunReport]:
+    """Runs whose status the file leaves to the loss, and whose loss is above DIVERGED_RATIO
+    times their group's best completed loss, as diverged: a run that blew up without reaching
+    NaN. Ids were made before (a hashed id stays the same when other rows move the best)."""
+    best: dict[tuple, float] = {}
+    for r in reports:
+        if r.outcome.status is RunStatus.COMPLETED:
+            key = _group(r)
+            best[key] = min(best.get(key, math.inf), r.outcome.final_loss)
+    out = []
+    for report, given in zip(reports, status_given):
+        if (not given and report.outcome.status is RunStatus.COMPLETED
+                and report.outcome.final_loss > DIVERGED_RATIO * best[_group(report)]):
+            report = report.model_copy(update={"outcome": report.outcome.model_copy(
+                update={"status": RunStatus.DIVERGED})})
+        out.append(report)
+    return out
+
+
+def _group(report: RunReport) -> tuple[float, float, float]:
+    return report.spec.n_params, report.spec.n_active_params, report.spec.n_tokens
 
 
 def _report(fields: dict, source: str) -> RunReport:

@@ -21,6 +21,12 @@ Progress = Callable[[int], None]
 PROGRESS_EVERY = 1000
 HEADER_ROW = 1
 
+# A run whose loss is above DIVERGED_RATIO times the best finite loss of its (N, Na, D) group
+# diverged (unless its status says otherwise). In the Step Law dense sweep the runs that
+# converged end within 1.2x of their group's best (2.0-2.7 nats) and the ones that blew up at
+# 1.7x-3x (mostly above 5 nats), so 1.5 separates the two with margin on both sides.
+DIVERGED_RATIO = 1.5
+
 # Validation names fields by their place in the record ("hyperparameters.lr"); a file has flat
 # columns ("lr").
 _RECORD_PARTS = ("spec.", "hyperparameters.", "outcome.")

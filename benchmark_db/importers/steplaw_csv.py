@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
-from benchmark_db.importers.rows import (HEADER_ROW, Progress, at_row, content_id, counted,
-                                         number, read_csv, required_number)
+from benchmark_db.importers.rows import (DIVERGED_RATIO, HEADER_ROW, Progress, at_row,
+                                         content_id, counted, number, read_csv, required_number)
 from benchmark_db.records import (DEFAULT_SEQ_LEN, NO_QUANTIZATION_BITS, RunReport, RunStatus,
                                   resolve_spec, validated)
 
@@ -26,11 +26,8 @@ _FIELD_COLUMNS = {*REQUIRED_COLUMNS, "Na", "seq_len"}
 _DERIVED_COLUMNS = {"D/N"}
 # The study trained every run with AdamW at weight decay 0.1; the files do not record it.
 STEPLAW_WEIGHT_DECAY = 0.1
-# A run diverged when a loss is NaN/inf or its smoothed loss is above DIVERGED_RATIO times the
-# best finite smoothed loss of its (N, Na, D) group. In the dense sweep the runs that converged
-# end within 1.2x of their group's best (2.0-2.7 nats) and the ones that blew up at 1.7x-3x
-# (mostly above 5 nats), so 1.5 separates the two with margin on both sides.
-DIVERGED_RATIO = 1.5
+# A run diverged when a loss is NaN/inf or its smoothed loss is above DIVERGED_RATIO
+# (rows.py) times the best finite smoothed loss of its (N, Na, D) group.
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class PriorConfig:
     cliff_scale_range: tuple[float, float] = (0.2, 0.4)
     diverged_loss_ratio: tuple[float, float] = (1.6, 3.2)
     diverged_loss_missing_prob: float = 0.1
-    diverged_ratio: float = 1.5  # benchmark_db.importers.steplaw_csv.DIVERGED_RATIO
+    diverged_ratio: float = 1.5  # benchmark_db.importers.rows.DIVERGED_RATIO
     # --- noise (README: best vs second best differ by a median 0.0016 nats, ~0.07%)
     noise_median: float = 4e-4
     noise_log_sd: float = 0.4

@@ -316,6 +316,26 @@ def test_a_trial_id_that_is_not_a_string_names_the_column(tmp_path):
     assert violation_fields(exc) == ["row 1: trial_id"]
 
 
+LOSS_ONLY_HEADER = ["run_id", "n_params", "n_tokens", "lr", "batch_size_tokens", "weight_decay",
+                    "final_loss"]
+
+
+def test_a_loss_far_above_its_groups_best_is_diverged_unless_the_row_says(tmp_path):
+    rows = [["best", "1e9", "2e10", "1e-3", "1e6", "0.1", "2.5"],
+            ["near", "1e9", "2e10", "3e-3", "1e6", "0.1", "3.7"],
+            ["blown", "1e9", "2e10", "3e-2", "1e6", "0.1", "9.7"],
+            ["other-size", "2e9", "2e10", "3e-2", "1e6", "0.1", "9.7"]]
+    runs = by_id(read_runs(write_csv(tmp_path / "r.csv", LOSS_ONLY_HEADER, rows), "csv"))
+    status = {run_id: run.outcome.status for run_id, run in runs.items()}
+    assert status == {"best": "completed", "near": "completed", "blown": "diverged",
+                      "other-size": "completed"}
+    assert runs["blown"].outcome.final_loss == 9.7  # kept, as a diverged run's finite loss
+
+    said = [row + ["completed"] for row in rows]
+    runs = read_runs(write_csv(tmp_path / "s.csv", LOSS_ONLY_HEADER + ["status"], said), "csv")
+    assert all(run.outcome.status == "completed" for run in runs)
+
+
 def test_identical_rows_are_one_run_read_twice(tmp_path):
     row = ["a", "1e9", "2e10", "1e-3", "1e6", "0.1", "2.5"]
     header = ["run_id", "n_params", "n_tokens", "lr", "batch_size_tokens", "weight_decay",
