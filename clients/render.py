@@ -226,10 +226,16 @@ def backtest_table(table, result: dict) -> None:
                 title_justify="left")
     for column in ("params", "tokens", "lr", "batch", "regret", "rank corr.", "80% cover"):
         out.add_column(column)
-    regrets = []
+    regrets, unscored = [], 0
     for g, group in zip(np.unique(ids), result["groups"]):
         held = table.subset(ids == g)
         rec = group["recommendation"]
+        if not held.completed.any():  # nothing to score against
+            unscored += 1
+            out.add_row(format_quantity(group["n_params"]), format_quantity(group["n_tokens"]),
+                        f"{rec['lr']:.3g}", format_quantity(rec["batch_size_tokens"]),
+                        "n/a: no completed run", "", "")
+            continue
         pts = group["points"]
         mean = np.array([p["loss_pred"] for p in pts])
         lo, hi = np.array([p["loss_lo"] for p in pts]), np.array([p["loss_hi"] for p in pts])
@@ -242,7 +248,8 @@ def backtest_table(table, result: dict) -> None:
                     f"{scoring.rank_correlation(held, mean):.3f}",
                     f"{scoring.coverage(held, lo, hi):.0%}")
     console.print(out)
-    console.print(_regret_summary(regrets))
+    console.print(_regret_summary(regrets)
+                  + (f"; {unscored} group(s) without a completed run not scored" if unscored else ""))
 
 
 def _regret_cell(regret: float, into_diverged: bool) -> str:

@@ -18,6 +18,9 @@ def nearest_point(held: RunTable, lr: float, batch_size_tokens: float) -> int:
 
 
 def regret(held: RunTable, lr: float, batch_size_tokens: float) -> float:
+    """NaN for a group with no completed run: there is no best loss to measure against."""
+    if not held.completed.any():
+        return float("nan")
     losses = np.where(np.isfinite(held.loss), held.loss, np.inf)
     best = losses[held.completed].min()
     return float(losses[nearest_point(held, lr, batch_size_tokens)] / best - 1)

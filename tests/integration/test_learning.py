@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,20 @@ def test_backtest_of_mixture_of_experts_groups(tmp_path):
     groups = json.loads(out.stdout)["groups"]
     assert len(groups) == 3
     assert all(g["n_active_params"] == g["n_params"] / 4 for g in groups)
+
+
+def test_backtest_table_of_a_group_with_no_completed_run(tmp_path):
+    """Such a group has no best loss to score against: the table said so with a traceback."""
+    runs = tmp_path / "sweep.csv"
+    runs.write_text("lr,bs,loss,smooth loss,exp_name,D,N\n"
+                    "1e-3,256,nan,nan,a,4e9,1e9\n2e-3,256,nan,nan,b,4e9,1e9\n"
+                    "1e-3,256,2.5,2.5,c,8e9,1e9\n2e-3,256,2.4,2.4,d,8e9,1e9\n")
+    out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "steplaw",
+                          "--predictor", "prior"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "n/a: no completed run" in out.stdout
+    assert "1 group(s) without a completed run not scored" in out.stdout
 
 
 def test_backtest_rejects_an_unknown_predictor(tmp_path):
