@@ -157,6 +157,17 @@ class RunStore:
                 runs.c.tenant == tenant, runs.c.run_id == run_id)).mappings().first()
         return _from_row(row) if row else None
 
+    def find_many(self, tenant: str, run_ids: Iterable[str]) -> dict[str, RunRecord]:
+        """The stored runs among run_ids, by run_id."""
+        ids, found = list(dict.fromkeys(run_ids)), {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                for row in conn.execute(sa.select(runs).where(
+                        runs.c.tenant == tenant,
+                        runs.c.run_id.in_(ids[start:start + 500]))).mappings():
+                    found[row["run_id"]] = _from_row(row)
+        return found
+
 
 def _matching(spec: SpecFilter | None) -> list:
     """WHERE clauses: the runs of the filter's spec; the size ranges use the runs index on

@@ -18,7 +18,8 @@ IMPORT_FORMATS = ("steplaw", "csv", "jsonl")  # benchmark_db.importers.FORMATS, 
               help="steplaw: a Step Law sweep CSV; csv, jsonl: the generic format of "
                    "docs/import-format.md.")
 @click.option("--tenant", default="default", show_default=True, help="Tenant the runs belong to.")
-@json_option(help='Print {"read": N, "added": N, "already_stored": N, "diverged": N}.')
+@json_option(help='Print {"read": N, "added": N, "already_stored": N, "diverged": N, '
+                  '"conflicting": [run_id, ...]}.')
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def import_runs(db, file_format, tenant, as_json, file) -> None:
     """Import runs from FILE straight into the database (an admin command: no server needed).
@@ -37,6 +38,12 @@ def import_runs(db, file_format, tenant, as_json, file) -> None:
         store.close()
         if counter:
             click.echo("\r\033[K", err=True, nl=False)  # erase the counter
+    if result.conflicting:
+        shown = ", ".join(repr(i) for i in result.conflicting[:3])
+        more = f" and {len(result.conflicting) - 3} more" if len(result.conflicting) > 3 else ""
+        click.echo(f"warning: {len(result.conflicting)} run(s) were stored before with other "
+                   f"values, which are kept ({shown}{more}): give each run its own run_id",
+                   err=True)
     if unread:
         click.echo(f"note: the runs are in tenant {tenant}, which no active API key reads; "
                    "give --tenant to import them for a team", err=True)

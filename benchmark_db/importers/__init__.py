@@ -29,9 +29,11 @@ class ImportResult:
     added: int
     already_stored: int  # includes a run that appears twice in the file
     diverged: int
+    # run_ids stored before with other values (spec, hyperparameters or outcome), which are kept
+    conflicting: tuple[str, ...] = ()
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def as_dict(self) -> dict:
+        return {**asdict(self), "conflicting": list(self.conflicting)}
 
 
 def read_runs(path: str | Path, format: str, progress: Progress | None = None) -> list[RunReport]:
@@ -48,8 +50,12 @@ def import_file(store: RunStore, tenant: str, path: str | Path, format: str,
                 progress: Progress | None = None) -> ImportResult:
     """Reads and validates the whole file, then stores its runs in one transaction."""
     reports = read_runs(path, format, progress)
+    stored = store.find_many(tenant, (r.run_id for r in reports))
+    conflicting = tuple(dict.fromkeys(r.run_id for r in reports if r.run_id in stored
+                                      and stored[r.run_id].differs_from(r)))
     added = store.add_many(tenant, reports)
     return ImportResult(
         read=len(reports), added=added, already_stored=len(reports) - added,
         diverged=sum(r.outcome.status is RunStatus.DIVERGED for r in reports),
+        conflicting=conflicting,
     )

@@ -241,7 +241,7 @@ def test_runs_export_reimports_cleanly(target, tmp_path):
         imported = cli("import", "--db", url, "--format", file_format, "--json", str(exported))
         assert imported.returncode == 0, imported.stderr
         assert json.loads(imported.stdout) == {"read": 3, "added": 3, "already_stored": 0,
-                                               "diverged": 1}
+                                               "diverged": 1, "conflicting": []}
         with running_service(url, grace=0) as svc:
             again = cli("runs", "export", "--format", file_format, server=f"127.0.0.1:{svc.port}")
             original = cli("runs", "list", "--json", server=target)

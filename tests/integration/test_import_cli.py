@@ -44,11 +44,34 @@ def steplaw_file(tmp_path) -> Path:
 def test_importing_twice_adds_nothing_the_second_time(database_url, steplaw_file):
     first = cli("import", "--db", database_url, "--format", "steplaw", "--json", str(steplaw_file))
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == {"read": 3, "added": 3, "already_stored": 0, "diverged": 1}
+    assert json.loads(first.stdout) == {"read": 3, "added": 3, "already_stored": 0, "diverged": 1,
+                                             "conflicting": []}
     again = cli("import", "--db", database_url, "--format", "steplaw", "--json", str(steplaw_file))
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout) == {"read": 3, "added": 0, "already_stored": 3, "diverged": 1}
+    assert json.loads(again.stdout) == {"read": 3, "added": 0, "already_stored": 3, "diverged": 1,
+                                             "conflicting": []}
     assert stored(database_url) == 3
+
+
+def test_a_run_stored_before_with_other_values_is_kept_and_named(database_url, tmp_path):
+    """A later file with the same run_id and another loss was counted as already stored, with
+    nothing to say the loss in the file was not the one stored."""
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text(GENERIC_HEADER + "x1,1e9,2e10,1e-3,1e6,0.1,2.5\n")
+    second.write_text(GENERIC_HEADER + "x1,1e9,2e10,1e-3,1e6,0.1,2.9\n"
+                                       "x2,1e9,2e10,2e-3,1e6,0.1,2.6\n")
+    assert cli("import", "--db", database_url, "--format", "csv", str(first)).returncode == 0
+    out = cli("import", "--db", database_url, "--format", "csv", "--json", str(second))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["conflicting"] == ["x1"]
+    assert json.loads(out.stdout)["added"] == 1
+    assert "warning: 1 run(s) were stored before with other values" in out.stderr
+    assert "'x1'" in out.stderr
+    store = RunStore(database_url)
+    try:
+        assert store.get("default", "x1").outcome.final_loss == 2.5
+    finally:
+        store.close()
 
 
 def test_bad_row_exits_2_with_one_line_and_stores_nothing(database_url, tmp_path):
