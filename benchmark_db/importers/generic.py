@@ -82,7 +82,10 @@ def _jsonl_fields(lines: Iterable[str]) -> Iterator[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_object_without_repeated_keys)
+        except _RepeatedKey as exc:
+            raise InvalidArgument.single(f"row {line_number}: {exc.key}",
+                                         "key appears twice") from None
         except json.JSONDecodeError as exc:
             raise InvalidArgument.single(
                 f"row {line_number}", f"not valid JSON: {exc.msg} at column {exc.colno}") from None
@@ -95,6 +98,22 @@ def _jsonl_fields(lines: Iterable[str]) -> Iterator[tuple[int, dict]]:
         if unknown:
             raise _unknown_columns(line_number, unknown, COLUMNS)
         yield line_number, {key: value for key, value in obj.items() if value is not None}
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object; a key given twice (the last would silently win) is an error."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _RepeatedKey(key)
+        obj[key] = value
+    return obj
 
 
 def _reports(rows: Iterable[tuple[int, dict]], source: str,
@@ -140,7 +159,7 @@ def _report(fields: dict, source: str) -> RunReport:
     spec = resolve_spec(
         **{name: number(fields.get(name), name) for name in _SPEC_NUMBERS},
         **{name: integer(fields.get(name), name) for name in _SPEC_INTEGERS},
-        **{name: fields.get(name) for name in _SPEC_NAMES},
+        **{name: _lower(fields.get(name)) for name in _SPEC_NAMES},
         field_prefix="",
     )
     hyperparameters = {name: number(fields[name], name)
@@ -154,13 +173,28 @@ def _report(fields: dict, source: str) -> RunReport:
         "spec": spec,
         "hyperparameters": hyperparameters,
         "outcome": {"status": status, "final_loss": loss},
-        "metadata": _with_trial_label(fields.get("metadata", {}), fields.get("trial_id")),
+        "metadata": _with_trial_label(_scalars_as_text(fields.get("metadata", {})),
+                                      fields.get("trial_id")),
         "recommendation_id": fields.get("recommendation_id", ""),
         "source": source,
     })
     if "run_id" not in fields:
         report = report.model_copy(update={"run_id": content_id(report)})
     return report
+
+
+def _lower(name):
+    """Enum names as exports spell them too (MoE, AdamW)."""
+    return name.strip().lower() if isinstance(name, str) else name
+
+
+def _scalars_as_text(metadata):
+    """JSONL metadata numbers and booleans as the strings labels are ({"step": 1000}, which a
+    CSV's metadata.step column gives as "1000"); anything else is left for validation."""
+    if not isinstance(metadata, dict):
+        return metadata
+    return {key: json.dumps(value) if isinstance(value, (int, float, bool)) else value
+            for key, value in metadata.items()}
 
 
 def _with_trial_label(metadata, trial_id):

@@ -69,7 +69,10 @@ def read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
 
 def _check_unique_columns(header: list[str]) -> None:
     seen = set()
-    for name in header:
+    for position, name in enumerate(header, 1):
+        if not name:
+            raise InvalidArgument.single(
+                f"row {HEADER_ROW}", f"column {position} has no name (a trailing comma?)")
         if name in seen:
             raise InvalidArgument.single(f"row {HEADER_ROW}: {name}", "column appears twice")
         seen.add(name)
@@ -109,13 +112,15 @@ def number(value, column: str) -> float | None:
     loss); range checks are the record's."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        except ValueError:
-            pass
+        if isinstance(value, str):
+            return float(value)
+    except ValueError:
+        pass
+    except OverflowError:  # a JSON integer of hundreds of digits
+        raise InvalidArgument.single(column, f"too large (got {str(value)[:20]}...)") from None
     raise InvalidArgument.single(column, f"not a number (got {value!r})")
 
 

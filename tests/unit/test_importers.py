@@ -263,7 +263,7 @@ def test_error_message_reads_row_column_reason(tmp_path):
     ('[1, 2]', "row 1"),
     ('[' * 100_000 + ']' * 100_000, "row 1"),  # deeper than the parser's recursion
     ('{"n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3, "batch_size_tokens": 1e6, '
-     '"weight_decay": 0.1, "final_loss": 2.5, "metadata": {"seed": 3}}', "row 1: metadata.seed"),
+     '"weight_decay": 0.1, "final_loss": 2.5, "metadata": {"seed": [3]}}', "row 1: metadata.seed"),
     ('{"n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3, "batch_size_tokens": 1e6, '
      '"weight_decay": 0.1, "final_loss": 2.5, "status": "completed", "diverged": true}',
      "row 1: diverged"),
@@ -334,6 +334,42 @@ def test_a_loss_far_above_its_groups_best_is_diverged_unless_the_row_says(tmp_pa
     said = [row + ["completed"] for row in rows]
     runs = read_runs(write_csv(tmp_path / "s.csv", LOSS_ONLY_HEADER + ["status"], said), "csv")
     assert all(run.outcome.status == "completed" for run in runs)
+
+
+JSONL_RUN = {"run_id": "j", "n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3,
+             "batch_size_tokens": 1048576, "weight_decay": 0.1, "final_loss": 2.5}
+
+
+@pytest.mark.parametrize("line, field", [
+    ('{"run_id": "j", "n_params": 1e9, "n_tokens": 1' + "0" * 400 + "}", "row 1: n_tokens"),
+    (json.dumps(JSONL_RUN)[:-1] + ', "final_loss": NaN}', "row 1: final_loss"),
+])
+def test_jsonl_huge_numbers_and_repeated_keys_are_row_errors(tmp_path, line, field):
+    """A 400-digit integer gave a traceback; a key given twice silently took the last value."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(InvalidArgument) as exc:
+        read_runs(path, "jsonl")
+    assert violation_fields(exc) == [field]
+
+
+def test_jsonl_takes_enum_names_in_any_case_and_numeric_labels(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({**JSONL_RUN, "n_active_params": 2.5e8, "architecture": "MoE",
+                                "optimizer": "AdamW", "metadata": {"step": 1000, "ok": True,
+                                                                   "team": "a"}}) + "\n")
+    [run] = read_runs(path, "jsonl")
+    assert run.spec.architecture == "moe" and run.spec.optimizer == "adamw"
+    assert run.metadata == {"step": "1000", "ok": "true", "team": "a"}
+
+
+def test_a_header_with_a_trailing_comma_is_named(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("run_id,n_params,\na,1e9,\n")
+    with pytest.raises(InvalidArgument) as exc:
+        read_runs(path, "csv")
+    assert violation_fields(exc) == ["row 1"]
+    assert "column 3 has no name (a trailing comma?)" in str(exc.value)
 
 
 def test_identical_rows_are_one_run_read_twice(tmp_path):
