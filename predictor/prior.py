@@ -8,6 +8,7 @@ stays within NEAR_OPTIMAL_EXCESS of its minimum.
 """
 
 import math
+import sys
 
 import numpy as np
 
@@ -101,7 +102,9 @@ class PriorRecommender:
                                 "training without weight decay; lr and batch are its optimum "
                                 "for the law's weight decay")
                 continue
-            ratio = math.log(value / optimum.values[name])
+            # A subnormal pin over a large optimum underflows to 0: the smallest normal float
+            # instead, whose log (-708) is clamped below as any far ratio is.
+            ratio = math.log(max(value / optimum.values[name], sys.float_info.min))
             if (warn_divergence and name == "lr"
                     and value > DIVERGENCE_LR_FACTOR * optimum.values["lr"]):
                 warnings.append(f"pinned lr = {value:.3g} is over {DIVERGENCE_LR_FACTOR:g}x the "
@@ -224,7 +227,8 @@ def law_loss(optimum: "LawOptimum", lr, batch, weight_decay, qat_fraction) -> np
     u = np.log(lr / optimum.values["lr"])
     v = np.log(batch / optimum.values["batch_size_tokens"])
     decays = weight_decay > 0
-    w = np.where(decays, np.log(np.where(decays, weight_decay, 1.0) / optimum.values["weight_decay"]),
+    w = np.where(decays, np.log(np.maximum(np.where(decays, weight_decay, 1.0)  # as in _conditional
+                                           / optimum.values["weight_decay"], sys.float_info.min)),
                  v - u)
     excess = Bowl.steplaw(optimum.spec.n_tokens).excess(np.stack([u, v, w], axis=-1))
     return optimum.base_loss * (1 + excess + QAT_CURVATURE * (qat_fraction - optimum.qat_fraction) ** 2)

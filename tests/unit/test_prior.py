@@ -165,6 +165,14 @@ def test_a_weight_decay_near_zero_costs_what_no_decay_beyond_the_timescale_range
     assert at(1e-300) < 1.1 * at(rec.weight_decay)
 
 
+def test_a_subnormal_weight_decay_pin_is_clamped_not_a_math_error():
+    """5e-324 over a small model's optimum underflows to 0, whose log raised: INTERNAL in the
+    Recommend fuzz test. It is as far below the optimum as a ratio goes, with the warning."""
+    rec = prior.recommend(spec(1e6, 4.8e10, seq_len=512, weight_bits=4), Pins(weight_decay=5e-324))
+    assert rec.weight_decay == 5e-324 and math.isfinite(rec.lr) and math.isfinite(rec.predicted_loss)
+    assert any("pinned weight_decay" in w and "clamped" in w for w in rec.warnings), rec.warnings
+
+
 def test_a_pinned_batch_of_a_partial_sequence_says_how_it_is_counted():
     def partial(batch):
         return [w for w in prior.recommend(spec(), Pins(batch_size_tokens=batch)).warnings
