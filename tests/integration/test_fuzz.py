@@ -78,6 +78,11 @@ TEXT = st.one_of(st.text(max_size=300),
 SIZE = st.floats(1e3, 1e14)
 
 
+def mostly(plausible, wild):
+    """Plausible three times in four, so that some of the requests are stored (answered)."""
+    return st.integers(0, 3).flatmap(lambda i: wild if i == 0 else plausible)
+
+
 def absurd(lo: float, hi: float, integral: bool = False):
     """Values outside [lo, hi] (and, for floats, NaN and infinities)."""
     if integral:
@@ -161,21 +166,39 @@ def test_recommend_blames_the_one_bad_field(server, data):
     assert all(reason for _, reason in violations)
 
 
+def unset_or(values):
+    return st.one_of(st.none(), values)
+
+
+@st.composite
+def plausible_pins(draw) -> pb.Pins:
+    """Each pin unset or in range (a QAT fraction above 0 is still refused on a 16-bit run)."""
+    values = {"lr": draw(unset_or(st.floats(1e-5, 1e-1))),
+              "batch_size_tokens": draw(unset_or(st.floats(1e4, 1e8))),
+              "weight_decay": draw(unset_or(st.floats(0, 1))),
+              "qat_fraction": draw(unset_or(st.sampled_from([0.0, 0.5, 1.0])))}
+    return pb.Pins(**{name: value for name, value in values.items() if value is not None})
+
+
 @FUZZ
-@given(spec=any_spec(), pins=st.builds(pb.Pins, lr=ANY_FLOAT, batch_size_tokens=ANY_FLOAT,
-                                       weight_decay=ANY_FLOAT, qat_fraction=ANY_FLOAT)
-       | st.just(pb.Pins()),
-       mode=st.sampled_from([0, 1]) | st.integers(-2**31, 2**31 - 1))
+@given(spec=mostly(valid_spec(), any_spec()),
+       pins=mostly(plausible_pins(),
+                   st.builds(pb.Pins, lr=ANY_FLOAT, batch_size_tokens=ANY_FLOAT,
+                             weight_decay=ANY_FLOAT, qat_fraction=ANY_FLOAT) | st.just(pb.Pins())),
+       # Explore in one valid mode of five: each opens a study (a new one per spec), ~5x the
+       # cost of an exploit.
+       mode=mostly(st.sampled_from([pb.MODE_UNSPECIFIED, pb.MODE_EXPLOIT] * 2 + [pb.MODE_EXPLORE]),
+                   st.integers(-2**31, 2**31 - 1)))
 def test_recommend_anything_is_answered_or_refused_precisely(server, spec, pins, mode):
     code, violations, response = call(server.stub.Recommend,
                                       pb.RecommendRequest(spec=spec, pins=pins, mode=mode))
-    if mode == pb.MODE_EXPLORE and code == grpc.StatusCode.OK:
-        return
     assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT), code
     if code == grpc.StatusCode.OK:
         rec = response.recommendation
         values = (rec.lr, rec.batch_size_tokens, rec.weight_decay, rec.qat_fraction, rec.predicted_loss)
         assert all(math.isfinite(v) for v in values) and rec.lr > 0 and rec.batch_size_tokens >= 1
+        assert rec.weight_decay >= 0 and 0 <= rec.qat_fraction <= 1 and rec.recommendation_id
+        assert bool(rec.trial_id) == (mode == pb.MODE_EXPLORE), (mode, rec.trial_id)
     else:
         assert violations and all(f.split(".")[0].split("[")[0] in ("spec", "pins", "mode")
                                   for f, _ in violations), violations
@@ -249,11 +272,6 @@ def test_report_run_blames_the_one_bad_field_and_stores_nothing(server, data):
     # A run_id no report could carry is refused by GetRun too.
     assert missing.value.code() == (grpc.StatusCode.INVALID_ARGUMENT if field == "run_id"
                                     else grpc.StatusCode.NOT_FOUND)
-
-
-def mostly(plausible, wild):
-    """Plausible three times in four, so that some of the requests are stored."""
-    return st.integers(0, 3).flatmap(lambda i: wild if i == 0 else plausible)
 
 
 @FUZZ
