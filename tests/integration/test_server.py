@@ -142,12 +142,19 @@ def test_rows_stored_before_the_plausibility_bounds_still_load(service, client):
     from benchmark_db.schema import runs
 
     client.report_run(report_request("old"))
+    assert service.registry.wait_idle(timeout=120)  # the refit on the report as it came in
+    before = service.registry.get("default")
     with service.store.engine.begin() as conn:
         conn.execute(sa.update(runs).where(runs.c.run_id == "old")
                      .values(final_loss=1e-300, lr=1e-300))
     old = client.get_run("old")
     assert (old.outcome.final_loss, old.hyperparameters.lr) == (1e-300, 1e-300)
     assert [r.run_id for r in client.list_runs().runs] == ["old"]
+    service.registry.schedule_refit("default")  # as a restart, or another report, would
+    assert service.registry.wait_idle(timeout=120)
+    # A new model, fitted on the old row (a failed refit keeps the previous one).
+    assert service.registry.get("default") not in (None, before)
+    assert service.registry.fitted_on("default") == 1
     assert client.recommend(spec(n_params=1e9, n_tokens=1e10)).lr > 0
 
 
