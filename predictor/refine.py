@@ -2,7 +2,9 @@
 (predictor/study.py); EXPLORE asks the study for its next trial with the predictor-guided
 sampler (predictor/sampler.py); EXPLOIT returns the best configuration of the tenant's model
 conditioned on the study's trials (predictor/exploit.py), and today's
-recommendation while the study has no completed trial.
+recommendation while the study has no completed trial. The study is made by the first explore
+of its spec and pins, or by the first exploit once runs of the spec's size are stored (reported
+or imported), so that runs reported without an explore (a diverged one, say) count as well.
 
 A run reported with a trial_id closes that trial (COMPLETE with its loss; FAIL with
 outcome=diverged, which the sampler learns from, or outcome=failed, which it ignores). A run
@@ -88,12 +90,26 @@ class Refiner:
         name = study_name(tenant, spec, pins)
         study = self.studies.load(name)
         if study is None:
-            return base
+            if not self.sync.mark(tenant, spec)[0]:  # no run stored of the spec's size
+                return base
+            # Runs reported without an explore (a diverged one at today's lr, say) count too.
+            study = self._created(tenant, name, base, spec, pins)
         self.sync.sync(tenant, spec, study)  # one indexed aggregate unless runs were imported
         conditioned = self._conditioned(study, model, spec, pins)
         if not conditioned.trials.n_completed and conditioned.lr_ok(exploit.params_of(base))[0]:
             return base
         return exploit.best(conditioned, base, pins, study, rule)[0]
+
+    def _created(self, tenant: str, name: str, base: Recommendation, spec: TrainingSpec,
+                 pins: Pins):
+        """The spec's study, created with the stored runs of its key and pins unless another
+        call has created it meanwhile."""
+        with self.studies.lock(name):
+            study = self.studies.load(name)
+            if study is None:
+                study = self.studies.create(name, SearchSpace.around(base, spec, pins), spec, pins)
+                self.sync.sync(tenant, spec, study, locked=True)
+        return study
 
     def explore(self, tenant: str, spec: TrainingSpec, pins: Pins, run_id: str = "") -> Recommendation:
         """The study's next trial. run_id (optional): the run it is for. The trial handed out for
@@ -108,6 +124,10 @@ class Refiner:
                           "handed out for it could never be closed by its report; use a new run_id")
         model, recommender = self._current(tenant)
         base = recommender.recommend(spec, pins)
+        if not SearchSpace.around(base, spec, pins).free:  # every trial would be the same run
+            raise InvalidArgument.single(
+                "pins", "every hyperparameter the spec searches is pinned: there is nothing to "
+                        "explore; use MODE_EXPLOIT for the loss predicted at these values")
         name = study_name(tenant, spec, pins)
         with self.studies.lock(name):
             study = self.studies.load(name)

@@ -66,6 +66,31 @@ def test_explore_report_explore_and_optuna_sees_the_trials(client, service):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_explore_with_every_hyperparameter_pinned_is_refused(client, service):
+    """Each explore handed out a new trial of the same pinned values."""
+    pins = ClientPins(lr=1e-3, batch_size_tokens=1 << 20, weight_decay=0.1)
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.recommend(SPEC, pins, mode="explore")
+    [(field, reason)] = exc.value.field_violations
+    assert field == "pins" and "nothing to explore" in reason
+    assert client.recommend(SPEC, pins).lr == 1e-3  # exploit still answers
+
+
+def test_exploit_heeds_a_diverged_run_reported_without_an_explore(client, service):
+    """The recommendation's lr had diverged for this spec and batch, reported by the user's own
+    run: exploit kept recommending above it until someone explored the spec."""
+    before = client.recommend(SPEC, PINS)
+    lr = 0.8 * before.lr
+    client.report_run(RunReport(
+        run_id="own-diverged", spec=SPEC, outcome=RunOutcome(status="diverged"),
+        hyperparameters=before.hyperparameters.model_copy(update={"lr": lr})))
+    after = client.recommend(SPEC, PINS)
+    assert after.lr < lr
+    assert after.model_versions[0].startswith("study-gp@1") and ":diverged=1" in after.model_versions[0]
+    assert len(study_of(service.settings.database_url).trials) == 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_user_configurations_without_a_trial_are_used_once(client, service):
     rec = client.recommend(SPEC, PINS)
 
