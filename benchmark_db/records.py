@@ -330,7 +330,11 @@ def resolve_spec(
                     where + "compute_flops",
                     f"{compute_flops:.3g} disagrees with 6 * n_active_params * n_tokens = {implied:.3g}",
                 )
-    if n_params is None and n_active_params is not None and architecture in (None, "", "dense"):
+    if n_params is None and n_active_params is not None:
+        if architecture != "dense":  # active parameters alone say mixture of experts: of what?
+            raise InvalidArgument.single(
+                where + "n_params", "required with n_active_params: the mixture of experts' "
+                                    "total parameters (for a dense model give n_params alone)")
         n_params = n_active_params
     if (architecture in (None, "") and None not in (n_params, n_active_params)
             and n_active_params < n_params * (1 - 1e-9)):

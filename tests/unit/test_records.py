@@ -30,6 +30,18 @@ def test_fewer_active_parameters_than_parameters_is_a_mixture_of_experts():
     assert resolve_spec(n_params=8e9, n_tokens=1e10).architecture == "dense"
 
 
+def test_active_parameters_alone_are_a_dense_model_only_when_it_says_so():
+    """--active-params without --params was taken for a dense model of that size, where the
+    guide says active parameters imply a mixture of experts."""
+    for architecture in (None, "moe"):
+        with pytest.raises(InvalidArgument) as exc:
+            resolve_spec(n_active_params=1e9, n_tokens=2e11, architecture=architecture)
+        assert fields_of(exc) == ["spec.n_params"]
+        assert "required with n_active_params" in str(exc.value)
+    dense = resolve_spec(n_active_params=1e9, n_tokens=2e11, architecture="dense")
+    assert (dense.n_params, dense.architecture) == (1e9, "dense")
+
+
 def test_a_dense_spec_stored_with_fewer_active_parameters_still_loads():
     from benchmark_db.records import STORED, TrainingSpec
 
