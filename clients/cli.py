@@ -162,16 +162,20 @@ def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, fa
         response = c.report_run(report)
     if as_json:
         print_json(response)
-    else:
+    elif not response.differing_fields:
         verb = "stored" if response.created else "already stored"
         click.echo(f"run {response.run.run_id} {verb}")
-    for warning in response.warnings:  # e.g. a run_id stored before with other values
+    if response.differing_fields:  # a reused run_id: this report was not stored
+        raise CliError(f"run {response.run.run_id} was stored before with other values "
+                       f"({', '.join(response.differing_fields)}), which are kept: this report "
+                       "was not stored; give each run its own --run-id")
+    for warning in response.warnings:  # e.g. the trial had been closed by another run
         click.echo(f"warning: {warning}", err=True)
 
 @app.command("send-unsent")
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @client_options
-@json_option(help='Print {"sent": [{"file": ..., "run_id": ..., "created": ...}], '
+@json_option(help='Print {"sent": [{"file": ..., "run_id": ..., "created": ..., "warnings": [...]}], '
                   '"kept": [{"file": ..., "reason": ...}]}.')
 def send_unsent(paths, client, as_json) -> None:
     """Send the reports the integrations saved when the service was unreachable (PATHS: files
@@ -193,18 +197,20 @@ def send_unsent(paths, client, as_json) -> None:
             except (ValueError, InvalidArgumentError) as exc:  # this file, not the service
                 kept.append({"file": str(path), "reason": str(exc)})
                 continue
-            if response.warnings:  # its run_id stored before with other values
+            if response.differing_fields:  # its run_id stored before with other values
                 kept.append({"file": str(path), "reason": "; ".join(response.warnings)})
                 continue
-            path.unlink()
+            path.unlink()  # the service holds the run as reported
             sent.append({"file": str(path), "run_id": response.run.run_id,
-                         "created": response.created})
+                         "created": response.created, "warnings": response.warnings})
     if as_json:
         print_json({"sent": sent, "kept": kept})
     else:
         for item in sent:
             verb = "stored" if item["created"] else "already stored"
             click.echo(f"run {item['run_id']} {verb} ({Path(item['file']).name} removed)")
+            for warning in item["warnings"]:  # e.g. its trial had been given up meanwhile
+                click.echo(f"warning: {warning}", err=True)
         for item in kept:
             click.echo(f"{item['file']}: kept: {item['reason']}", err=True)
         click.echo(f"{len(sent)} of {len(files)} saved reports sent")

@@ -219,6 +219,9 @@ class ReportResult(_Message):
     run: Run = Run()
     created: bool = False
     warnings: list[str] = Field(default_factory=list)
+    # run_id was stored before with other values: the fields this report says otherwise (it was
+    # not stored)
+    differing_fields: list[str] = Field(default_factory=list)
 
 
 class RunPage(_Message):

@@ -28,6 +28,7 @@ class Reported(NamedTuple):
     run: RunRecord
     created: bool
     warnings: tuple[str, ...] = ()
+    differing_fields: tuple[str, ...] = ()  # a reused run_id: what this report says otherwise
 
 
 class RecommendationEngine:
@@ -135,7 +136,7 @@ class RecommendationEngine:
         run, created = self.store.report(tenant, report)
         if created:
             self.registry.schedule_refit(tenant)
-        warnings = []
+        warnings, changed = [], []
         if not created and (changed := run.differs_from(report)):
             warnings.append(
                 f"run {run.run_id!r} was stored before with other values ({', '.join(changed)}), "
@@ -148,7 +149,7 @@ class RecommendationEngine:
             # it), and for a re-sent run, which may be told only now if its first tell failed.
             if created or self.refiner is not None:
                 self._changed(tenant)
-        return Reported(run, created, tuple(warnings))
+        return Reported(run, created, tuple(warnings), tuple(changed))
 
     def _changed(self, tenant: str) -> None:
         """The tenant's studies changed: its cached recommendations are stale."""

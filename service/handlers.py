@@ -41,7 +41,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         report = converters.report_from_proto(request)
         reported = self.engine.report(tenant_of(context), report)
         return pb.ReportRunResponse(run=converters.run_to_proto(reported.run),
-                                    created=reported.created, warnings=reported.warnings)
+                                    created=reported.created, warnings=reported.warnings,
+                                    differing_fields=reported.differing_fields)
 
     def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
         runs, token = self.store.page(tenant_of(context), request.page_size, request.page_token,

@@ -107,10 +107,11 @@ def test_report_then_list(target):
     assert again.stderr == ""  # a retry of the same report: nothing to warn of
     changed = list(REPORT)
     changed[changed.index("--loss") + 1] = "9.99"
-    other = cli(*changed, server=target)
-    assert other.returncode == 0 and "already stored" in other.stdout
-    assert other.stderr.startswith("warning: run ") and "this report was not stored" in other.stderr
-    assert other.stderr.count("\n") == 1
+    other = cli(*changed, server=target)  # a reused run_id: a script must not take it as stored
+    assert other.returncode == 2 and other.stdout == ""
+    assert other.stderr.startswith("error: run my-run-7 was stored before with other values "
+                                   "(outcome.final_loss)")
+    assert "this report was not stored" in other.stderr and other.stderr.count("\n") == 1
     empty_id = cli(*[("" if arg == "my-run-7" else arg) for arg in REPORT], server=target)
     assert empty_id.returncode == 2 and empty_id.stderr.startswith("error: --run-id: empty")
     listed = cli("runs", "list", "--json", server=target)

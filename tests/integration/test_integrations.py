@@ -315,6 +315,20 @@ def test_send_unsent_sends_the_saved_reports_and_removes_them(target, client, tm
     assert refused.returncode == 1 and other.exists()
     assert f"{other}: kept: " in refused.stderr and "outcome" in refused.stderr
 
+    # Stored, though the trial it names was closed meanwhile by another run: sent and removed,
+    # with the service's warning (it was kept, and sent again in vain, for good).
+    trial = client.recommend(SPEC, mode="explore")
+    client.report_run(RunReport(run_id="first", spec=SPEC, trial_id=trial.trial_id,
+                                hyperparameters=trial.hyperparameters,
+                                outcome=RunOutcome.completed(2.1)))
+    late = unsent.save(RunReport(run_id="late", spec=SPEC, trial_id=trial.trial_id,
+                                 hyperparameters=trial.hyperparameters,
+                                 outcome=RunOutcome.completed(2.2)), tmp_path / "late")
+    delivered = send(late)
+    assert delivered.returncode == 0, delivered.stderr
+    assert "run late stored" in delivered.stdout and not late.exists()
+    assert "did not take run 'late'" in delivered.stderr
+
 
 # transformers
 

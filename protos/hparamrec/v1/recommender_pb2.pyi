@@ -228,14 +228,16 @@ class Run(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., outcome: _Optional[_Union[RunOutcome, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., recommendation_id: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_id: _Optional[str] = ...) -> None: ...
 
 class ReportRunResponse(_message.Message):
-    __slots__ = ("run", "created", "warnings")
+    __slots__ = ("run", "created", "warnings", "differing_fields")
     RUN_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    DIFFERING_FIELDS_FIELD_NUMBER: _ClassVar[int]
     run: Run
     created: bool
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., created: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    differing_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., created: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., differing_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "spec")
