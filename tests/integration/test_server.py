@@ -190,13 +190,57 @@ def test_reflection_lists_the_services(target):
     assert {"hparamrec.v1.RecommenderService", "grpc.health.v1.Health"} <= names
 
 
-def test_stop_reports_not_serving(service, target):
+def test_stop_reports_not_serving(database_url, monkeypatch):
+    """Service.stop() says NOT_SERVING first, while it still takes calls and drains those in
+    flight: probes and load balancers turn away before the port closes."""
+    import threading
+    import time
+
     from grpc_health.v1 import health_pb2_grpc
 
-    service.health.enter_graceful_shutdown()
-    with grpc.insecure_channel(target) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    from clients import Client
+    from service.server import Service
+    from service.settings import Settings
+
+    service = Service(Settings(database_url=database_url, port=0, metrics_port=None,
+                               auth_disabled=True))
+    entered, release = threading.Event(), threading.Event()
+    recommend = service.engine.recommend
+
+    def held_recommend(*args, **kwargs):
+        entered.set()
+        assert release.wait(timeout=120)
+        return recommend(*args, **kwargs)
+
+    monkeypatch.setattr(service.engine, "recommend", held_recommend)
+    service.start()
+    target, answers = f"127.0.0.1:{service.port}", []
+    stopping = threading.Thread(target=service.stop, kwargs={"grace": 20})
+    with Client(target, retries=0, timeout=120) as client:
+        in_flight = threading.Thread(target=lambda: answers.append(
+            client.recommend(spec(n_params=1e9, n_tokens=2e10))))
+        in_flight.start()
+        try:
+            assert entered.wait(timeout=60)
+            stopping.start()
+            with grpc.insecure_channel(target) as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                deadline = time.monotonic() + 60
+                # Each check is a call: stop() keeps taking them (for up to half its grace)
+                # while one is in flight; were health left SERVING, the port would close under it.
+                while (status := health.Check(health_pb2.HealthCheckRequest(), timeout=10).status) \
+                        == health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            release.set()
+            in_flight.join(timeout=120)
+            if stopping.ident is None:  # failed before stop() began
+                service.stop(grace=1)
+            else:
+                stopping.join(timeout=120)
+    assert not stopping.is_alive() and service.registry.closed
+    assert len(answers) == 1 and answers[0].lr > 0  # the call in flight was drained, answered
 
 
 def test_metrics_count_requests_by_method_and_code(service, client):
