@@ -396,12 +396,17 @@ def test_build_server_is_a_whole_server_to_start_and_stop(tmp_path):
     from service.settings import Settings
 
     server, port = build_server(Settings(database_url=f"sqlite:///{tmp_path / 'e.db'}", port=0,
-                                         metrics_port=None, auth_disabled=True))
+                                         metrics_port=None, auth_disabled=True,
+                                         refit_debounce_seconds=0.1))
     server.start()
     try:
         with Client(f"127.0.0.1:{port}", retries=0) as client:
             assert client.health("hparamrec.warm") in ("SERVING", "NOT_SERVING")  # registered
             assert client.recommend(spec(n_params=1e9, n_tokens=2e10)).lr > 0
+            assert client.report_run(report_request("embedded")).created  # stored...
+        assert server.registry.wait_idle(timeout=120)
+        assert server.registry.fitted_on("default") == 1  # ...and refitted on
+        assert server.registry.get("default") is not None
     finally:
         server.stop(1)
     assert server.registry.closed
