@@ -352,6 +352,32 @@ def test_predict_loss_over_points(client, target):
         assert "points[0].lr" in exc.value.details()
 
 
+def test_predict_loss_takes_one_to_max_points(target):
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+    from service.converters import MAX_PREDICT_POINTS
+
+    point = pb.Hyperparameters(lr=1e-3, batch_size_tokens=1e6)
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+
+        def predict(n):
+            return stub.PredictLoss(pb.PredictLossRequest(
+                spec=spec(n_params=1e9, n_tokens=2e10), points=[point] * n), timeout=60)
+
+        assert len(predict(MAX_PREDICT_POINTS).predictions) == MAX_PREDICT_POINTS
+        for n in (0, MAX_PREDICT_POINTS + 1):
+            with pytest.raises(grpc.RpcError) as exc:
+                predict(n)
+            assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            bad_request = error_details_pb2.BadRequest()
+            assert rpc_status.from_call(exc.value).details[0].Unpack(bad_request)
+            assert [v.field for v in bad_request.field_violations] == ["points"]
+            assert f"got {n}" in bad_request.field_violations[0].description
+
+
 @pytest.mark.parametrize("sizes", [
     dict(n_params=1e3, n_tokens=3e3),  # the timescale rule asks for a weight decay of 7
     dict(n_params=1e14, n_tokens=3e3),  # ... of 823
