@@ -80,9 +80,12 @@ def test_a_locked_database_fails_the_batch_and_the_queue_at_once():
     try:
         with futures.ThreadPoolExecutor(8) as pool:
             first = pool.submit(committer.submit, "a")
-            first_started.wait(10)
+            assert first_started.wait(60)
             queued = [pool.submit(committer.submit, item) for item in ("b", "c", "d", "e")]
-            time.sleep(0.2)  # all queued behind the write in progress
+            deadline = time.monotonic() + 60
+            while committer._queue.qsize() < 4:  # all queued behind the write in progress
+                assert time.monotonic() < deadline, committer._queue.qsize()
+                time.sleep(0.01)
             release.set()
             for f in [first, *queued]:
                 with pytest.raises(OperationalError):
