@@ -24,6 +24,7 @@ NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 @click.group(help="Hyperparameter recommendations for language-model pretraining.")
+@click.version_option(package_name="hparamrec", message="%(prog)s %(version)s")
 def app() -> None:
     pass
 
@@ -128,7 +129,8 @@ def recommend(explain, mode, run_id, client, as_json, **kw) -> None:
 @click.option("--qat-fraction", type=float, help="Fraction of training in QAT (default 0).")
 @click.option("--loss", type=float, help="Final loss: mean cross-entropy in nats per token, "
                                          "smoothed over the last steps or on evaluation data.")
-@click.option("--diverged", is_flag=True, help="The loss blew up.")
+@click.option("--diverged", is_flag=True, help="The loss blew up (with --loss: the last finite "
+                                                "loss it reached).")
 @click.option("--failed", is_flag=True, help="Stopped for reasons unrelated to its hyperparameters.")
 @click.option("--run-id", callback=given_run_id,
               help="Stable id; re-sending it stores nothing new (default: a new random id).")
@@ -141,8 +143,9 @@ def recommend(explain, mode, run_id, client, as_json, **kw) -> None:
 def report(lr, batch_size_tokens, weight_decay, qat_fraction, loss, diverged, failed, run_id,
            recommendation_id, trial_id, meta, client, as_json, **kw) -> None:
     """Report a finished, diverged or failed run."""
-    if diverged + failed + (loss is not None) != 1:
-        raise CliError("give exactly one of --loss, --diverged and --failed")
+    if diverged + failed + (loss is not None and not diverged) != 1:
+        raise CliError("give exactly one of --loss, --diverged and --failed (a diverged run may "
+                       "add the last finite --loss it reached)")
     from clients.models import Hyperparameters, RunOutcome, RunReport, RunStatus
 
     status = (RunStatus.DIVERGED if diverged else RunStatus.FAILED if failed
@@ -260,16 +263,19 @@ def runs_list(limit, client, as_json, **kw) -> None:
     that spec: sizes equal, and sequence length, architecture and bits where given."""
     spec = spec_filter_of(kw)
     with client() as c:
-        found = list(c.iter_runs(limit=limit, spec=spec))
+        found = list(c.iter_runs(limit=limit + 1, spec=spec))  # one more: are there others?
         hint = _sizes_as_stored(c, spec) if spec is not None and not found else ""
+    more, found = len(found) > limit, found[:limit]
     if as_json:
-        print_json({"runs": [to_dict(r) for r in found]})
+        print_json({"runs": [to_dict(r) for r in found], "more": more})
     elif spec is not None and not found:
         click.echo(f"no stored runs of {spec.describe()}{hint}")
     else:
         from clients import render
 
         render.runs_table(found)
+        if more:
+            click.echo(f"older runs not shown: --limit {2 * limit} shows more")
 
 
 @runs.command("show")

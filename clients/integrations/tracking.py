@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import time
 import uuid
 from collections.abc import Iterator
@@ -437,8 +438,8 @@ class TrackedRun:
                         convert.as_json(report, indent=None))
             return
         log.warning("hparamrec: could not report run %s for %.0f s (%s); saved the report to %s: "
-                    "`hparamrec send-unsent` sends it", self.run_id, self.report_patience_seconds,
-                    error, self.unsent_path)
+                    "`hparamrec send-unsent %s` sends it", self.run_id, self.report_patience_seconds,
+                    error, self.unsent_path, shlex.quote(str(self.unsent_path.parent)))
 
     def fail(self, error: BaseException | None = None) -> ReportResult | None:
         """Reports the run after an exception: diverged, at its last loss, for a numerical one

@@ -116,7 +116,12 @@ def test_report_then_list(target):
     assert empty_id.returncode == 2 and empty_id.stderr.startswith("error: --run-id: empty")
     listed = cli("runs", "list", "--json", server=target)
     runs = json.loads(listed.stdout)["runs"]
-    assert [r["run_id"] for r in runs] == ["my-run-7"]
+    assert [r["run_id"] for r in runs] == ["my-run-7"] and not json.loads(listed.stdout)["more"]
+    second = cli(*[("my-run-8" if arg == "my-run-7" else arg) for arg in REPORT], server=target)
+    assert second.returncode == 0, second.stderr
+    cut = json.loads(cli("runs", "list", "--limit", "1", "--json", server=target).stdout)
+    assert [r["run_id"] for r in cut["runs"]] == ["my-run-8"] and cut["more"]
+    assert "older runs not shown" in cli("runs", "list", "--limit", "1", server=target).stdout
     assert runs[0]["hyperparameters"]["batch_size_tokens"] == 1e6
     shown = cli("runs", "show", "my-run-7", "--json", server=target)
     assert json.loads(shown.stdout)["outcome"]["final_loss"] == 2.41
@@ -216,7 +221,25 @@ def test_grpc_target_forms_still_reach_the_server(target):
     port = target.rsplit(":", 1)[1]
     for server in (f"localhost:{port}", f"dns:///127.0.0.1:{port}", f"ipv4:127.0.0.1:{port}"):
         out = cli("runs", "list", "--json", server=server)
-        assert out.returncode == 0 and json.loads(out.stdout) == {"runs": []}, (server, out.stderr)
+        assert out.returncode == 0 and json.loads(out.stdout) == {"runs": [], "more": False}, (server, out.stderr)
+
+
+def test_version():
+    from importlib.metadata import version
+
+    out = subprocess.run([HPARAMREC, "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == f"hparamrec {version('hparamrec')}\n"
+
+
+def test_a_diverged_run_may_report_the_last_loss_it_reached(target):
+    base = ["report", "--params", "1B", "--tokens", "20B", "--lr", "2e-2", "--batch-size-tokens",
+            "1M", "--weight-decay", "0.1"]
+    out = cli(*base, "--diverged", "--loss", "7.5", "--run-id", "blew-up", "--json", server=target)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["run"]["outcome"] == {"status": "RUN_STATUS_DIVERGED",
+                                                          "final_loss": 7.5}
+    both = cli(*base, "--failed", "--loss", "7.5", server=target)
+    assert both.returncode == 2 and both.stderr.startswith("error: give exactly one of --loss")
 
 
 def test_runs_export_reimports_cleanly(target, tmp_path):

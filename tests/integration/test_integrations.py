@@ -251,6 +251,8 @@ def test_an_unreachable_service_does_not_stop_training(caplog, tmp_path):
     assert saved.run_id == "offline" and saved.outcome == RunOutcome.completed(2.0)
     assert "could not report run offline for 1 s" in caplog.text
     assert str(run.unsent_path) in caplog.text
+    # the directory it was saved in, which need not be the one send-unsent reads by default
+    assert f"`hparamrec send-unsent {run.unsent_path.parent}` sends it" in caplog.text
 
 
 def test_an_unreachable_service_at_the_start_is_waited_for_then_the_fallback_is_used(caplog):

@@ -72,7 +72,7 @@ def test_keys_lifecycle_through_the_cli(tmp_path):
     process, target = start(db)
     try:
         ok = cli("runs", "list", "--json", "--server", target, "--api-key", key)
-        assert ok.returncode == 0 and json.loads(ok.stdout) == {"runs": []}
+        assert ok.returncode == 0 and json.loads(ok.stdout) == {"runs": [], "more": False}
         denied = cli("runs", "list", "--server", target)
         assert denied.returncode == 5 and "missing API key" in denied.stderr
         listed = json.loads(cli("keys", "list", "--db", db, "--json").stdout)["keys"]
