@@ -69,9 +69,8 @@ def test_the_refit_runs_in_its_own_process_and_the_server_answers_meanwhile(tmp_
     with a_refit_in_progress(tmp_path, slow_fit) as (svc, client):
         child = svc.registry.fit_worker_pid
         assert child is not None and child != os.getpid()
-        answered = time.monotonic()
-        client.recommend({"n_params": 1e9, "n_tokens": 2e10})
-        assert time.monotonic() - answered < 2
+        assert client.recommend({"n_params": 1e9, "n_tokens": 2e10}).lr > 0
+        assert svc.registry.busy("default")  # answered while the fit is still held
         slow_fit.release()
         assert svc.registry.wait_idle(30)
         assert svc.registry.get("default") is not None  # the child's model, swapped in
@@ -82,9 +81,8 @@ def test_shutdown_stops_a_refit_in_progress(tmp_path, slow_fit, caplog):
     caplog.set_level(logging.INFO, logger="predictor.registry")
     with a_refit_in_progress(tmp_path, slow_fit, grace=1) as (svc, _):
         child = svc.registry.fit_worker_pid
-        stopping = time.monotonic()
-    took = time.monotonic() - stopping  # the fit still blocks: stop() ended its process
-    assert took < 5
+    # stop() has returned while the fit still blocks (it is released after the test, or 30 s):
+    # it ended the fit's process rather than wait for it.
     assert not process_running(child)
     assert any("stopped the refit of tenant default" in r.getMessage() for r in caplog.records)
 
