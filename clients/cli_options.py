@@ -4,6 +4,7 @@
 import functools
 import json
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -91,13 +92,19 @@ def db_option(f):
 
 
 @contextmanager
-def database_errors():
+def database_errors(db: str = ""):
     """Unusable --db URLs and unreachable databases as one-line errors (import, keys, serve)."""
     from sqlalchemy.exc import ArgumentError, OperationalError
 
     try:
         yield
-    except (ArgumentError, ValueError) as exc:
+    except ArgumentError as exc:
+        if db and "://" not in db:  # a bare path, the commonest slip
+            raise CliError(f"--db: {db!r} is not a database URL: for that SQLite file give "
+                           f"sqlite:///{Path(db).absolute()}") from None
+        raise CliError(f"--db: {exc}: give sqlite:///PATH or "
+                       "postgresql://USER:PASSWORD@HOST/DATABASE") from None
+    except ValueError as exc:
         raise CliError(f"--db: {exc}") from None
     except OperationalError as exc:  # unreachable, like a server that cannot be reached
         reason = str(exc.orig).strip().splitlines()[0]
@@ -111,7 +118,7 @@ def open_store(db: str, must_exist: bool = False):
     from benchmark_db.engine import sqlite_file
     from benchmark_db.store import RunStore
 
-    with database_errors():
+    with database_errors(db):
         path = sqlite_file(db)  # None for an in-memory one too: the engine says why it is refused
         if path is not None and must_exist and not path.is_file():
             raise CliError(f"--db: no database at {path}")

@@ -126,6 +126,8 @@ def test_database_and_tenant_from_env_and_option(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--db", "not a url", "--format", "csv"], "--db"),
+    (["--db", "{tmp}/r.db", "--format", "csv"], "--db: '{tmp}/r.db' is not a database URL: for "
+                                                "that SQLite file give sqlite:///{tmp}/r.db"),
     (["--db", "sqlite:///{tmp}/r.db", "--format", "parquet"], "--format"),
     (["--db", "sqlite:///{tmp}/r.db", "--format", "csv", "--tenant", "t"], "runs.csv"),
 ])
@@ -135,7 +137,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, args, needle):
     out = cli("import", *[a.format(tmp=tmp_path) for a in args], str(path))
     assert out.returncode == 2
     lines = out.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle.format(tmp=tmp_path) in lines[0]
 
 
 def test_missing_file_is_one_line_exit_2(tmp_path):
