@@ -137,7 +137,8 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, args, needle):
     out = cli("import", *[a.format(tmp=tmp_path) for a in args], str(path))
     assert out.returncode == 2
     lines = out.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle.format(tmp=tmp_path) in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert needle.format(tmp=tmp_path) in lines[0]
 
 
 def test_missing_file_is_one_line_exit_2(tmp_path):
