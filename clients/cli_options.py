@@ -66,9 +66,18 @@ def client_options(f):
                 return Client(server, api_key=api_key, tls_ca=tls_ca)
             except ClientSettingsError as exc:  # named by the flag, not the argument
                 field, problem = exc.field_violations[0]
-                raise CliError(f"{CLIENT_FLAGS.get(field, field)}: {problem}") from None
+                raise CliError(f"{_named(CLIENT_FLAGS.get(field, field))}: {problem}") from None
 
-        return f(*args, client=client, **kwargs)
+        from clients.errors import UnavailableError
+
+        try:
+            return f(*args, client=client, **kwargs)
+        except UnavailableError as exc:
+            if not _defaulted("server"):
+                raise
+            # A misspelt HPARAMREC_SERVER falls back to the default silently: say it did.
+            raise CliError(f"{exc} (no --server or HPARAMREC_SERVER was given: the default "
+                           f"{DEFAULT_TARGET} was used)", exc.exit_code) from None
 
     return wrapper
 
@@ -128,6 +137,19 @@ def open_store(db: str, must_exist: bool = False):
         click.echo(f"note: created a new database at {path.resolve()} (no --db given: the "
                    "default is relative to the current directory)", err=True)
     return store
+
+
+def _named(flag: str) -> str:
+    """The flag, or the variable its value came from: an error on HPARAMREC_SERVER blamed a
+    --server that was never given."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    name = flag.removeprefix("--").replace("-", "_")
+    if ctx is None or ctx.get_parameter_source(name) is not ParameterSource.ENVIRONMENT:
+        return flag
+    option = next((p for p in ctx.command.params if p.name == name), None)
+    return f"{option.envvar} (for {flag})" if option is not None and option.envvar else flag
 
 
 def _defaulted(parameter: str) -> bool:

@@ -200,13 +200,16 @@ def test_unreachable_server_exits_3():
 
 @pytest.mark.parametrize("args, env, needle", [
     (["--tls-ca", "/nonexistent.pem"], {}, "--tls-ca: cannot read /nonexistent.pem: "),
-    ([], {"HPARAMREC_TLS_CA": "/nonexistent.pem"}, "--tls-ca: cannot read /nonexistent.pem: "),
+    ([], {"HPARAMREC_TLS_CA": "/nonexistent.pem"},
+     "HPARAMREC_TLS_CA (for --tls-ca): cannot read /nonexistent.pem: "),
     (["--tls-ca", __file__], {}, f"--tls-ca: {__file__} holds no PEM certificate"),
     (["--server", "127.0.0.1:99999"], {}, "--server: the port must be a number from 1 to 65535"),
     (["--server", "127.0.0.1"], {}, "--server: expected HOST:PORT, with the port"),
-    ([], {"HPARAMREC_SERVER": "127.0.0.1"}, "--server: expected HOST:PORT, with the port"),
+    ([], {"HPARAMREC_SERVER": "127.0.0.1"},  # the variable is named, not a flag never given
+     "HPARAMREC_SERVER (for --server): expected HOST:PORT, with the port"),
     (["--api-key", "hpr_a b"], {}, "--api-key: only printable ASCII without spaces can be a key"),
-    ([], {"HPARAMREC_API_KEY": "hpr_\u00e9"}, "--api-key: only printable ASCII without spaces"),
+    ([], {"HPARAMREC_API_KEY": "hpr_\u00e9"},
+     "HPARAMREC_API_KEY (for --api-key): only printable ASCII without spaces"),
 ])
 def test_unusable_client_settings_are_one_line_and_exit_2(args, env, needle):
     if "--server" not in args and "HPARAMREC_SERVER" not in env:
