@@ -49,22 +49,44 @@ def trial_of(url: str, trial_id: str) -> optuna.trial.FrozenTrial:
         storage.engine.dispose()
 
 
-def test_tracked_run_sends_throttled_heartbeats_for_its_trial(target, service, beats):
+class Clock:
+    """tracking's time.monotonic, moved by the test: the throttle is exact."""
+
+    def __init__(self):
+        self.now = 1000.0  # when the trial, and its first heartbeat, come
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_tracked_run_sends_throttled_heartbeats_for_its_trial(target, service, beats, monkeypatch):
+    from clients.integrations import tracking
+
     assert HEARTBEAT_SECONDS == 600
+    clock = Clock()
+    monkeypatch.setattr(tracking, "time", clock)
     with tracked_run(SPEC, server=target, run_id="beating", mode="explore",
                      heartbeat_seconds=0.5) as run:
         assert beats == [run.trial_id]  # the first, with the trial
-        for step in range(1, 101):  # well within 0.5 s of the trial being handed out
+        for step in range(1, 101):
+            clock.now = 1000.0 + 0.004 * step  # up to 0.4 s after the first: not yet due
             assert run.log(2.0, step=step)
         assert beats == [run.trial_id]
-        time.sleep(0.6)
+        clock.now = 1000.5  # due
         for step in range(101, 201):
             run.log(2.0, step=step)
         assert beats == [run.trial_id] * 2  # one more, however many losses were logged
+        clock.now = 1000.999
+        run.log(2.0, step=201)
+        assert len(beats) == 2
+        clock.now = 1001.0  # 0.5 s after the second
+        run.log(2.0, step=202)
+        assert beats == [run.trial_id] * 3
         assert run.trial_state is TrialState.RUNNING
         attrs = trial_of(service.settings.database_url, run.trial_id).user_attrs
         assert "last_heartbeat" in attrs and attrs["heartbeat_interval_seconds"] == 0.5
-    assert len(beats) == 2  # none after the report
+        clock.now = 1100.0
+    assert len(beats) == 3  # none after the report, however late
     assert trial_of(service.settings.database_url, run.trial_id).state.name == "COMPLETE"
 
 
