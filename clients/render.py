@@ -3,6 +3,7 @@
 import math
 import os
 import statistics
+import sys
 from collections import Counter
 from datetime import UTC
 
@@ -14,7 +15,9 @@ from rich.table import Table
 from clients.models import RECOMMENDED_FIELDS, Recommendation, Run, RunStatus, Source
 from clients.units import format_quantity
 
-console = Console()
+# A pipe has no width: Rich would take 80 columns and wrap source names mid-word there.
+PIPE_WIDTH = 160
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPE_WIDTH)
 
 LABELS = {
     "lr": "learning rate",

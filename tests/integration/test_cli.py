@@ -227,6 +227,16 @@ def test_grpc_target_forms_still_reach_the_server(target):
         assert out.returncode == 0 and json.loads(out.stdout) == {"runs": [], "more": False}, (server, out.stderr)
 
 
+def test_piped_tables_keep_source_names_whole(target):
+    """A pipe has no width; at Rich's 80 columns `power_lines_timescale` broke mid-word."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run([HPARAMREC, "recommend", "--params", "1.3B", "--tokens", "100B",
+                          "--bits", "4", "--server", target], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "power_lines_timescale" in out.stdout and "dremov_qat_fraction" in out.stdout
+
+
 def test_version():
     from importlib.metadata import version
 
