@@ -261,13 +261,9 @@ def serve(settings: Settings) -> None:
     except SqliteFileTaken as exc:
         raise ConfigurationError(str(exc)) from None
     service = Service(settings)
-    service.start()
-    gc.freeze()  # the start-up heap (modules, laws, models) is never garbage: spare the collector
-    metrics = (f"{service.metrics_host}:{service.metrics_port}" if service.metrics_port
-               else "no port")
-    log.info("hparamrec listening on %s:%d (metrics on %s), database %s, auth %s, TLS %s",
-             settings.host, service.port, metrics, _redacted(settings.database_url),
-             "off" if settings.auth_disabled else "on", "on" if settings.tls_cert_file else "off")
+    # The handlers go in before start(): from the moment health says SERVING, a SIGTERM (or a
+    # SIGHUP) must drain the server, not kill it with calls in flight. One that comes during
+    # start() is acted on once it has started.
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -276,6 +272,13 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGHUP, lambda *_: log.warning(
         "SIGHUP ignored: settings are read at start only; restart the server (SIGTERM drains "
         "it) to change them"))
+    service.start()
+    gc.freeze()  # the start-up heap (modules, laws, models) is never garbage: spare the collector
+    metrics = (f"{service.metrics_host}:{service.metrics_port}" if service.metrics_port
+               else "no port")
+    log.info("hparamrec listening on %s:%d (metrics on %s), database %s, auth %s, TLS %s",
+             settings.host, service.port, metrics, _redacted(settings.database_url),
+             "off" if settings.auth_disabled else "on", "on" if settings.tls_cert_file else "off")
     stop.wait()
     log.info("shutting down: draining in-flight calls for up to %.0f s", settings.grace_seconds)
     started = time.monotonic()

@@ -24,26 +24,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_serving(target: str, timeout: float = 30) -> None:
+def wait_serving(target: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
         try:
             with Client(target, retries=0, timeout=1) as c:
                 if c.health() == "SERVING":
                     return
         except Exception:
-            time.sleep(0.2)
-    raise TimeoutError(f"no server on {target}")
+            time.sleep(0.05)
+    raise TimeoutError(f"no server on {target}:\n{log.read_text()}")
 
 
-def start(db: str, *flags: str) -> tuple[subprocess.Popen, str]:
+def start(db: str, log: Path, *flags: str,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`hparamrec serve`, its output (logs on stderr) to the file `log`: a pipe nobody reads
+    could fill and stall the server."""
     port = free_port()
-    process = subprocess.Popen([HPARAMREC, "serve", "--db", db, "--port", str(port),
-                                "--metrics-port", "0", *flags],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(log, "a") as out:
+        process = subprocess.Popen([HPARAMREC, "serve", "--db", db, "--port", str(port),
+                                    "--metrics-port", "0", *flags],
+                                   stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
     target = f"127.0.0.1:{port}"
-    wait_serving(target)
+    try:
+        wait_serving(target, process, log)
+    except Exception:
+        process.kill()
+        process.wait(timeout=30)
+        raise
     return process, target
+
+
+def terminate(process: subprocess.Popen, timeout: float = 60) -> int:
+    """SIGTERM, then wait for the drain; the exit code."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+        raise
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -51,16 +74,29 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_serve_no_auth_answers_and_drains_on_sigterm(tmp_path):
-    process, target = start(f"sqlite:///{tmp_path / 's.db'}", "--no-auth")
+    log = tmp_path / "serve.log"
+    process, target = start(f"sqlite:///{tmp_path / 's.db'}", log, "--no-auth")
     try:
         out = cli("recommend", "--params", "1B", "--tokens", "20B", "--json", "--server", target)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["lr"] > 0
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
-    assert "draining" in stderr
+        code = terminate(process)
+    assert code == 0, log.read_text()
+    assert "draining" in log.read_text()
+
+
+def test_a_sigterm_as_soon_as_the_server_says_serving_drains_it(tmp_path):
+    """The signal handlers went in only after start-up ended (gc.freeze(), the "listening"
+    line): a SIGTERM sent on the first SERVING could kill the server undrained."""
+    log = tmp_path / "serve.log"
+    process, _ = start(f"sqlite:///{tmp_path / 's.db'}", log, "--no-auth")
+    code = terminate(process)  # at once
+    assert code == 0, log.read_text()
+    messages = [json.loads(line)["msg"] for line in log.read_text().splitlines()
+                if line.startswith("{")]
+    assert any(m.startswith("shutting down: draining") for m in messages), messages
+    assert any(m.startswith("stopped in ") for m in messages), messages
 
 
 def test_keys_lifecycle_through_the_cli(tmp_path):
@@ -69,7 +105,7 @@ def test_keys_lifecycle_through_the_cli(tmp_path):
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)["key"]
     key_id = json.loads(created.stdout)["key_id"]
-    process, target = start(db)
+    process, target = start(db, tmp_path / "serve.log")
     try:
         ok = cli("runs", "list", "--json", "--server", target, "--api-key", key)
         assert ok.returncode == 0 and json.loads(ok.stdout) == {"runs": [], "more": False}
@@ -86,8 +122,7 @@ def test_keys_lifecycle_through_the_cli(tmp_path):
             with pytest.raises(UnauthenticatedError):
                 client.recommend(spec(n_params=1e9, n_tokens=2e10))
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
+        terminate(process)
 
 
 def test_an_import_into_a_tenant_no_key_reads_says_so(tmp_path):
@@ -200,7 +235,8 @@ def test_serve_names_the_metrics_port_in_use(tmp_path):
 def test_serve_refuses_a_port_already_in_use(tmp_path):
     """gRPC would otherwise share the port (SO_REUSEPORT): two servers on two databases, each
     call answered by either."""
-    process, target = start(f"sqlite:///{tmp_path / 'first.db'}", "--no-auth")
+    process, target = start(f"sqlite:///{tmp_path / 'first.db'}", tmp_path / "first.log",
+                            "--no-auth")
     try:
         port = target.rsplit(":", 1)[1]
         out = subprocess.run([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 'second.db'}",
@@ -210,8 +246,7 @@ def test_serve_refuses_a_port_already_in_use(tmp_path):
         assert out.stderr.strip().splitlines()[-1].startswith(
             f"error: cannot listen on 127.0.0.1:{port}: the port is in use")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        terminate(process)
 
 
 @pytest.mark.parametrize("flags, code, needle", [
@@ -275,24 +310,27 @@ def test_serve_warns_of_a_misspelt_variable_switches_metrics_off_and_survives_si
     """A misspelt HPARAMREC_* variable left its setting at the default without a word; there
     was no way to switch the metrics port off; SIGHUP (sent for a reload) killed the server
     at once, without draining."""
-    port = free_port()
-    process = subprocess.Popen([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 's.db'}",
-                                "--port", str(port), "--no-auth", "--metrics-port", "off"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "HPARAMREC_REFIT_POLL_SECOND": "1"})
-    target = f"127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    process, target = start(f"sqlite:///{tmp_path / 's.db'}", log, "--no-auth",
+                            "--metrics-port", "off", env={"HPARAMREC_REFIT_POLL_SECOND": "1"})
+
+    def messages() -> list[str]:
+        return [json.loads(line)["msg"] for line in log.read_text().splitlines()
+                if line.startswith("{")]
+
     try:
-        wait_serving(target)
         process.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
-        assert process.poll() is None
+        deadline = time.monotonic() + 60
+        while not any(m.startswith("SIGHUP ignored") for m in messages()):  # it was handled
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
         with Client(target, retries=0) as client:
             assert client.health() == "SERVING"
+        assert process.poll() is None
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0
-    logs = [json.loads(line)["msg"] for line in stderr.splitlines() if line.startswith("{")]
+        code = terminate(process)
+    assert code == 0, log.read_text()
+    logs = messages()
     assert ("HPARAMREC_REFIT_POLL_SECOND is not a setting, and is ignored (did you mean "
             "HPARAMREC_REFIT_POLL_SECONDS?)") in logs
     assert any(m.startswith("SIGHUP ignored: settings are read at start only") for m in logs)
@@ -301,7 +339,7 @@ def test_serve_warns_of_a_misspelt_variable_switches_metrics_off_and_survives_si
 
 def test_a_second_server_on_one_sqlite_file_is_refused(tmp_path):
     """Each would lock the studies in-process only: one explore trial handed to two launchers."""
-    process, _ = start(f"sqlite:///{tmp_path / 'one.db'}", "--no-auth")
+    process, _ = start(f"sqlite:///{tmp_path / 'one.db'}", tmp_path / "one.log", "--no-auth")
     try:
         out = cli("serve", "--db", f"sqlite:///{tmp_path / 'one.db'}", "--port", "0",
                   "--metrics-port", "off", "--no-auth")
@@ -311,8 +349,7 @@ def test_a_second_server_on_one_sqlite_file_is_refused(tmp_path):
             f"{tmp_path / 'one.db'}; a SQLite database takes one server (several replicas "
             "need PostgreSQL)")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    again, target = start(f"sqlite:///{tmp_path / 'one.db'}", "--no-auth")  # released at exit
-    again.send_signal(signal.SIGTERM)
-    assert again.wait(timeout=30) == 0
+        terminate(process)
+    again, _ = start(f"sqlite:///{tmp_path / 'one.db'}", tmp_path / "again.log",  # released at exit
+                     "--no-auth")
+    assert terminate(again) == 0
