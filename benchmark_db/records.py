@@ -268,6 +268,11 @@ class RunReport(_Model):
                 "hyperparameters.batch_size_tokens: larger than the run's n_tokens "
                 f"({self.hyperparameters.batch_size_tokens:g} > {self.spec.n_tokens:g})"
             )
+        # As for Pins; runs stored before this rule may break it.
+        if self.hyperparameters.batch_size_tokens < self.spec.seq_len and _new_input(info):
+            raise ValueError(
+                "hyperparameters.batch_size_tokens: less than one sequence of seq_len "
+                f"{self.spec.seq_len} ({self.hyperparameters.batch_size_tokens:g} tokens)")
         # As for Pins and PredictLoss points; runs stored before this rule may break it.
         if self.hyperparameters.qat_fraction and not self.spec.quantized and _new_input(info):
             raise ValueError(

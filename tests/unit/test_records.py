@@ -42,6 +42,19 @@ def test_active_parameters_alone_are_a_dense_model_only_when_it_says_so():
     assert (dense.n_params, dense.architecture) == (1e9, "dense")
 
 
+def test_a_run_with_a_batch_of_less_than_one_sequence_is_refused_but_loads_if_stored():
+    """Pins refused such a batch; a report and an import took it."""
+    from benchmark_db.records import STORED
+
+    with pytest.raises(InvalidArgument) as exc:
+        make_report(batch=100)
+    assert fields_of(exc) == ["hyperparameters.batch_size_tokens"]
+    assert "less than one sequence of seq_len 2048" in str(exc.value)
+    stored = make_report().model_dump()
+    stored["hyperparameters"]["batch_size_tokens"] = 100
+    assert RunReport.model_validate(stored, context=STORED).hyperparameters.batch_size_tokens == 100
+
+
 def test_a_dense_spec_stored_with_fewer_active_parameters_still_loads():
     from benchmark_db.records import STORED, TrainingSpec
 
