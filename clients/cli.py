@@ -443,6 +443,13 @@ for command in (import_runs, keys, backtest):
     app.add_command(command)
 
 
+# What the admin commands (serve, import, keys, backtest) import beyond the client: the
+# hparamrec[server] extra.
+SERVER_MODULES = frozenset({"sqlalchemy", "alembic", "numpy", "scipy", "sklearn", "lightgbm",
+                            "optuna", "torch", "safetensors", "psycopg", "prometheus_client",
+                            "threadpoolctl"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: turns every error into one line on stderr and an exit code."""
     try:
@@ -464,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code)
     except HparamrecError as exc:
         return _fail(str(exc), exc.exit_code)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        return _fail(f"this command needs the service's packages ({exc.name} is not installed): "
+                     "pip install 'hparamrec[server]'", 1)
     return result if isinstance(result, int) else 0
 
 

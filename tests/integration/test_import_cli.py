@@ -155,3 +155,14 @@ def test_a_deeply_nested_jsonl_line_is_a_row_error(tmp_path):
                          timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == f"error: {path}: row 1: not valid JSON: nested too deeply"
+
+
+def test_a_client_only_install_is_told_what_the_admin_commands_need(tmp_path):
+    """A client-only install (no hparamrec[server]) got a ModuleNotFoundError traceback."""
+    script = ("import sys; sys.modules['sqlalchemy'] = None; from clients.cli import main; "
+              f"sys.exit(main(['keys', 'list', '--db', 'sqlite:///{tmp_path}/k.db']))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1
+    assert out.stderr == ("error: this command needs the service's packages (sqlalchemy is not "
+                          "installed): pip install 'hparamrec[server]'\n")
