@@ -84,9 +84,13 @@ def test_recommend_explain_and_pins(target):
 
 
 def test_why_names_the_learned_model_and_its_data(target, service):
-    for i, lr in enumerate((5e-4, 1e-3, 2e-3, 4e-3)):
-        out = cli(*REPORT[:-1], f"run-{i}", server=target)
+    for i, lr in enumerate((5e-4, 1e-3, 2e-3, 4e-3)):  # four runs of an lr sweep
+        report = REPORT[:-1] + [f"run-{i}"]
+        report[report.index("--lr") + 1] = f"{lr:g}"
+        out = cli(*report, server=target)
         assert out.returncode == 0, out.stderr
+    assert sorted(r.hyperparameters.lr for r in service.store.all_runs("default")) == \
+        [5e-4, 1e-3, 2e-3, 4e-3]  # a sweep, not one configuration four times
     # The refits the reports started run in the background: both answers below must come from
     # the last one's model.
     assert service.registry.wait_idle(60)
