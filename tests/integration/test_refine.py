@@ -153,7 +153,6 @@ def test_a_report_with_other_values_closes_the_trial_and_counts_as_its_own(clien
     assert trials[1].params["lr"] == trial.lr * 2 and trials[1].value == 2.5
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def explore_concurrently(target: str, launchers: int, **options) -> list:
     """What `launchers` clients, each in its own thread, got from one explore each."""
     results, errors = [], []
@@ -174,6 +173,7 @@ def explore_concurrently(target: str, launchers: int, **options) -> list:
     return results
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_concurrent_explorers_get_distinct_trials(target):
     results = explore_concurrently(target, 4)
     assert len({r.trial_id for r in results}) == 4
