@@ -2,8 +2,9 @@
 
 The history is what a user can see of the study: the stored runs of the spec whose values match
 the pins (the study key bins sizes and pins 2% wide), in the order they were reported, each an
-explore trial (reported with a trial_id, or imported with one, see IMPORTED_TRIAL_KEY) or the
-user's own configuration; and the current exploit recommendation, which is conditioned on them.
+explore trial (the first run reported with its trial_id, or imported with one, see
+IMPORTED_TRIAL_KEY; a later one found the trial closed and joined as a configuration of its own)
+or the user's own configuration; and the current exploit recommendation, which is conditioned on them.
 Trials asked for but not yet reported are not runs, so they are not shown.
 
 matplotlib (Agg backend) and numpy are imported only when a figure is drawn.
@@ -12,6 +13,7 @@ matplotlib (Agg backend) and numpy are imported only when a figure is drawn.
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from clients.client import Client
 from clients.models import Pins, Recommendation, Run, RunStatus, TrainingSpec
@@ -34,7 +36,20 @@ class History:
 
     @property
     def trials(self) -> list[Run]:
-        return [r for r in self.runs if is_trial(r)]
+        return [r for r in self.runs if self.is_trial(r)]
+
+    @cached_property
+    def _trial_run_ids(self) -> set[str]:
+        """The first run reported against each trial: one that came after it found the trial
+        closed, and the study took it as a configuration of its own."""
+        first: dict[str, str] = {}
+        for run in self.runs:
+            if is_trial(run):
+                first.setdefault(trial_key(run), run.run_id)
+        return set(first.values())
+
+    def is_trial(self, run: Run) -> bool:
+        return run.run_id in self._trial_run_ids
 
     def with_status(self, status: RunStatus) -> list[Run]:
         return [r for r in self.runs if r.outcome.status is status]
@@ -47,8 +62,13 @@ class History:
 
 
 def is_trial(run: Run) -> bool:
-    """An explore trial's run (its trial id from this service, or from the one it came from)."""
-    return bool(run.trial_id or run.metadata.get(IMPORTED_TRIAL_KEY))
+    """A run reported against an explore trial (its trial id from this service, or from the
+    one it came from)."""
+    return bool(trial_key(run))
+
+
+def trial_key(run: Run) -> str:
+    return run.trial_id or run.metadata.get(IMPORTED_TRIAL_KEY, "")
 
 
 def matches_pins(run: Run, spec: TrainingSpec, pins: Pins) -> bool:
@@ -103,8 +123,8 @@ def describe_pins(pins: Pins) -> str:
 TRIAL_MARKER, OWN_MARKER = "o", "s"
 
 
-def _marker(run: Run) -> str:
-    return TRIAL_MARKER if is_trial(run) else OWN_MARKER
+def _marker(h: History, run: Run) -> str:
+    return TRIAL_MARKER if h.is_trial(run) else OWN_MARKER
 
 
 def draw(path: str, h: History) -> None:
@@ -133,7 +153,7 @@ def _draw_losses(ax, h: History) -> None:
     rec, band = h.rec, h.rec.predicted_loss_interval
     for trial, colour, label in ((True, "C0", "explore trials, completed"),
                                  (False, "C1", "your own runs, completed")):
-        done = [r for r in h.with_status(RunStatus.COMPLETED) if is_trial(r) == trial]
+        done = [r for r in h.with_status(RunStatus.COMPLETED) if h.is_trial(r) == trial]
         if done:
             ax.scatter([order[id(r)] for r in done], [r.outcome.final_loss for r in done],
                        marker=TRIAL_MARKER if trial else OWN_MARKER, s=50, c=colour,
@@ -144,7 +164,7 @@ def _draw_losses(ax, h: History) -> None:
         runs = h.with_status(status)
         legend = f"{label} ({len(runs)})"
         for marker in (TRIAL_MARKER, OWN_MARKER):
-            some = [r for r in runs if _marker(r) == marker]
+            some = [r for r in runs if _marker(h, r) == marker]
             if some:  # x in data, y in axes coordinates: on the frame whatever the loss scale
                 ax.scatter([order[id(r)] for r in some], [y] * len(some), marker=marker, s=50,
                            c=colour, edgecolors="black", linewidths=0.6, zorder=4, clip_on=False,
@@ -190,7 +210,7 @@ def _draw_space(fig, ax, h: History) -> None:
     for run_is_trial, label in ((True, "explore trials"), (False, "your own runs")):
         for status, (edge, width, style, says) in edges.items():
             some = [(i, r) for i, r in enumerate(h.runs, 1)
-                    if is_trial(r) == run_is_trial and r.outcome.status is status]
+                    if h.is_trial(r) == run_is_trial and r.outcome.status is status]
             if some:
                 ax.scatter([r.hyperparameters.lr for _, r in some],
                            [r.hyperparameters.batch_size_tokens for _, r in some],

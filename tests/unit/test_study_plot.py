@@ -52,6 +52,15 @@ def test_trials_are_runs_with_a_trial_id_here_or_where_they_were_imported_from()
     assert study_plot.IMPORTED_TRIAL_KEY == generic.IMPORTED_TRIAL_KEY  # what import writes
 
 
+def test_a_run_reported_against_a_trial_another_run_had_closed_is_an_own_run():
+    """The study took it as a configuration of its own; the plot counted two explore trials
+    where one was handed out."""
+    runs = [run("first", trial="1-0"), run("late", lr=2e-3, trial="1-0"), run("mine", lr=3e-3)]
+    h = study_plot.History(recommendation(), Pins(), runs)
+    assert ids(h.trials) == ["first"]
+    assert not h.is_trial(runs[1]) and not h.is_trial(runs[2])
+
+
 def test_best_so_far_skips_diverged_and_failed_runs():
     runs = [run("d", status=RunStatus.DIVERGED, loss=None), run("a", loss=2.6),
             run("f", status=RunStatus.FAILED, loss=None), run("b", loss=2.7),
