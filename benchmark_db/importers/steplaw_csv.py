@@ -95,9 +95,18 @@ def _parse(row_number: int, cells: dict[str, str]) -> _Row:
         seq_len=number(cells.get("seq_len"), "seq_len"),
         lr=required_number(cells["lr"], "lr"),
         batch_sequences=required_number(cells["bs"], "bs"),
-        smooth_loss=required_number(cells["smooth loss"], "smooth loss"),
+        smooth_loss=_loss(cells["smooth loss"]),
         raw_loss=number(cells.get("loss"), "loss"),
     )
+
+
+def _loss(cell: str) -> float:
+    """An empty smooth loss is refused, not taken for a diverged run: it may be a run that
+    never finished (pandas writes NaN as an empty cell: write nan for a run that blew up)."""
+    if not cell.strip():
+        raise InvalidArgument.single("smooth loss", "empty: write nan for a run whose loss blew "
+                                                    "up, and leave out a run that never finished")
+    return required_number(cell, "smooth loss")
 
 
 def _group_best_losses(rows: list[_Row]) -> dict[tuple, float]:

@@ -149,6 +149,8 @@ def test_steplaw_bad_cell_names_row_and_file_column(tmp_path, column, value, fie
     with pytest.raises(InvalidArgument) as exc:
         read_runs(write_steplaw(tmp_path, rows), "steplaw")
     assert violation_fields(exc) == [field]
+    if column == "smooth loss":  # pandas writes NaN so: say how to write a blown-up run
+        assert "write nan for a run whose loss blew up" in str(exc.value)
 
 
 # --- generic CSV and JSONL ----------------------------------------------------------------
