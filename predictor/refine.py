@@ -3,8 +3,8 @@
 sampler (predictor/sampler.py); EXPLOIT returns the best configuration of the tenant's model
 conditioned on the study's trials (predictor/exploit.py), and today's
 recommendation while the study has no completed trial. The study is made by the first explore
-of its spec and pins, or by the first exploit once runs of the spec's size are stored (reported
-or imported), so that runs reported without an explore (a diverged one, say) count as well.
+of its spec and pins, or by an exploit whose recommendation a stored run of the spec (reported
+without an explore, or imported) shows to diverge: then the study's exclusions apply.
 
 A run reported with a trial_id closes that trial (COMPLETE with its loss; FAIL with
 outcome=diverged, which the sampler learns from, or outcome=failed, which it ignores). A run
@@ -37,7 +37,7 @@ from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, RunRecord, RunReport, TrainingSpec, check_run_id
 from benchmark_db.store import RunStore
 from predictor import exploit
-from predictor.conditioned import NOISE_SD, ConditionedModel, StudyTrials
+from predictor.conditioned import NOISE_SD, SIMILAR_BATCH, ConditionedModel, StudyTrials
 from predictor.loss_model import LossPrediction
 from predictor.prior import Z80, PriorRecommender
 from predictor.prior_model import PriorLossModel
@@ -90,15 +90,24 @@ class Refiner:
         name = study_name(tenant, spec, pins)
         study = self.studies.load(name)
         if study is None:
-            if not self.sync.mark(tenant, spec)[0]:  # no run stored of the spec's size
+            if not self._ruled_out(tenant, spec, pins, base):
                 return base
-            # Runs reported without an explore (a diverged one at today's lr, say) count too.
             study = self._created(tenant, name, base, spec, pins)
         self.sync.sync(tenant, spec, study)  # one indexed aggregate unless runs were imported
         conditioned = self._conditioned(study, model, spec, pins)
         if not conditioned.trials.n_completed and conditioned.lr_ok(exploit.params_of(base))[0]:
             return base
         return exploit.best(conditioned, base, pins, study, rule)[0]
+
+    def _ruled_out(self, tenant: str, spec: TrainingSpec, pins: Pins, base: Recommendation) -> bool:
+        """Whether a stored run of the spec that no study holds yet (reported without an
+        explore, or imported) diverged at the recommendation's lr or below, at a similar batch
+        (the exclusion ConditionedModel.lr_ok applies to a study's diverged trials)."""
+        if pins.lr is not None:
+            return False
+        return any(base.lr >= lr * (1 - 1e-9)
+                   and abs(math.log(base.batch_size_tokens / batch)) <= SIMILAR_BATCH
+                   for lr, batch in self.sync.diverged(tenant, spec, pins))
 
     def _created(self, tenant: str, name: str, base: Recommendation, spec: TrainingSpec,
                  pins: Pins):

@@ -72,6 +72,19 @@ class StudySync:
             count, top = conn.execute(_watermark(_in_bins(tenant, spec))).one()
         return int(count), int(top)
 
+    def diverged(self, tenant: str, spec: TrainingSpec, pins: Pins) -> list[tuple[float, float]]:
+        """(lr, batch_size_tokens) of the tenant's stored diverged runs of the spec's key whose
+        values match the pins: what a study of theirs would hold as diverged trials."""
+        c = runs.c
+        query = sa.select(*(c[n] for n in (*_SPEC, *HYPERPARAMETERS))).where(
+            *_in_bins(tenant, spec), c.status == RunStatus.DIVERGED.value)
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        name, pinned = study_name(tenant, spec, pins), tuple(pins.model_dump(exclude_none=True))
+        return [(row["lr"], row["batch_size_tokens"]) for row in rows
+                if study_name(tenant, TrainingSpec(**{k: row[k] for k in _SPEC}),
+                              Pins(**{n: row[n] for n in pinned})) == name]
+
     def _mark(self, tenant: str, spec: TrainingSpec, study_id: int,
               mark: tuple[int, int] | None) -> tuple[int, ...]:
         """The study's watermark: the bins' (mark, when the caller read it for all the spec's

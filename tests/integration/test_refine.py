@@ -80,14 +80,22 @@ def test_exploit_heeds_a_diverged_run_reported_without_an_explore(client, servic
     """The recommendation's lr had diverged for this spec and batch, reported by the user's own
     run: exploit kept recommending above it until someone explored the spec."""
     before = client.recommend(SPEC, PINS)
-    lr = 0.8 * before.lr
+    client.report_run(RunReport(  # a completed one: the model refits on it, no study needed
+        run_id="own-completed", spec=SPEC, outcome=RunOutcome.completed(2.5),
+        hyperparameters=before.hyperparameters.model_copy(update={"lr": 0.5 * before.lr})))
+    service.registry.wait_idle(60)
+    kept = client.recommend(SPEC, PINS)
+    assert not kept.model_versions[0].startswith("study-gp@1")
+    with pytest.raises(KeyError):
+        study_of(service.settings.database_url)
+    lr = 0.8 * kept.lr
     client.report_run(RunReport(
         run_id="own-diverged", spec=SPEC, outcome=RunOutcome(status="diverged"),
-        hyperparameters=before.hyperparameters.model_copy(update={"lr": lr})))
+        hyperparameters=kept.hyperparameters.model_copy(update={"lr": lr})))
     after = client.recommend(SPEC, PINS)
     assert after.lr < lr
     assert after.model_versions[0].startswith("study-gp@1") and ":diverged=1" in after.model_versions[0]
-    assert len(study_of(service.settings.database_url).trials) == 1
+    assert len(study_of(service.settings.database_url).trials) == 2
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
