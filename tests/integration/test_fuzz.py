@@ -235,7 +235,8 @@ def test_report_run_blames_the_one_bad_field_and_stores_nothing(server, data):
         run_id="never-" + data.draw(st.text(string.ascii_letters + string.digits + "-_.", max_size=40)),
         spec=data.draw(valid_spec()),
         hyperparameters=pb.Hyperparameters(lr=data.draw(st.floats(1e-5, 1.0)),
-                                           batch_size_tokens=data.draw(st.floats(1e3, 1e8)),
+                                           # at least one sequence of valid_spec's longest
+                                           batch_size_tokens=data.draw(st.floats(1e4, 1e8)),
                                            weight_decay=data.draw(st.floats(0, 1))),
         outcome=pb.RunOutcome(status=pb.RUN_STATUS_COMPLETED, final_loss=data.draw(st.floats(1, 5))))
     field = data.draw(st.sampled_from(sorted(SPEC_MUTATIONS) + sorted(REPORT_MUTATIONS)))
@@ -278,7 +279,7 @@ def test_report_run_blames_the_one_bad_field_and_stores_nothing(server, data):
 @given(run_id=mostly(st.text(string.ascii_letters + string.digits, min_size=1, max_size=30), TEXT),
        spec=mostly(valid_spec(), any_spec()),
        hp=st.builds(pb.Hyperparameters, lr=mostly(st.floats(1e-5, 1), ANY_FLOAT),
-                    batch_size_tokens=mostly(st.floats(1e3, 1e8), ANY_FLOAT),
+                    batch_size_tokens=mostly(st.floats(1e4, 1e8), ANY_FLOAT),
                     weight_decay=mostly(st.floats(0, 1), ANY_FLOAT),
                     qat_fraction=mostly(st.floats(0, 1), ANY_FLOAT)),
        outcome=st.builds(pb.RunOutcome, status=mostly(st.sampled_from([1, 2, 3]), INT32),
