@@ -27,6 +27,9 @@ weights soft_l1 in ln-loss, and an sd growing as 1 + excess/e0 with a run's exce
         must not drag the centre, which is what a recommendation needs.
 """
 
+import functools
+import math
+
 import numpy as np
 from scipy.optimize import least_squares
 
@@ -114,11 +117,12 @@ class LossSurface:
         return f"surface@{_fingerprint(self.theta_, self.L0_, np.ravel(self.fitted_sizes_ or ()))}"
 
     # ----- the model -----
-    def centre(self, theta, n_active, n_tokens):
+    def centre(self, theta, n_active, n_tokens, law_shift: bool = True):
         """(ln lr*, ln B*) for the given sizes: the fitted form within the sizes fitted on;
         beyond them, its value at the nearest fitted sizes moved as the published laws move
         (whose lr slows with data past 500 tokens per parameter; the fitted form, linear in
-        ln D, would keep growing it: 30x the laws' lr at 100M params and 10T tokens)."""
+        ln D, would keep growing it: 30x the laws' lr at 100M params and 10T tokens).
+        law_shift=False leaves out that move, which does not depend on theta."""
         one_spec = np.ndim(n_active) == np.ndim(n_tokens) == 0
         n_active, n_tokens = np.broadcast_arrays(np.atleast_1d(np.asarray(n_active, float)),
                                                  np.atleast_1d(np.asarray(n_tokens, float)))
@@ -126,7 +130,7 @@ class LossSurface:
         x_n, x_d = np.log(n_in / N0), np.log(d_in / D0)
         log_lr = theta[0] + theta[1] * x_n + theta[2] * x_d
         log_b = theta[3] + theta[4] * x_n + theta[5] * x_d
-        if moved.any():
+        if law_shift and moved.any():
             shift = _law_shift(n_active[moved], n_tokens[moved], n_in[moved], d_in[moved])
             log_lr, log_b = np.array(log_lr, float), np.array(log_b, float)
             log_lr[moved] += shift[:, 0]
@@ -240,8 +244,10 @@ class LossSurface:
         """(draws, 2): ln lr* and ln B* of each bootstrap draw minus the fit's, or None."""
         if self.boot_theta_ is None:
             return None
-        fitted = np.array(self.centre(self.theta_, n_active, n_tokens))
-        return np.array([self.centre(t, n_active, n_tokens) for t in self.boot_theta_]) - fitted
+        # The move past the fitted sizes is the same for every theta: it cancels here.
+        fitted = np.array(self.centre(self.theta_, n_active, n_tokens, law_shift=False))
+        return np.array([self.centre(t, n_active, n_tokens, law_shift=False)
+                         for t in self.boot_theta_]) - fitted
 
     def held_out_optimum_offsets(self) -> np.ndarray | None:
         return self.optimum_offsets_
@@ -329,10 +335,19 @@ def _law_shift(n_active, n_tokens, n_from, d_from) -> np.ndarray:
     """(k, 2): ln lr* and ln B* of the published laws at (n_active, n_tokens) minus theirs at
     (n_from, d_from), for each of k pairs (a few distinct ones: the specs asked about)."""
     pairs = np.stack([n_active, n_tokens, n_from, d_from], 1)
+    if (pairs == pairs[0]).all():  # one spec's queries (a recommendation's grid): no sort
+        return np.tile(_law_shift_of(*pairs[0]), (len(pairs), 1))
     unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
-    shifts = np.array([np.log(_law_optimum(n, d)) - np.log(_law_optimum(nf, df))
-                       for n, d, nf, df in unique])
+    shifts = np.array([_law_shift_of(*pair) for pair in unique])
     return shifts[inverse.ravel()]
+
+
+@functools.lru_cache(maxsize=4096)
+def _law_shift_of(n_active: float, n_tokens: float, n_from: float, d_from: float
+                  ) -> tuple[float, float]:
+    """One pair's shift. Cached: every evaluation of a spec's grid asks for the same one."""
+    (lr, b), (lr_from, b_from) = _law_optimum(n_active, n_tokens), _law_optimum(n_from, d_from)
+    return math.log(lr / lr_from), math.log(b / b_from)
 
 
 def _law_optimum(n_active: float, n_tokens: float) -> tuple[float, float]:
