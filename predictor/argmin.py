@@ -164,6 +164,8 @@ class ModelRecommender:
         """A pinned lr or batch farther from the laws' optimum than any stored run was from its
         own: the loss predicted there follows a flank no run measured."""
         out = []
+        if pins.lr is None and pins.batch_size_tokens is None:
+            return out
         optimum = LawOptimum(spec).values
         for name, span in self._pin_spans.items():
             value = getattr(pins, name)
