@@ -27,18 +27,15 @@ weights soft_l1 in ln-loss, and an sd growing as 1 + excess/e0 with a run's exce
         must not drag the centre, which is what a recommendation needs.
 """
 
-import functools
-import math
-
 import numpy as np
 from scipy.optimize import least_squares
 
-from benchmark_db.records import TrainingSpec
 from predictor import laws
 from predictor.bowl import STEPLAW_BOWL, TIMESCALE_CURVATURE_FRACTION, timescale_excess
 from predictor.intervals import IntervalModel
 from predictor.loss_model import LossPrediction
-from predictor.prior import DIVERGENCE_LR_FACTOR, QAT_CURVATURE, LawOptimum
+from predictor.pfn.features import law_point  # numpy only: no torch
+from predictor.prior import DIVERGENCE_LR_FACTOR, QAT_CURVATURE
 from predictor.table import RunTable
 
 N0, D0 = 5e8, 2e10  # centre of the coordinates
@@ -333,28 +330,13 @@ def _saturated(p: np.ndarray) -> np.ndarray:
 
 def _law_shift(n_active, n_tokens, n_from, d_from) -> np.ndarray:
     """(k, 2): ln lr* and ln B* of the published laws at (n_active, n_tokens) minus theirs at
-    (n_from, d_from), for each of k pairs (a few distinct ones: the specs asked about)."""
-    pairs = np.stack([n_active, n_tokens, n_from, d_from], 1)
-    if (pairs == pairs[0]).all():  # one spec's queries (a recommendation's grid): no sort
-        return np.tile(_law_shift_of(*pairs[0]), (len(pairs), 1))
-    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
-    shifts = np.array([_law_shift_of(*pair) for pair in unique])
-    return shifts[inverse.ravel()]
-
-
-@functools.lru_cache(maxsize=4096)
-def _law_shift_of(n_active: float, n_tokens: float, n_from: float, d_from: float
-                  ) -> tuple[float, float]:
-    """One pair's shift. Cached: every evaluation of a spec's grid asks for the same one."""
-    (lr, b), (lr_from, b_from) = _law_optimum(n_active, n_tokens), _law_optimum(n_from, d_from)
-    return math.log(lr / lr_from), math.log(b / b_from)
-
-
-def _law_optimum(n_active: float, n_tokens: float) -> tuple[float, float]:
-    spec = TrainingSpec(n_params=n_active, n_active_params=n_active, n_tokens=n_tokens,
-                        seq_len=1)  # the laws' optimum does not depend on it; a tiny D is valid
-    values = LawOptimum(spec).values
-    return values["lr"], values["batch_size_tokens"]
+    (n_from, d_from), for each of k pairs (the optimum does not depend on the weight bits)."""
+    pairs = np.stack([n_active, n_tokens, n_from, d_from], axis=1)
+    one_spec = (pairs == pairs[0]).all()  # a recommendation's grid: one row says it all
+    n_active, n_tokens, n_from, d_from = (pairs[:1] if one_spec else pairs).T
+    to, at = law_point(n_active, n_tokens, 16.0), law_point(n_from, d_from, 16.0)
+    shift = np.stack([np.log(to.lr / at.lr), np.log(to.batch / at.batch)], axis=1)
+    return np.broadcast_to(shift, (len(pairs), 2)) if one_spec else shift
 
 
 def _effective_params(q: RunTable) -> np.ndarray:
