@@ -82,8 +82,7 @@ class StudySync:
             rows = conn.execute(query).mappings().all()
         name, pinned = study_name(tenant, spec, pins), tuple(pins.model_dump(exclude_none=True))
         return [(row["lr"], row["batch_size_tokens"]) for row in rows
-                if study_name(tenant, TrainingSpec(**{k: row[k] for k in _SPEC}),
-                              Pins(**{n: row[n] for n in pinned})) == name]
+                if _study_of_row(tenant, row, pinned) == name]
 
     def _mark(self, tenant: str, spec: TrainingSpec, study_id: int,
               mark: tuple[int, int] | None) -> tuple[int, ...]:
@@ -165,8 +164,7 @@ class StudySync:
                 continue
             number = _own_trial(row["trial_id"], study._study_id)
             trial_id = running.get(number) if number is not None else None
-            run_spec = TrainingSpec(**{c: row[c] for c in _SPEC})
-            ours = (study_name(tenant, run_spec, Pins(**{n: row[n] for n in pinned})) == study.study_name
+            ours = (_study_of_row(tenant, row, pinned) == study.study_name
                     and space.accepts({n: row[n] for n in HYPERPARAMETERS}))
             if ours or trial_id is not None:
                 missing.append(Missing(row["run_id"], trial_id, ours))
@@ -186,6 +184,13 @@ class Missing(NamedTuple):
     run_id: str
     trial_id: int | None
     ours: bool
+
+
+def _study_of_row(tenant: str, row, pinned: tuple[str, ...]) -> str:
+    """The name of the study a stored run (a row with the _SPEC and HYPERPARAMETERS columns)
+    belongs to among those pinning `pinned`."""
+    return study_name(tenant, TrainingSpec(**{c: row[c] for c in _SPEC}),
+                      Pins(**{n: row[n] for n in pinned}))
 
 
 def _in_bins(tenant: str, spec: TrainingSpec) -> list[ColumnElement]:
