@@ -26,6 +26,7 @@ the context bends it. Context tokens carry both y and that residual. Predictions
 back to nats with the same reference and anchor.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,11 @@ Y_INPUT_CLIP = (-1.0, 1.5)
 # A diverged context run without a finite loss gets this y (about 2.5x the best loss).
 DIVERGED_Y_FILL = 0.9
 NO_QUANTIZATION_BITS = 16
+# Not what the prior makes (screen): a group whose best loss, relative to the Epoch law at its
+# size, is more than LEVEL_SPAN (ln) from the median group's; a completed run more than
+# LEVEL_SPAN above its group's best. ln of the importers' DIVERGED_RATIO (tested equal); a
+# prior task's groups stay within 0.23 of their median (3,000 tasks).
+LEVEL_SPAN = math.log(1.5)
 SIZE_SCALE = 3.0  # ln-sizes are divided by this
 CENTRE_D, CENTRE_N, CENTRE_TPP = 1e10, 1e9, 50.0
 
@@ -246,6 +252,30 @@ def episode(context: Runs, queries: Runs, spec: Spec) -> Episode | None:
 def targets(queries: Runs, ep: Episode) -> np.ndarray:
     """y of the queries' losses (training targets)."""
     return np.log(queries.loss) - ep.query_log_anchor
+
+
+def screen(runs: Runs) -> tuple[np.ndarray, np.ndarray]:
+    """(rows to keep, diverged flags for all rows): the runs the network can read, as its
+    prior would have made them. Left out: the groups whose best loss is more than LEVEL_SPAN
+    from the median group's (weighted by completed runs), each relative to the Epoch law at
+    its size: another corpus or a mistake. A loss of 999 reported at a new size moved the
+    prediction at the nearest spec 7-fold: the network never saw such a group, and the
+    context's level follows the nearest groups. Marked diverged: a completed run more than
+    LEVEL_SPAN above its group's best, as the prior and the importers mark one. Groups
+    without a completed run are kept as they are."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.log(runs.loss) - np.log(law_point(runs.n_active, runs.n_tokens, runs.bits).base_loss)
+    ok = runs.completed & np.isfinite(r)
+    if not ok.any():
+        return np.arange(len(runs)), runs.diverged
+    keys = np.stack([runs.n_params, runs.n_active, runs.n_tokens, runs.bits], axis=1)
+    group = np.unique(keys, axis=0, return_inverse=True)[1].ravel()
+    level = np.full(group.max() + 1, np.nan)
+    np.fmin.at(level, group[ok], r[ok])
+    median = np.median(level[group[ok]])
+    off_corpus = np.abs(level[group] - median) > LEVEL_SPAN  # False where level is NaN
+    blown = ok & (r > level[group] + LEVEL_SPAN)
+    return np.flatnonzero(~off_corpus), runs.diverged | blown
 
 
 def group_distance(runs: Runs, spec: Spec) -> np.ndarray:

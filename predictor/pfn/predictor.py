@@ -1,8 +1,9 @@
-"""The PFN as a LossModel (predictor/loss_model.py): fit() stores the runs; predict() builds,
-for each query spec, the context (the spec's own runs and those of the nearest groups in
-(ln N, ln active N, ln D), at most max_context runs) and reads the loss distribution at every
-query from one forward pass: the mean, and an 80% interval recalibrated on the stored runs
-(see PFNLossModel). With no completed run to condition on, it is the prior.
+"""The PFN as a LossModel (predictor/loss_model.py): fit() stores the runs (those its prior
+could have made: features.screen); predict() builds, for each query spec, the context (the
+spec's own runs and those of the nearest groups in (ln N, ln active N, ln D), at most
+max_context runs) and reads the loss distribution at every query from one forward pass: the
+mean, and an 80% interval recalibrated on the stored runs (see PFNLossModel). With no
+completed run to condition on, it is the prior.
 
 A recommendation asks several query sets of one spec (predictor/argmin.py: a coarse grid, a
 fine grid, the chosen point, the intervals), all against the same context: a fitted model
@@ -16,7 +17,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +27,7 @@ import numpy as np
 from predictor.intervals import held_out_groups
 from predictor.loss_model import LossPrediction
 from predictor.pfn.features import (Normalisation, Runs, Spec, context_features, episode,
-                                    query_features, select_context, targets)
+                                    query_features, screen, select_context, targets)
 from predictor.prior_model import PriorLossModel
 from predictor.table import RunTable
 
@@ -181,7 +182,6 @@ class PFNLossModel:
         self.context_cache_size = context_cache_size
 
     def fit(self, runs: RunTable) -> "PFNLossModel":
-        self.runs_ = runs_from_table(runs)
         self.checkpoint_ = load_checkpoint(self.checkpoint_path)
         digest = hashlib.sha256()
         for column in (runs.n_params, runs.n_active_params, runs.n_tokens, runs.weight_bits,
@@ -189,6 +189,9 @@ class PFNLossModel:
                        runs.loss, runs.diverged):
             digest.update(np.ascontiguousarray(column).tobytes())
         self.data_hash_ = digest.hexdigest()[:12]
+        keep, diverged = screen(runs_from_table(runs))  # as the network's prior makes runs
+        runs = replace(runs, diverged=diverged).subset(keep)
+        self.runs_ = runs_from_table(runs)
         self.interval_levels_ = self._calibrated_levels() if self.recalibrate else INTERVAL
         self.optimum_offsets_ = self._held_out_offsets(runs) if self.recalibrate else None
         self._start_context_cache()

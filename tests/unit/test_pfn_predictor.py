@@ -5,14 +5,17 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from benchmark_db.importers.rows import DIVERGED_RATIO
 from benchmark_db.records import TrainingSpec
 from predictor.pfn import checkpoint
 from predictor.pfn.config import CHECKPOINT_FORMAT
-from predictor.pfn.features import CONTEXT_FEATURES, QUERY_FEATURES, Spec, episode, select_context
+from predictor.pfn.features import (CONTEXT_FEATURES, LEVEL_SPAN, QUERY_FEATURES, Runs, Spec, episode,
+                                    screen, select_context)
 from predictor.pfn.predictor import (ContextCache, PFNLossModel, load_checkpoint, runs_from_table,
                                      timed_forward)
 from predictor.pfn.prior import PRIOR_VERSION, PriorConfig, sample_task
@@ -390,3 +393,57 @@ def test_lr_and_batch_intervals_take_in_where_held_out_groups_best_runs_lay(stor
     assert rec.lr_interval.hi >= rec.lr * np.exp(hi[0]) * (1 - 1e-9)
     assert rec.batch_size_tokens_interval.hi >= rec.batch_size_tokens * np.exp(hi[1]) * (1 - 1e-9)
     assert PFNLossModel(recalibrate=False).fit(store).held_out_optimum_offsets() is None
+
+
+# Screening (features.screen): the runs the network can read, as its prior makes them.
+
+def with_losses(spec: TrainingSpec, losses, lr=2e-3, diverged=False) -> RunTable:
+    """One run per loss at spec (lr, batch 1M tokens, weight decay 0.1)."""
+    losses = np.asarray(losses, dtype=float)
+    rows = RunTable.queries(spec, np.full(len(losses), lr), 1e6, 0.1, 0.0)
+    return replace(rows, loss=losses, diverged=np.full(len(losses), diverged))
+
+
+def dense(n_params: float, n_tokens: float) -> TrainingSpec:
+    return TrainingSpec(n_params=n_params, n_active_params=n_params, n_tokens=n_tokens)
+
+
+def test_the_screen_matches_the_importers_divergence_ratio():
+    assert LEVEL_SPAN == pytest.approx(np.log(DIVERGED_RATIO))
+
+
+def test_the_screen_leaves_the_priors_tasks_as_they_are():
+    """What the network was trained on passes unchanged: every group and every run."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        runs = Runs.concat([g.runs for g in sample_task(rng).groups])
+        keep, diverged = screen(runs)
+        np.testing.assert_array_equal(keep, np.arange(len(runs)))
+        np.testing.assert_array_equal(diverged, runs.diverged)
+
+
+def test_the_screen_leaves_out_groups_far_from_the_others_and_marks_blown_up_runs(store):
+    best = np.nanmin(np.where(store.completed, store.loss, np.nan))
+    first = dense(store.n_params[0], store.n_tokens[0])
+    extra = [with_losses(dense(3e9, 6e10), [999.0]),      # a mistake at a new size
+             with_losses(dense(4e9, 8e10), [0.02]),       # far below any group's best
+             with_losses(dense(5e9, 9e10), [np.nan], diverged=True),  # nothing completed
+             with_losses(first, [3 * best])]              # in a swept group: blown up
+    table = RunTable.concat([store, *extra])
+    keep, diverged = screen(runs_from_table(table))
+    n = len(store)
+    np.testing.assert_array_equal(keep, np.r_[np.arange(n), n + 2, n + 3])
+    np.testing.assert_array_equal(diverged[:n], store.diverged)
+    assert diverged[n + 3]
+
+
+def test_an_absurd_loss_reported_at_a_new_size_leaves_the_predictions_as_they_were(store):
+    """One report of loss 999 (or 0.02) at a size between the stored groups and a spec moved
+    the PFN's predictions there several-fold; the screen leaves the report out."""
+    spec = dense(3e9, 1e11)
+    lr, batch = np.meshgrid(np.geomspace(3e-4, 1e-2, 6), np.geomspace(2.5e5, 4e6, 5))
+    queries = RunTable.queries(spec, lr.ravel(), batch.ravel(), 0.1, 0.0)
+    before = PFNLossModel().fit(store).predict(queries)
+    for loss in (999.0, 0.02):
+        after = PFNLossModel().fit(RunTable.concat([store, with_losses(dense(2e9, 6e10), [loss])]))
+        np.testing.assert_array_equal(after.predict(queries).mean, before.mean)
