@@ -73,6 +73,7 @@ class ModelRecommender:
             "predicted_loss_interval": Interval(lo=float(prediction.lo[0]), hi=float(prediction.hi[0])),
             "sources": tuple(self._sources(base, pins)),
             "warnings": (base.warnings + tuple(self._range_warnings(spec))
+                         + tuple(getattr(self.model, "spec_warnings", lambda _: [])(spec))
                          + tuple(self._lr_limit_warnings(spec, pins, lr, batch, wd)
                                  or self._pin_span_warnings(spec, pins))),
             "model_versions": (self.model.version_,) + base.model_versions,

@@ -52,6 +52,9 @@ class EnsembleModel:
                 return model.optimum_log_offsets(n_active, n_tokens)
         return None
 
+    def spec_warnings(self, spec) -> list[str]:
+        return [w for m in self.models_ if hasattr(m, "spec_warnings") for w in m.spec_warnings(spec)]
+
     def held_out_optimum_offsets(self) -> np.ndarray | None:
         for model in self.models_:
             if hasattr(model, "held_out_optimum_offsets"):

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from benchmark_db.records import TrainingSpec
 from predictor.intervals import held_out_groups
 from predictor.loss_model import LossPrediction
 from predictor.pfn.features import (Normalisation, Runs, Spec, context_features, episode,
@@ -92,6 +93,18 @@ def runs_from_table(table: RunTable) -> Runs:
                 bits=table.weight_bits, lr=table.lr, batch=table.batch_size_tokens,
                 weight_decay=table.weight_decay, qat=table.qat_fraction, loss=table.loss,
                 diverged=table.diverged)
+
+
+def _spec_key(spec: TrainingSpec) -> tuple[float, float, float, float]:
+    return (float(spec.n_params), float(spec.n_active_params), float(spec.n_tokens),
+            float(spec.weight_bits))
+
+
+def _run_counts(runs: RunTable) -> dict[tuple[float, float, float, float], int]:
+    """Runs per spec (n_params, n_active_params, n_tokens, weight_bits)."""
+    keys = np.stack([runs.n_params, runs.n_active_params, runs.n_tokens, runs.weight_bits], axis=1)
+    unique, counts = np.unique(keys, axis=0, return_counts=True)
+    return {tuple(map(float, k)): int(c) for k, c in zip(unique, counts)}
 
 
 @dataclass(frozen=True)
@@ -190,6 +203,7 @@ class PFNLossModel:
             digest.update(np.ascontiguousarray(column).tobytes())
         self.data_hash_ = digest.hexdigest()[:12]
         keep, diverged = screen(runs_from_table(runs))  # as the network's prior makes runs
+        self.left_out_ = _run_counts(runs.subset(np.setdiff1d(np.arange(len(runs)), keep)))
         runs = replace(runs, diverged=diverged).subset(keep)
         self.runs_ = runs_from_table(runs)
         self.interval_levels_ = self._calibrated_levels() if self.recalibrate else INTERVAL
@@ -218,6 +232,15 @@ class PFNLossModel:
 
     def held_out_optimum_offsets(self) -> np.ndarray | None:
         return self.optimum_offsets_
+
+    def spec_warnings(self, spec: TrainingSpec) -> list[str]:
+        """Says so when the runs stored at the spec itself were left out (features.screen)."""
+        count = self.left_out_.get(_spec_key(spec))
+        if not count:
+            return []
+        return [f"pfn: the {count} run(s) stored at this spec are left out of its context: their "
+                "best loss is over 1.5x off the other sizes' (each relative to the published "
+                "laws), which the pfn takes for another corpus or a mistake"]
 
     def _start_context_cache(self) -> None:
         self.contexts_ = ContextCache(partial(encode_context, self.checkpoint_.model, self.runs_,

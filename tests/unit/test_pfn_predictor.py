@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmark_db.importers.rows import DIVERGED_RATIO
-from benchmark_db.records import TrainingSpec
+from benchmark_db.records import Pins, TrainingSpec
 from predictor.pfn import checkpoint
 from predictor.pfn.config import CHECKPOINT_FORMAT
 from predictor.pfn.features import (CONTEXT_FEATURES, LEVEL_SPAN, QUERY_FEATURES, Runs, Spec, episode,
@@ -97,8 +97,6 @@ def test_is_registered_and_recommends():
     assert "pfn" in MODEL_FACTORIES
     fitted = fit_predictor("pfn", synthetic_table(seed=1))
     spec = TrainingSpec(n_params=5e8, n_active_params=5e8, n_tokens=2e10)
-    from benchmark_db.records import Pins
-
     rec = fitted.recommend(spec, Pins(weight_decay=0.1))
     assert rec.lr_interval.lo <= rec.lr <= rec.lr_interval.hi
     assert rec.model_versions[0].startswith("pfn@")
@@ -378,7 +376,6 @@ def test_a_fitted_model_pickles_without_its_network_and_predicts_the_same(store)
 
 def test_lr_and_batch_intervals_take_in_where_held_out_groups_best_runs_lay(store):
     """The near-optimal band alone held the best run's lr in 29% of the real sweep's groups."""
-    from benchmark_db.records import Pins
     from predictor.argmin import ModelRecommender
 
     model = PFNLossModel().fit(store)
@@ -447,3 +444,12 @@ def test_an_absurd_loss_reported_at_a_new_size_leaves_the_predictions_as_they_we
     for loss in (999.0, 0.02):
         after = PFNLossModel().fit(RunTable.concat([store, with_losses(dense(2e9, 6e10), [loss])]))
         np.testing.assert_array_equal(after.predict(queries).mean, before.mean)
+
+
+@pytest.mark.parametrize("kind", ["pfn", "ensemble"])
+def test_a_recommendation_says_when_the_runs_at_its_spec_were_left_out(store, kind):
+    odd, other = dense(3e9, 1e11), dense(2e9, 6e10)
+    fitted = fit_predictor(kind, RunTable.concat([store, with_losses(odd, [999.0, 998.0])]))
+    warned = [w for w in fitted.recommend(odd, Pins(weight_decay=0.1)).warnings if "left out" in w]
+    assert len(warned) == 1 and "pfn: the 2 run(s) stored at this spec" in warned[0]
+    assert not [w for w in fitted.recommend(other, Pins(weight_decay=0.1)).warnings if "left out" in w]
