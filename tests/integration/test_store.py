@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 
 from benchmark_db.errors import InvalidArgument, NotFound
 from benchmark_db.schema import metadata
+from benchmark_db import store as store_module
 from benchmark_db.store import RunStore
 from tests.factories import make_report
 
@@ -187,6 +188,17 @@ def test_add_many_is_idempotent(store):
     assert store.add_many("t", reports) == 5
     assert store.add_many("t", reports + [make_report("r5"), make_report("r5")]) == 1
     assert store.count("t") == 6
+
+
+def test_add_many_inserts_in_chunks_within_one_transaction(store, monkeypatch):
+    monkeypatch.setattr(store_module, "INSERT_CHUNK", 3)
+    assert store.add_many("t", [make_report(f"r{i}") for i in range(8)]) == 8
+    assert store.count("t") == 8
+    broken = make_report("x7")  # fails once two chunks of its batch are inserted
+    broken = broken.model_copy(update={"outcome": broken.outcome.model_construct(status=None)})
+    with pytest.raises(AttributeError):
+        store.add_many("u", [make_report(f"x{i}") for i in range(7)] + [broken])
+    assert store.count("u") == 0
 
 
 def test_failed_insert_leaves_store_unchanged(store):
