@@ -7,6 +7,12 @@ from contextlib import contextmanager
 from service.server import Service
 from service.settings import Settings
 
+# After a report (or at start, with runs stored) a refit waits refit_debounce_seconds (2 s by
+# default) before it starts: registry.wait_idle() waits that out, and stop() waits up to 1 s
+# for a refit still waiting. Tests not about the debounce pass this short one instead (a refit
+# then runs in its child process at once, and stop() ends it at once).
+QUICK_REFITS = 0.1
+
 
 @contextmanager
 def running_service(database_url: str, *, grace: float = 1, **settings) -> Iterator[Service]:

@@ -13,7 +13,7 @@ from clients.errors import NotFoundError, UnauthenticatedError
 from hparamrec.v1 import recommender_pb2 as pb
 from service.server import ConfigurationError, Service
 from service.settings import Settings
-from tests.integration.in_process_server import running_service
+from tests.integration.in_process_server import QUICK_REFITS, running_service
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def keys(db_url):
 
 @pytest.fixture
 def secured(db_url, keys):
-    with running_service(db_url, auth_disabled=False) as svc:
+    with running_service(db_url, auth_disabled=False, refit_debounce_seconds=QUICK_REFITS) as svc:
         yield f"127.0.0.1:{svc.port}"
 
 
@@ -162,7 +162,8 @@ def test_refuses_non_loopback_without_keys(db_url):
 
 
 def test_explicit_no_auth_serves_the_default_tenant(db_url):
-    with running_service(db_url, host="0.0.0.0", auth_disabled=True) as svc:
+    with running_service(db_url, host="0.0.0.0", auth_disabled=True,
+                         refit_debounce_seconds=QUICK_REFITS) as svc:
         with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
             client.report_run(report("a"))
         assert RunStore(db_url).count("default") == 1
@@ -171,7 +172,7 @@ def test_explicit_no_auth_serves_the_default_tenant(db_url):
 def test_a_key_sent_to_a_server_without_authentication_is_refused(db_url, keys):
     """The caller means to act as its key's tenant: it is told, rather than served as the
     tenant every caller of this server shares."""
-    with running_service(db_url, auth_disabled=True) as svc:
+    with running_service(db_url, auth_disabled=True, refit_debounce_seconds=QUICK_REFITS) as svc:
         with Client(f"127.0.0.1:{svc.port}", api_key=keys["alice"], retries=0) as client:
             with pytest.raises(UnauthenticatedError, match="without authentication"):
                 client.report_run(report("a"))

@@ -270,7 +270,7 @@ def test_runs_export_reimports_cleanly(target, tmp_path):
              "--failed", "--run-id", "c", "--meta", "cluster=h100"]]
     for args in runs:
         assert cli(*args, server=target).returncode == 0
-    from tests.integration.in_process_server import running_service
+    from tests.integration.in_process_server import QUICK_REFITS, running_service
 
     for file_format in ("csv", "jsonl"):
         exported = tmp_path / f"runs.{file_format}"
@@ -283,7 +283,7 @@ def test_runs_export_reimports_cleanly(target, tmp_path):
         assert imported.returncode == 0, imported.stderr
         assert json.loads(imported.stdout) == {"read": 3, "added": 3, "already_stored": 0,
                                                "diverged": 1, "conflicting": []}
-        with running_service(url, grace=0) as svc:
+        with running_service(url, grace=0, refit_debounce_seconds=QUICK_REFITS) as svc:
             again = cli("runs", "export", "--format", file_format, server=f"127.0.0.1:{svc.port}")
             original = cli("runs", "list", "--json", server=target)
             copied = cli("runs", "list", "--json", server=f"127.0.0.1:{svc.port}")

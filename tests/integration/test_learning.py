@@ -13,7 +13,7 @@ from benchmark_db.store import RunStore
 from clients.client import Client, spec
 from hparamrec.v1 import recommender_pb2 as pb
 from tests.factories import SWEEP_GROUPS, synthetic_sweep, true_optimum
-from tests.integration.in_process_server import running_service
+from tests.integration.in_process_server import QUICK_REFITS, running_service
 
 pytestmark = pytest.mark.integration
 HPARAMREC = str(Path(sys.executable).parent / "hparamrec")
@@ -24,7 +24,7 @@ def test_service_serves_the_learned_model_once_runs_are_stored(tmp_path):
     store = RunStore(url)
     store.add_many("default", synthetic_sweep())
     store.close()
-    with running_service(url) as svc:
+    with running_service(url, refit_debounce_seconds=QUICK_REFITS) as svc:
         assert svc.registry.wait_idle(timeout=120)
         n, d = 4e8, 2e10  # between the stored sizes
         with Client(f"127.0.0.1:{svc.port}", retries=0) as client:

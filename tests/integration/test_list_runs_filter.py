@@ -12,7 +12,7 @@ from benchmark_db.store import RunStore
 from clients.client import Client, spec
 from clients.errors import InvalidArgumentError
 from hparamrec.v1 import recommender_pb2 as pb
-from tests.integration.in_process_server import running_service
+from tests.integration.in_process_server import QUICK_REFITS, running_service
 from tests.integration.test_cli import cli
 
 pytestmark = pytest.mark.integration
@@ -116,7 +116,7 @@ def test_server_filter_keeps_tenants_apart(tmp_path):
     bob, _ = store.keys.create("bob")
     store.report("bob", run("bobs", **SMALL))
     try:
-        with running_service(url, auth_disabled=False) as svc:
+        with running_service(url, auth_disabled=False, refit_debounce_seconds=QUICK_REFITS) as svc:
             with Client(f"127.0.0.1:{svc.port}", api_key=alice, retries=0) as c:
                 assert c.list_runs(spec=spec(**SMALL)).runs == []
             with Client(f"127.0.0.1:{svc.port}", api_key=bob, retries=0) as c:

@@ -32,7 +32,7 @@ def test_backtest_with_the_pfn(tmp_path):
 def test_the_registry_fits_the_pfn_on_stored_runs(tmp_path):
     store = RunStore(f"sqlite:///{tmp_path / 'pfn.db'}")
     store.add_many("default", synthetic_sweep())
-    registry = ModelRegistry(store, kind="pfn")
+    registry = ModelRegistry(store, kind="pfn", debounce_seconds=0)  # no burst to wait out
     try:
         registry.schedule_refit("default")
         assert registry.wait_idle(timeout=120)

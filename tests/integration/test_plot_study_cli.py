@@ -83,7 +83,7 @@ def test_plot_study_of_a_spec_without_runs_is_one_line_not_found(target, tmp_pat
 
 
 def test_exported_trials_import_as_labels_and_still_plot_as_trials(target, tmp_path):
-    from tests.integration.in_process_server import running_service
+    from tests.integration.in_process_server import QUICK_REFITS, running_service
 
     trial = explore(target)
     report(target, "t1", trial["lr"], trial["batch_size_tokens"], "--loss", "2.52",
@@ -99,7 +99,7 @@ def test_exported_trials_import_as_labels_and_still_plot_as_trials(target, tmp_p
     imported = cli("import", "--db", url, "--format", "jsonl", "--json", str(exported))
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["added"] == 2
-    with running_service(url, grace=0) as svc:
+    with running_service(url, grace=0, refit_debounce_seconds=QUICK_REFITS) as svc:
         copy = f"127.0.0.1:{svc.port}"
         t1 = json.loads(cli("runs", "show", "t1", "--json", server=copy).stdout)
         path = tmp_path / "copy.png"

@@ -20,7 +20,7 @@ from predictor.registry import ModelRegistry
 from predictor.sampler import MIN_DISTANCE
 from predictor.study import _storage_url, study_name
 from tests.factories import sweep_loss, synthetic_sweep, true_optimum
-from tests.integration.in_process_server import running_service
+from tests.integration.in_process_server import QUICK_REFITS, running_service
 from tests.integration.test_auth import keys, db_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -219,7 +219,7 @@ def test_replicas_on_postgresql_serialise_asks(database_url):
 
 
 def test_studies_are_isolated_between_tenants(db_url, keys):  # noqa: F811
-    with running_service(db_url, auth_disabled=False) as svc:
+    with running_service(db_url, auth_disabled=False, refit_debounce_seconds=QUICK_REFITS) as svc:
         target = f"127.0.0.1:{svc.port}"
         with Client(target, api_key=keys["alice"], retries=0) as alice, \
                 Client(target, api_key=keys["bob"], retries=0) as bob:
@@ -429,7 +429,8 @@ def test_a_loss_level_unlike_the_models_is_not_taken_for_noisy_reports(tmp_path)
         return 1.3 * sweep_loss(n, d, u, v)
 
     spec = TrainingSpec(n_params=n, n_tokens=d)
-    with running_service(url, refit_debounce_seconds=0.1) as svc, \
+    # Any learned model's level will do (the default, auto, took ~4 s a refit, five times).
+    with running_service(url, refit_debounce_seconds=0.1, predictor="surface") as svc, \
             Client(f"127.0.0.1:{svc.port}", retries=0) as client:
         assert svc.registry.wait_idle(timeout=120)
         for k in range(4):
