@@ -31,12 +31,18 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "ServerProcess":
+        self.launch()
+        self.wait_serving(timeout)
+        return self
+
+    def launch(self) -> "ServerProcess":
+        """Starts the process without waiting for it to serve (see wait_serving): several
+        servers launched first start at the same time."""
         with open(self.log_path, "a") as log:
             self.process = subprocess.Popen(
                 [HPARAMREC, "serve", "--db", self.db, "--port", str(self.port),
                  "--metrics-port", "0", "--no-auth", *self.flags],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.wait_serving(timeout)
         return self
 
     def wait_serving(self, timeout: float) -> None:

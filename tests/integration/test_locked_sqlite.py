@@ -22,14 +22,23 @@ CLIENT_DEADLINE = 10.0  # the client's default per-attempt deadline
 
 @contextmanager
 def write_locked(path: str, seconds: float):
-    """Another connection takes the file's write lock and releases it after `seconds`."""
+    """Another connection takes the file's write lock and releases it after `seconds`, or when
+    the block ends if that is sooner (nothing is left to wait for the rest)."""
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
-    timer = threading.Timer(seconds, holder.execute, ("ROLLBACK",))
+    once = threading.Lock()
+
+    def release():
+        if once.acquire(blocking=False):
+            holder.execute("ROLLBACK")
+
+    timer = threading.Timer(seconds, release)
     timer.start()
     try:
         yield
     finally:
+        timer.cancel()
+        release()
         timer.join()
         holder.close()
 

@@ -29,8 +29,10 @@ def replicas(database_url, tmp_path):
     servers = [ServerProcess(database_url, tmp_path / f"replica{i}.log", env=FAST) for i in (0, 1)]
     channels = []
     try:
-        for server in servers:  # both start against the same empty database: migrations race
-            server.start()
+        for server in servers:  # both start at once on the same empty database: migrations race
+            server.launch()
+        for server in servers:
+            server.wait_serving(timeout=60)
         channels = [grpc.insecure_channel(s.target) for s in servers]
         yield [pb_grpc.RecommenderServiceStub(c) for c in channels]
     finally:

@@ -9,14 +9,16 @@ import time
 import grpc
 import pytest
 
+from benchmark_db.store import RunStore
 from clients.client import spec
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
+from service.converters import report_from_proto
 from tests.factories import all_runs
 from tests.integration.server_process import ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-N_RUNS = 2000
+N_RUNS = 1000  # 200 are acknowledged before the kill: it lands mid-burst with room to spare
 N_CHANNELS = 8  # separate connections, like separate launchers
 
 
@@ -147,12 +149,16 @@ def test_sigterm_drains_calls_in_flight(tmp_path):
     # what is under test is the drain, not how fast a starved server hands calls over.
     server = ServerProcess(f"sqlite:///{db_path}", tmp_path / "server.log",
                            env={"HPARAMREC_REFIT_DEBOUNCE_SECONDS": "3600"})
+    bulky = [report(i) for i in range(N_RUNS, N_RUNS + 1000)]
+    for r in bulky:  # ~3 kB of metadata each: a full ListRuns page is ~3 MB of work
+        r.metadata.update({f"k{j:02d}": "x" * 60 for j in range(45)})
+    store = RunStore(f"sqlite:///{db_path}")  # stored before the start: the pages are ready
+    try:
+        assert store.add_many("default", [report_from_proto(r) for r in bulky]) == 1000
+    finally:
+        store.close()
     try:
         server.start()
-        bulky = [report(i) for i in range(N_RUNS, N_RUNS + 1000)]
-        for r in bulky:  # ~3 kB of metadata each: a full ListRuns page is ~3 MB of work
-            r.metadata.update({f"k{j:02d}": "x" * 60 for j in range(45)})
-        assert len(Burst(server.target, bulky).finish()) == 1000
 
         with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.RecommenderServiceStub(channel)
