@@ -126,11 +126,37 @@ def console_commands(block: Block) -> list[tuple[str, list[str]]]:
 
 # Python examples: one interpreter per document, so later blocks see earlier ones' names.
 
+def python_imports(found: list[Block]) -> tuple[str, ...]:
+    """The modules the document's Python examples that run import, in order."""
+    import ast
+
+    names = []
+    for block in found:
+        if block.lang != "python" or block.marker("skip") is not None:
+            continue
+        try:
+            tree = ast.parse(block.text)
+        except SyntaxError:
+            continue  # the block fails when it runs, and says why
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.append(node.module)
+    return tuple(dict.fromkeys(names))
+
+
 _EXECUTOR = textwrap.dedent("""
-    import json, os, sys, traceback
+    import importlib, json, os, sys, traceback
     results = os.fdopen(int(sys.argv[1]), "w")
+    for name in sys.argv[2:]:  # preloaded: see Session
+        try:
+            importlib.import_module(name)
+        except BaseException:
+            pass  # the block that imports it says why
     namespace = {"__name__": "__main__"}
     for request in sys.stdin:
+        importlib.invalidate_caches()  # modules a block imports may have been written since
         request = json.loads(request)
         try:
             exec(compile(request["code"], request["where"], "exec"), namespace)
@@ -146,12 +172,18 @@ class Session:
     """A reader's session on one document: a working directory, the environment pointing at
     the test's server, one Python interpreter."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], pause=lambda: None):
+    def __init__(self, workdir: Path, env: dict[str, str], pause=lambda: None,
+                 preload: tuple[str, ...] = ()):
         """pause() runs before every command and block, like a reader's pace (the server's
-        background refits finish)."""
+        background refits finish). preload: modules to import ahead (libraries the Python
+        examples import, which take seconds): the interpreter then starts at once and imports
+        them while the commands before the first Python block run. They are not names in the
+        examples' namespace: each block still has to import what it uses."""
         self.workdir, self.env, self.pause = workdir, env, pause
         self._interpreter = None
         self._log = workdir / ".python-output.log"
+        if preload:
+            self._start_interpreter(preload)
 
     def run(self, block: Block) -> None:
         if block.marker("file"):
@@ -186,16 +218,19 @@ class Session:
                 raise ExampleError(f"{block.where}: output of `{command}` differs\n--- shown:\n"
                                    + "\n".join(expected) + "\n--- printed:\n" + output)
 
+    def _start_interpreter(self, preload: tuple[str, ...] = ()) -> None:
+        read, write = os.pipe()
+        self._interpreter = subprocess.Popen(
+            [sys.executable, "-c", _EXECUTOR, str(write), *preload], cwd=self.workdir,
+            env=self.env, stdin=subprocess.PIPE, stdout=self._log.open("w"),
+            stderr=subprocess.STDOUT, text=True, pass_fds=[write])
+        os.close(write)
+        self._results = os.fdopen(read)
+
     def _python(self, block: Block) -> None:
         self.pause()
         if self._interpreter is None:
-            read, write = os.pipe()
-            self._interpreter = subprocess.Popen(
-                [sys.executable, "-c", _EXECUTOR, str(write)], cwd=self.workdir, env=self.env,
-                stdin=subprocess.PIPE, stdout=self._log.open("w"), stderr=subprocess.STDOUT,
-                text=True, pass_fds=[write])
-            os.close(write)
-            self._results = os.fdopen(read)
+            self._start_interpreter()
         self._interpreter.stdin.write(json.dumps({"code": block.text, "where": block.where}) + "\n")
         self._interpreter.stdin.flush()
         ready, _, _ = select.select([self._results], [], [], PYTHON_TIMEOUT)

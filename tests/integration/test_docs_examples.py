@@ -10,6 +10,8 @@ HPARAMREC_SERVER and HPARAMREC_DATABASE_URL pointing at it, and its blocks run i
   count as one; a line `...` stands for any lines, `...` in a line for any text.
 - ```sh: the whole block is one bash script (set -euo pipefail) that must exit 0.
 - ```python: run in one interpreter per document (later blocks see earlier names); must not raise.
+  The installed libraries the blocks import (torch, ...) are imported ahead, while the commands
+  before them run; only a block's own imports (or earlier blocks') make names it can use.
 - Any other language (text, csv, jsonl, ...) is not run. Every fence must name its language, so
   no example can hide from this test.
 
@@ -28,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.docs_examples import (RUN, ExampleError, Session, blocks, check_markers,
-                                             output_matches)
+                                             output_matches, python_imports)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +40,7 @@ DOCUMENTS = sorted({"README.md", *(str(p.relative_to(ROOT)) for p in (ROOT / "do
 
 
 @contextmanager
-def session(tmp_path: Path):
+def session(tmp_path: Path, preload: tuple[str, ...] = ()):
     from tests.integration.in_process_server import running_service
 
     (tmp_path / "var").mkdir()
@@ -49,7 +51,8 @@ def session(tmp_path: Path):
                "HOME": str(tmp_path),  # examples may write dotfiles
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("HPARAMREC_API_KEY", None)
-        reader = Session(tmp_path, env, pause=lambda: service.registry.wait_idle(timeout=30))
+        reader = Session(tmp_path, env, pause=lambda: service.registry.wait_idle(timeout=30),
+                         preload=preload)
         try:
             yield service, reader
         finally:
@@ -63,13 +66,23 @@ def test_examples_run(doc, tmp_path):
     assert not untagged, f"fences without a language (```console, ```python, ```text ...): {untagged}"
     for block in found:
         check_markers(block)
-    with session(tmp_path) as (service, reader):
+    with session(tmp_path, libraries(found)) as (service, reader):
         for block in found:
             reader.run(block)
         # Shown trial values are copied into the `report --trial-id` lines after them; were
         # they stale, the report would not close its trial (and any-numbers would hide it).
         assert not superseded_trials(service.settings.database_url), \
             f"{doc}: a report --trial-id example sent values other than its trial's"
+
+
+def libraries(found) -> tuple[str, ...]:
+    """What the document's Python examples import from installed libraries (torch,
+    transformers, lightning: seconds each), for its interpreter to import while the commands
+    before them run. Neither the standard library (nothing to gain) nor this project's own
+    modules: those, the API the examples show, are imported by the blocks alone, in order."""
+    return tuple(name for name in python_imports(found)
+                 if name.split(".")[0] not in sys.stdlib_module_names
+                 and not (ROOT / name.split(".")[0]).exists())
 
 
 def superseded_trials(url: str) -> list[str]:
@@ -102,15 +115,19 @@ BROKEN = {
     "a failing script": "```sh\ntrue\nfalse\necho never\n```\n",
     "a raising example": "```python\nx = 1\n```\n\n```python\nassert x == 2\n```\n",
     "an unknown name": "```python\nundefined_name\n```\n",
+    # preloaded (libraries()), yet no name in the first block's namespace
+    "a library imported only later": ("```python\nnumpy.zeros(1)\n```\n\n"
+                                      "```python\nimport numpy\n```\n"),
 }
 
 
 @pytest.mark.parametrize("name", BROKEN)
 def test_a_broken_example_fails(name, tmp_path):
-    reader = Session(tmp_path, dict(os.environ))
+    found = blocks(BROKEN[name], "broken.md")
+    reader = Session(tmp_path, dict(os.environ), preload=libraries(found))  # as the docs are run
     try:
         with pytest.raises(ExampleError):
-            for block in blocks(BROKEN[name], "broken.md"):
+            for block in found:
                 reader.run(block)
     finally:
         reader.close()
