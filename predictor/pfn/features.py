@@ -140,6 +140,10 @@ class Runs:
     def completed(self) -> np.ndarray:
         return ~self.diverged & np.isfinite(self.loss)
 
+    def spec_keys(self) -> np.ndarray:
+        """(rows, 4): each row's spec, in the order of Spec's fields."""
+        return np.stack([self.n_params, self.n_active, self.n_tokens, self.bits], axis=1)
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -268,8 +272,7 @@ def screen(runs: Runs) -> tuple[np.ndarray, np.ndarray]:
     ok = runs.completed & np.isfinite(r)
     if not ok.any():
         return np.arange(len(runs)), runs.diverged
-    keys = np.stack([runs.n_params, runs.n_active, runs.n_tokens, runs.bits], axis=1)
-    group = np.unique(keys, axis=0, return_inverse=True)[1].ravel()
+    group = np.unique(runs.spec_keys(), axis=0, return_inverse=True)[1].ravel()
     level = np.full(group.max() + 1, np.nan)
     np.fmin.at(level, group[ok], r[ok])
     median = np.median(level[group[ok]])

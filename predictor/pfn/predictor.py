@@ -15,7 +15,7 @@ torch is imported when a model is first needed, not when this module is imported
 
 import hashlib
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -93,18 +93,6 @@ def runs_from_table(table: RunTable) -> Runs:
                 bits=table.weight_bits, lr=table.lr, batch=table.batch_size_tokens,
                 weight_decay=table.weight_decay, qat=table.qat_fraction, loss=table.loss,
                 diverged=table.diverged)
-
-
-def _spec_key(spec: TrainingSpec) -> tuple[float, float, float, float]:
-    return (float(spec.n_params), float(spec.n_active_params), float(spec.n_tokens),
-            float(spec.weight_bits))
-
-
-def _run_counts(runs: RunTable) -> dict[tuple[float, float, float, float], int]:
-    """Runs per spec (n_params, n_active_params, n_tokens, weight_bits)."""
-    keys = np.stack([runs.n_params, runs.n_active_params, runs.n_tokens, runs.weight_bits], axis=1)
-    unique, counts = np.unique(keys, axis=0, return_counts=True)
-    return {tuple(map(float, k)): int(c) for k, c in zip(unique, counts)}
 
 
 @dataclass(frozen=True)
@@ -202,10 +190,12 @@ class PFNLossModel:
                        runs.loss, runs.diverged):
             digest.update(np.ascontiguousarray(column).tobytes())
         self.data_hash_ = digest.hexdigest()[:12]
-        keep, diverged = screen(runs_from_table(runs))  # as the network's prior makes runs
-        self.left_out_ = _run_counts(runs.subset(np.setdiff1d(np.arange(len(runs)), keep)))
+        stored = runs_from_table(runs)
+        keep, diverged = screen(stored)  # as the network's prior makes runs
+        left_out = np.setdiff1d(np.arange(len(stored)), keep)
+        self.left_out_ = Counter(Spec(*map(float, key)) for key in stored.spec_keys()[left_out])
         runs = replace(runs, diverged=diverged).subset(keep)
-        self.runs_ = runs_from_table(runs)
+        self.runs_ = replace(stored, diverged=diverged).take(keep)
         self.interval_levels_ = self._calibrated_levels() if self.recalibrate else INTERVAL
         self.optimum_offsets_ = self._held_out_offsets(runs) if self.recalibrate else None
         self._start_context_cache()
@@ -235,7 +225,8 @@ class PFNLossModel:
 
     def spec_warnings(self, spec: TrainingSpec) -> list[str]:
         """Says so when the runs stored at the spec itself were left out (features.screen)."""
-        count = self.left_out_.get(_spec_key(spec))
+        count = self.left_out_[Spec(float(spec.n_params), float(spec.n_active_params),
+                                    float(spec.n_tokens), float(spec.weight_bits))]
         if not count:
             return []
         return [f"pfn: the {count} run(s) stored at this spec are left out of its context: their "
@@ -286,8 +277,7 @@ class PFNLossModel:
         import torch
 
         runs = self.runs_
-        keys = np.stack([runs.n_params, runs.n_active, runs.n_tokens, runs.bits], axis=1)
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        unique, inverse = np.unique(runs.spec_keys(), axis=0, return_inverse=True)
         inverse = inverse.ravel()
         chosen = _calibration_groups(inverse, runs.completed)
         if chosen is None:
