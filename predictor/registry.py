@@ -127,10 +127,12 @@ class ModelRegistry:
                 while not self._dirty and not self._closed:
                     self._idle.set()
                     self._wake.wait()
+                # Let a burst of reports land first; close() ends the wait, so shutting down
+                # never waits out a debounce.
+                self._wake.wait_for(lambda: self._closed, timeout=self.debounce_seconds)
                 if self._closed:
                     self._idle.set()
                     return
-            time.sleep(self.debounce_seconds)  # let a burst of reports land first
             while True:
                 # One tenant at a time off the queue: those waiting stay counted as pending
                 # (status) and busy (the poller); the whole queue taken at once hid them.

@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 
@@ -61,3 +62,15 @@ def test_a_resent_run_does_not_refit(store):
     assert registry.wait_idle(timeout=30)
     assert registry.get("t") is before
     registry.close()
+
+
+def test_close_does_not_wait_out_the_debounce(store):
+    """A refit still in its debounce is dropped at once: shutdown never waits for it."""
+    registry = ModelRegistry(store, kind="prior", debounce_seconds=30)
+    registry.schedule_refit("t")
+    assert not registry.wait_idle(timeout=0.2)  # held in the debounce
+    started = time.monotonic()
+    registry.close(wait=10)
+    assert time.monotonic() - started < 2
+    assert not registry._worker.is_alive()
+    assert registry.get("t") is None
