@@ -46,12 +46,10 @@ def app() -> None:
 def serve(db, host, port, no_auth, metrics_port, metrics_host, tls_cert, tls_key, predictor,
           log_format) -> None:
     """Run the service until SIGTERM/SIGINT (flags override HPARAMREC_* variables)."""
-    # Server-side packages load only here, so the client commands start fast.
+    # Server-side packages load only here, so the client commands start fast; the server's own
+    # (about 1.5 s) only once the settings are valid, so a mistyped flag is told at once.
     from pydantic import ValidationError
 
-    from service.observability import configure_logging
-    from service.server import ConfigurationError
-    from service.server import serve as run_server
     from service.settings import Settings
 
     flags = {"database_url": db, "host": host, "port": port, "auth_disabled": no_auth,
@@ -65,6 +63,10 @@ def serve(db, host, port, no_auth, metrics_port, metrics_host, tls_cert, tls_key
         field = str(first["loc"][0]) if first["loc"] else ""
         reason = first["msg"].removeprefix("Value error, ")  # pydantic's prefix to our own
         raise CliError(f"{_setting_source(field)}: {reason}") from None
+    from service.observability import configure_logging
+    from service.server import ConfigurationError
+    from service.server import serve as run_server
+
     configure_logging(settings.log_format)
     try:
         with database_errors():  # the store is opened as the server is built

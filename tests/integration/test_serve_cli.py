@@ -360,3 +360,13 @@ def test_a_second_server_on_one_sqlite_file_is_refused(tmp_path):
     again, _ = start(f"sqlite:///{tmp_path / 'one.db'}", tmp_path / "again.log",  # released at exit
                      "--no-auth")
     assert terminate(again) == 0
+
+
+def test_a_bad_setting_is_told_before_the_server_packages_load(tmp_path):
+    """The server's modules take over a second to import; a mistyped flag need not wait."""
+    script = ("import sys; sys.modules['service.server'] = None; from clients.cli import main; "
+              "sys.exit(main(['serve', '--port', '99999']))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: --port (or HPARAMREC_PORT): Input should be less than")
