@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     @field_validator("tls_cert_file")
     @classmethod
     def _tls_cert_readable(cls, cert: str | None) -> str | None:
-        return _readable(cert)
+        if _readable(cert):
+            _check_certificate(cert)
+        return cert
 
     @field_validator("predictor")
     @classmethod
@@ -104,7 +106,10 @@ class Settings(BaseSettings):
             raise ValueError("is set without the certificate, --tls-cert (HPARAMREC_TLS_CERT_FILE)")
         if cert and not key:
             raise ValueError("is required with --tls-cert (HPARAMREC_TLS_CERT_FILE)")
-        return _readable(key)
+        _readable(key)
+        if cert:
+            _check_pair(cert, key)
+        return key
 
 
 def _readable(path: str | None) -> str | None:
@@ -116,6 +121,30 @@ def _readable(path: str | None) -> str | None:
         except OSError as exc:
             raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     return path
+
+
+# A certificate or key gRPC cannot use made it fail to bind, and the server said the port was
+# in use: they are checked with the ssl module at start instead.
+
+def _check_certificate(cert: str) -> None:
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=cert)
+    except ssl.SSLError:
+        raise ValueError(f"{cert} is not a PEM certificate") from None
+
+
+def _check_pair(cert: str, key: str) -> None:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:  # an encrypted key is refused, not prompted for: gRPC cannot use one
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        reason = ("it does not match the certificate --tls-cert" if "MISMATCH" in str(exc)
+                  else "not an unencrypted PEM private key")
+        raise ValueError(f"cannot use {key}: {reason}") from None
 
 
 def unknown_variables(environ=os.environ) -> list[str]:

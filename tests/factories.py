@@ -1,5 +1,8 @@
 """Builders of valid domain objects for tests."""
 
+import datetime
+import ipaddress
+
 from benchmark_db.records import RunReport, resolve_spec, validated
 
 
@@ -75,3 +78,30 @@ def synthetic_sweep(groups=SWEEP_GROUPS, seed: int = 0, noise: float = 0.0005) -
                     "outcome": {"status": "diverged" if diverged else "completed", "final_loss": loss},
                 }))
     return reports
+
+
+def self_signed_pair(directory, stem="server"):
+    """A self-signed certificate for localhost and its key, in PEM: (cert path, key path)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(private.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .sign(private, hashes.SHA256()))
+    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return cert_path, key_path

@@ -1,7 +1,5 @@
 """API keys and tenants through a real server."""
 
-import datetime
-import ipaddress
 import time
 
 import grpc
@@ -13,6 +11,7 @@ from clients.errors import NotFoundError, UnauthenticatedError
 from hparamrec.v1 import recommender_pb2 as pb
 from service.server import ConfigurationError, Service
 from service.settings import Settings
+from tests.factories import self_signed_pair
 from tests.integration.in_process_server import QUICK_REFITS, running_service
 
 pytestmark = pytest.mark.integration
@@ -209,7 +208,7 @@ def test_a_streaming_method_is_not_served_unauthenticated(keys):
 @pytest.fixture
 def tls_server(tmp_path, db_url, keys):
     """A server with authentication and TLS: (its target, its certificate's file)."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_pair(tmp_path)
     with running_service(db_url, auth_disabled=False, tls_cert_file=str(cert),
                          tls_key_file=str(key)) as svc:
         yield f"localhost:{svc.port}", str(cert)
@@ -232,29 +231,3 @@ def test_a_client_and_server_that_disagree_on_tls_are_told_so(tls_server, keys, 
         with Client(f"localhost:{plain.port}", tls_ca=cert, retries=0) as tls:
             with pytest.raises(UnavailableError, match="does not seem to serve TLS"):
                 tls.list_runs()
-
-
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(private.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-        .sign(private, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(private.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    return cert_path, key_path

@@ -13,6 +13,7 @@ import pytest
 
 from clients.client import Client, spec
 from clients.errors import UnauthenticatedError
+from tests.factories import self_signed_pair
 
 pytestmark = pytest.mark.integration
 HPARAMREC = str(Path(sys.executable).parent / "hparamrec")
@@ -197,6 +198,15 @@ def test_serve_refuses_a_trial_time_out_out_of_range_in_one_line(tmp_path, value
      "error: --tls-cert (or HPARAMREC_TLS_CERT_FILE): cannot read missing.crt: No such file"),
     (["--tls-cert", "server.crt", "--tls-key", "missing.key"], {},
      "error: --tls-key (or HPARAMREC_TLS_KEY_FILE): cannot read missing.key: No such file"),
+    # gRPC failed to bind with these, and the server said the port was in use.
+    (["--tls-cert", "junk.pem", "--tls-key", "server.key"], {},
+     "error: --tls-cert (or HPARAMREC_TLS_CERT_FILE): junk.pem is not a PEM certificate"),
+    (["--tls-cert", "server.crt", "--tls-key", "other.key"], {},
+     "error: --tls-key (or HPARAMREC_TLS_KEY_FILE): cannot use other.key: it does not match the "
+     "certificate --tls-cert"),
+    (["--tls-cert", "server.crt", "--tls-key", "server.crt"], {},
+     "error: --tls-key (or HPARAMREC_TLS_KEY_FILE): cannot use server.crt: not an unencrypted PEM "
+     "private key"),
     # inf killed the poll thread (OverflowError) while the server went on without it.
     ([], {"HPARAMREC_REFIT_POLL_SECONDS": "inf"},
      "error: HPARAMREC_REFIT_POLL_SECONDS: Input should be a finite number"),
@@ -206,8 +216,9 @@ def test_serve_refuses_a_trial_time_out_out_of_range_in_one_line(tmp_path, value
 ])
 def test_a_bad_setting_is_named_by_its_flag_and_variable_before_the_database_is_made(
         tmp_path, flags, env, needle):
-    for name in ("server.crt", "server.key"):  # half a pair is the point, not a missing file
-        (tmp_path / name).write_text("PEM")
+    self_signed_pair(tmp_path)  # server.crt and .key: half a pair is the point, not a bad file
+    self_signed_pair(tmp_path, "other")
+    (tmp_path / "junk.pem").write_text("PEM")
     out = subprocess.run([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 'p.db'}",
                           "--metrics-port", "0", "--no-auth", *flags],
                          capture_output=True, text=True, timeout=60, env={**os.environ, **env},
