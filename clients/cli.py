@@ -11,7 +11,13 @@ import shlex
 import sys
 from pathlib import Path
 
-import click
+# gRPC's C core writes log lines of its own to stderr (two for a failed TLS handshake, before the
+# CLI's one-line error). Client commands silence it; `serve` keeps gRPC's default, for operators.
+# gRPC reads it as it loads, hence here, before any import of it; the user's own setting wins.
+if sys.argv[1:2] != ["serve"]:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import click  # noqa: E402
 
 from clients.cli_admin import backtest, import_runs, keys
 from clients.cli_options import (QUANTITY, CliError, check_out, client_options, given_run_id,

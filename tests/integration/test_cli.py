@@ -8,8 +8,9 @@ import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
-
 import pytest
+
+from tests.factories import self_signed_pair
 
 pytestmark = pytest.mark.integration
 HPARAMREC = str(Path(sys.executable).parent / "hparamrec")
@@ -200,6 +201,16 @@ def test_unreachable_server_exits_3():
     out = cli("recommend", "--params", "1B", "--tokens", "20B", server="127.0.0.1:1")
     assert out.returncode == 3
     assert out.stderr.count("\n") == 1 and "cannot reach" in out.stderr
+
+
+def test_a_tls_client_of_a_plaintext_server_is_told_in_one_line(target, tmp_path):
+    """gRPC's C core printed two lines of its own about the failed handshake first."""
+    cert, _ = self_signed_pair(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}  # as a user's shell
+    out = subprocess.run([HPARAMREC, "runs", "list", "--server", target, "--tls-ca", str(cert)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 3
+    assert out.stderr.count("\n") == 1 and "does not seem to serve TLS" in out.stderr
 
 
 @pytest.mark.parametrize("args, env, needle", [
