@@ -136,7 +136,8 @@ class Refiner:
         if not SearchSpace.around(base, spec, pins).free:  # every trial would be the same run
             raise InvalidArgument.single(
                 "pins", "every hyperparameter the spec searches is pinned: there is nothing to "
-                        "explore; use MODE_EXPLOIT for the loss predicted at these values")
+                        "explore; the exploit mode (MODE_EXPLOIT, --mode exploit) gives the "
+                        "loss predicted at these values")
         name = study_name(tenant, spec, pins)
         with self.studies.lock(name):
             study = self.studies.load(name)

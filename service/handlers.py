@@ -29,7 +29,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         pins = converters.pins_from_proto(request.pins)
         if request.mode == pb.MODE_EXPLORE:
             if self.engine.refiner is None:
-                raise Unimplemented("mode EXPLORE is not available on this server; use MODE_EXPLOIT")
+                raise Unimplemented("the explore mode is not available on this server; use the "
+                                    "exploit mode (MODE_EXPLOIT, --mode exploit)")
             rec = self.engine.explore(tenant_of(context), spec, pins, request.run_id)
             if not request.run_id and not context.is_active():  # the caller gave up: no one
                 self.engine.give_back(tenant_of(context), rec.trial_id)  # will run it
