@@ -196,10 +196,13 @@ def send_unsent(paths, client, as_json) -> None:
     again is safe."""
     from clients import unsent
 
-    if not paths:
-        directory = unsent.unsent_dir()
+    directory = None if paths else unsent.unsent_dir()
+    if directory is not None:
         paths = (directory,) if directory.is_dir() else ()
     files = unsent.saved_in(list(paths))
+    if directory is not None and not files and not as_json:  # say where it looked
+        click.echo(f"no saved reports in {directory}")
+        return
     sent, kept = [], []
     with client() as c:
         for path in files:

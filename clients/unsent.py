@@ -40,8 +40,10 @@ def load(path: Path) -> pb.ReportRunRequest:
     """The saved report; ValueError if the file is not one."""
     try:
         return json_format.ParseDict(json.loads(Path(path).read_text()), pb.ReportRunRequest())
+    except UnicodeDecodeError:
+        raise ValueError("not a saved report (not UTF-8 text)") from None
     except (json.JSONDecodeError, json_format.ParseError) as exc:
-        raise ValueError(f"{path}: not a saved report ({exc})") from None
+        raise ValueError(f"not a saved report ({exc})") from None
 
 
 def saved_in(paths: list[Path]) -> list[Path]:

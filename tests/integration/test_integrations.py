@@ -5,6 +5,7 @@ makes the loss NaN there, as bad data or a blown-up update would.
 """
 
 import math
+import os
 import time
 
 import pytest
@@ -282,6 +283,19 @@ def test_a_process_of_a_job_without_a_process_group_yet_is_warned(target, monkey
     assert "WORLD_SIZE" not in caplog.text
 
 
+def test_send_unsent_says_where_it_found_nothing(target, tmp_path):
+    """A mistyped HPARAMREC_UNSENT_DIR said "0 of 0 saved reports sent", not where it looked."""
+    import subprocess
+
+    from tests.integration.test_cli import HPARAMREC
+
+    missing = tmp_path / "no-such-dir"
+    out = subprocess.run([HPARAMREC, "send-unsent", "--server", target], capture_output=True,
+                         text=True, timeout=60,
+                         env={**os.environ, "HPARAMREC_UNSENT_DIR": str(missing)})
+    assert out.returncode == 0 and out.stdout == f"no saved reports in {missing}\n"
+
+
 def test_send_unsent_sends_the_saved_reports_and_removes_them(target, client, tmp_path):
     import subprocess
 
@@ -301,7 +315,12 @@ def test_send_unsent_sends_the_saved_reports_and_removes_them(target, client, tm
     sent = send()  # the default directory: $HPARAMREC_UNSENT_DIR
     assert sent.returncode == 1 and "1 of 2 saved reports sent" in sent.stdout
     assert "run later stored" in sent.stdout and not offline.unsent_path.exists()
-    assert f"{junk}: kept: " in sent.stderr and junk.exists()
+    assert f"{junk}: kept: not a saved report (" in sent.stderr and junk.exists()
+    binary = tmp_path / "binary" / "figure.json"
+    binary.parent.mkdir()
+    binary.write_bytes(b"\x89PNG\r\n")
+    unreadable = send(binary)  # was the codec's own "'utf-8' codec can't decode byte 0x89 ..."
+    assert unreadable.stderr.splitlines()[0] == f"{binary}: kept: not a saved report (not UTF-8 text)"
     assert client.get_run("later").outcome == RunOutcome.completed(2.0)
 
     def saved(loss):
