@@ -474,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     except NoArgsIsHelp as exc:  # bare `hparamrec`: the help, as click prints it, not an error
         click.echo(exc.ctx.get_help(), err=True)
         return exc.exit_code
-    except click.ClickException as exc:
-        return _fail(exc.format_message(), exc.exit_code)
+    except click.ClickException as exc:  # one line: click lists a missing choice's values one a line
+        return _fail(" ".join(line.strip() for line in exc.format_message().splitlines()),
+                     exc.exit_code)
     except click.Abort:
         return _fail("aborted", 130)
     except CliError as exc:

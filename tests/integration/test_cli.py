@@ -438,3 +438,12 @@ def test_a_service_that_never_answers_is_named_in_the_deadline_error():
             c.get_run("x")
     assert str(caught.value) == f"the service at {target} did not answer within the deadline (0.5 s)"
     assert caught.value.exit_code == 3
+
+
+def test_a_missing_choice_option_is_one_line(tmp_path):
+    """click lists the choices one a line; the CLI's errors are one line."""
+    runs = tmp_path / "runs.csv"
+    runs.write_text("")
+    out = cli("import", "--db", f"sqlite:///{tmp_path / 'x.db'}", str(runs))
+    assert out.returncode == 2
+    assert out.stderr == "error: Missing option '--format'. Choose from: steplaw, csv, jsonl\n"
