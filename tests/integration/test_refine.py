@@ -394,7 +394,10 @@ def test_the_exploit_is_the_best_reported_configuration(client):
         client.report_run(report(trial, trial.predicted_loss * (1 + eps), f"t{k}"))
     best = client.recommend(SPEC, PINS)
     assert (best.lr, best.batch_size_tokens) == pytest.approx((trials[1].lr, trials[1].batch_size_tokens))
-    assert any(s.name == "refine" for s in best.sources)
+    # and says so: its sources called it the argmin of the conditioned model
+    lr_source = next(s for s in best.sources if s.field == "lr")
+    assert lr_source.name == "refine"
+    assert lr_source.detail.startswith("the completed run with the lowest reported loss")
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
