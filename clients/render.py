@@ -10,6 +10,7 @@ from datetime import UTC
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from clients.models import RECOMMENDED_FIELDS, Recommendation, Run, RunStatus, Source
@@ -30,6 +31,7 @@ PROSE = LABELS | {"batch_size_tokens": "batch size"}
 _FORMATS = {"lr": "{:.3g}", "batch_size_tokens": None, "weight_decay": "{:.3g}",
             "qat_fraction": "{:.2f}", "predicted_loss": "{:.3f}"}
 PINNED = "pinned"
+SOURCE_MIN_WIDTH = 10  # characters of a source name worth a column
 
 
 def _fmt(field: str, value: float) -> str:
@@ -71,8 +73,6 @@ def _join(items: list[str]) -> str:
 
 
 def recommendation(rec: Recommendation, explain: bool = False) -> None:
-    table = Table(title=rec.spec.describe() + f", seq len {rec.spec.seq_len}",
-                  title_justify="left", box=box.SIMPLE_HEAD)
     rows = []
     for field in RECOMMENDED_FIELDS:
         interval = rec.interval(field)
@@ -84,19 +84,35 @@ def recommendation(rec: Recommendation, explain: bool = False) -> None:
     # A trial's values are what to run next, not the best estimate; its intervals still say
     # where the optimum is believed to be, so they need not hold the trial's values.
     headers = ("", "trial", "optimum's 80% interval") if rec.trial_id else ("", "value", "80% interval")
-    # Numbers are never cut short: on a narrow screen (or 80 columns in a pipe) the source
-    # names wrap instead.
-    for k, header in enumerate(headers):
-        table.add_column(header, no_wrap=True, min_width=max(len(row[k]) for row in rows))
-    table.add_column("source", overflow="fold")
-    for row in rows:
-        table.add_row(*row)
+    title = rec.spec.describe() + f", seq len {rec.spec.seq_len}"
+    # Numbers are never cut short. Source names too long for the screen end in an ellipsis, and
+    # are left out where not even SOURCE_MIN_WIDTH of them fits (folded, they ran down a narrow
+    # screen a few letters a line); the why line and --explain name them in full.
+    numbers = _values_table(title, headers, [row[:-1] for row in rows])
+    unbounded = console.options.update_width(1 << 16)
+    room = console.width - Measurement.get(console, unbounded, numbers).maximum - 3  # padding
+    table = (_values_table(title, (*headers, "source"), rows, source_width=room)
+             if room >= SOURCE_MIN_WIDTH else numbers)
     console.print(table)
     for warning in rec.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     console.print(escape(explanation(rec)), highlight=False, soft_wrap=True)
     if explain:
         _details(rec)
+
+
+def _values_table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]],
+                  source_width: int | None = None) -> Table:
+    """The recommendation's values and intervals, never cut short; with source_width, its
+    last column the source names, cut to that width."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for k, header in enumerate(headers[:len(headers) - (source_width is not None)]):
+        table.add_column(header, no_wrap=True, min_width=max(len(row[k]) for row in rows))
+    if source_width is not None:
+        table.add_column(headers[-1], no_wrap=True, overflow="ellipsis", max_width=source_width)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _details(rec: Recommendation) -> None:

@@ -65,9 +65,32 @@ def test_the_table_never_cuts_a_number_short(monkeypatch, width):
                                                                             hi=0.00205123)})
     render.recommendation(rec)
     text = out.getvalue()
-    assert "…" not in text.split("why:")[0]
     for shown in ("0.000893", "0.000612 - 0.00205", "500K - 2M"):
         assert shown in text
+
+
+LONG_SOURCE = "a_source_name_long_enough_to_need_a_wide_column"
+
+
+@pytest.mark.parametrize("width, source_shown", [(60, "left out"), (80, "cut"), (120, "whole")])
+def test_source_names_are_cut_or_left_out_never_folded(monkeypatch, width, source_shown):
+    """Folded into a narrow column, a source name ran down the screen a few letters a line."""
+    from rich.console import Console
+
+    out = io.StringIO()
+    monkeypatch.setattr(render, "console", Console(file=out, width=width))
+    render.recommendation(recommendation([law("lr", LONG_SOURCE)]))
+    table = out.getvalue().split("why:")[0].splitlines()
+    lr_line = next(line for line in table if "learning rate" in line)
+    assert max(map(len, table)) <= width
+    assert len(table) == 10  # title, blank, header, rule, five rows, blank: nothing wrapped
+    shown = lr_line.split()[-1]
+    if source_shown == "left out":
+        assert not any("source" in line for line in table) and shown == "0.002"
+    elif source_shown == "cut":
+        assert shown.endswith("…") and LONG_SOURCE.startswith(shown[:-1]) and len(shown) > 10
+    else:
+        assert shown == LONG_SOURCE
 
 
 def run(run_id, lr=1e-3, status=RunStatus.COMPLETED, loss=2.5, metadata=None, spec=SPEC):
