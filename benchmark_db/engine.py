@@ -41,10 +41,43 @@ def sqlite_file(url: str | sa.URL) -> Path | None:
     return Path(url.database).expanduser().absolute()
 
 
+# The first 16 bytes of every SQLite database file. An empty file is a new database to SQLite.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class NotSqlite(ValueError):
+    """The SQLite URL names a file that is not an SQLite database (an image, a CSV, /etc/passwd)
+    or a directory: SQLite would fail on it with "file is not a database" at the first
+    statement, after the pragmas of the connection and any lock file beside it."""
+
+
+def check_sqlite_file(path: Path) -> None:
+    """NotSqlite unless `path` is missing, empty or starts as an SQLite database does. Reads
+    16 bytes; a file it cannot read is left to SQLite to say what is wrong."""
+    if path.is_dir():
+        raise NotSqlite(f"{path} is a directory, not an SQLite database")
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError:  # missing, or not readable: SQLite's own error names it
+        return
+    if header and header != SQLITE_HEADER:
+        raise NotSqlite(f"{path} is not an SQLite database")
+
+
+def created_new_database(path: Path) -> str:
+    """What the server logs and the CLI's writing commands print when they made the SQLite file:
+    a mistyped path, or a volume not mounted, would otherwise give an empty store quietly."""
+    return f"created a new database at {path}"
+
+
 def _sqlite_engine(url: sa.URL) -> sa.Engine:
     path = sqlite_file(url)
     if path is None:
         raise ValueError("an in-memory SQLite database would lose every run: give a file path")
+    check_sqlite_file(path)  # before anything is made beside it
+    # The directories too: `make run`'s var/ on a fresh clone. Whoever opens the store says
+    # that a new database was made (a mistyped path makes one too).
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False,
                                                 "timeout": SQLITE_BUSY_SECONDS})

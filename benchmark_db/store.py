@@ -31,10 +31,24 @@ _HPARAM_COLUMNS = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
 class RunStore:
     """Runs in a SQL database. Every method takes the tenant: no call sees another's runs."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, create: bool = True):
+        """create: make our schema in a new or empty database, or bring an older one forward
+        (the server and the commands that add runs or keys); False: open a database that holds
+        our schema already, as it is, never creating or migrating one (commands that only read
+        or change what is stored). A SQLite file holding another program's tables is refused
+        either way (migrate.check_database)."""
         self.url = url
+        migrate.check_database(url, create)  # before the engine's first connection
         self.engine = create_engine(url)
-        migrate.upgrade(self.engine)
+        try:
+            if create:
+                migrate.upgrade(self.engine)
+            elif self.engine.dialect.name != "sqlite":  # checked above for SQLite
+                migrate.check_schema(self.engine,
+                                     sa.make_url(url).render_as_string(hide_password=True))
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.keys = KeyStore(self.engine)  # API keys live in the same database
         self.run_recommendations = RunRecommendations(self.engine)
         # SQLite takes one writer at a time: concurrent reports are committed in groups by one

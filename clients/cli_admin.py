@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import click
 
-from clients.cli_options import CliError, db_option, json_option, open_store, print_json
+from clients.cli_options import (CliError, check_db, db_option, json_option, open_store,
+                                 print_json)
 
 
 IMPORT_FORMATS = ("steplaw", "csv", "jsonl")  # benchmark_db.importers.FORMATS, without its imports
@@ -25,19 +26,26 @@ def import_runs(db, file_format, tenant, as_json, file) -> None:
     """Import runs from FILE straight into the database (an admin command: no server needed).
     A bad row stops the import before anything is stored; importing a file again adds nothing."""
     from benchmark_db.errors import InvalidArgument
-    from benchmark_db.importers import import_file
+    from benchmark_db.importers import read_runs, store_runs
 
-    store = open_store(db)
+    # The flags and the whole file are checked before the database is opened: a bad row leaves
+    # no new database behind.
+    check_db(db)
+    _check_flags(tenant=tenant)
     counter = _stderr_row_counter()
     try:
-        result = import_file(store, tenant, file, file_format, progress=counter)
-        unread = _unread_tenant(store, tenant)
+        reports = read_runs(file, file_format, progress=counter)
     except InvalidArgument as exc:
         raise CliError(f"{file}: {exc}") from None
     finally:
-        store.close()
         if counter:
             click.echo("\r\033[K", err=True, nl=False)  # erase the counter
+    store = open_store(db)
+    try:
+        result = store_runs(store, tenant, reports)
+        unread = _unread_tenant(store, tenant)
+    finally:
+        store.close()
     if result.conflicting:
         shown = ", ".join(repr(i) for i in result.conflicting[:3])
         more = f" and {len(result.conflicting) - 3} more" if len(result.conflicting) > 3 else ""
@@ -53,6 +61,21 @@ def import_runs(db, file_format, tenant, as_json, file) -> None:
         runs = "run" if result.read == 1 else "runs"
         click.echo(f"read {result.read} {runs} ({result.diverged} diverged): {result.added} added, "
                    f"{result.already_stored} already stored")
+
+
+def _check_flags(**values: str) -> None:
+    """--tenant and --label by the store's rules, before the database is opened (a refused
+    command leaves no new database behind); the error is named by the flag."""
+    from benchmark_db.errors import InvalidArgument
+    from benchmark_db.keys import check_label
+    from benchmark_db.records import check_tenant
+
+    checks = {"tenant": check_tenant, "label": check_label}
+    try:
+        for name, value in values.items():
+            checks[name](value)
+    except InvalidArgument as exc:
+        raise CliError("; ".join(f"--{v.field}: {v.reason}" for v in exc.violations)) from None
 
 
 def _unread_tenant(store, tenant: str) -> bool:
@@ -75,13 +98,10 @@ def keys() -> None:
 @json_option(help='Print {"key": ..., "key_id": ..., "tenant": ..., "label": ...}.')
 def keys_create(db, tenant, label, as_json) -> None:
     """Create a key. It is printed once and only its hash is stored."""
-    from benchmark_db.errors import InvalidArgument
-
+    _check_flags(tenant=tenant, label=label)
     store = open_store(db)
     try:
         key, info = store.keys.create(tenant, label)
-    except InvalidArgument as exc:  # named by the flag
-        raise CliError("; ".join(f"--{v.field}: {v.reason}" for v in exc.violations)) from None
     finally:
         store.close()
     if as_json:
@@ -97,7 +117,7 @@ def keys_create(db, tenant, label, as_json) -> None:
 @json_option(help='Print {"keys": [{"key_id": ..., "tenant": ..., ...}]}.')
 def keys_list(db, as_json) -> None:
     """Key ids, tenants and states (never the keys)."""
-    store = open_store(db, must_exist=True)
+    store = open_store(db, create=False)
     try:
         found = store.keys.list()
     finally:
@@ -123,7 +143,7 @@ def keys_revoke(db, key_id, as_json) -> None:
     """Revoke a key by its id: every replica refuses it from the next call on."""
     from benchmark_db.errors import NotFound
 
-    store = open_store(db, must_exist=True)
+    store = open_store(db, create=False)
     asked = datetime.now(UTC)
     try:
         info = store.keys.revoke(key_id)

@@ -120,22 +120,32 @@ def database_errors(db: str = ""):
         raise CliError(f"cannot open the database: {reason}", 3) from None
 
 
-def open_store(db: str, must_exist: bool = False):
-    """The store behind --db (database_errors). must_exist: for commands that only read or
-    change what is stored (keys list, keys revoke), a SQLite file that is not there is a typo,
-    not a new database to create (the engine would create it, and its directories)."""
-    from benchmark_db.engine import sqlite_file
+def check_db(db: str, create: bool = True) -> None:
+    """What open_store refuses before it opens anything (a bad URL, a file that is not an
+    SQLite database or not ours), for a command that reads its input before it opens the
+    database (import: a bad row leaves no new database behind)."""
+    from benchmark_db.migrate import check_database
+
+    with database_errors(db):
+        check_database(db, create)
+
+
+def open_store(db: str, create: bool = True):
+    """The store behind --db (database_errors). create=False, for commands that only read or
+    change what is stored (keys list, keys revoke): the database must hold hparamrec's schema
+    already, and is neither created nor migrated (a missing SQLite file is a typo, not a new
+    database). A writing command that makes a new SQLite file says so on stderr."""
+    from benchmark_db.engine import created_new_database, sqlite_file
     from benchmark_db.store import RunStore
 
     with database_errors(db):
         path = sqlite_file(db)  # None for an in-memory one too: the engine says why it is refused
-        if path is not None and must_exist and not path.is_file():
-            raise CliError(f"--db: no database at {path}")
         new = path is not None and not path.exists()
-        store = RunStore(db)
-    if new and _defaulted("db"):  # run from another directory than the server's, say
-        click.echo(f"note: created a new database at {path.resolve()} (no --db given: the "
-                   "default is relative to the current directory)", err=True)
+        store = RunStore(db, create=create)
+    if new:  # a mistyped --db, or run from another directory than the server's
+        why = (" (no --db given: the default is relative to the current directory)"
+               if _defaulted("db") else "")
+        click.echo(f"note: {created_new_database(path.resolve())}{why}", err=True)
     return store
 
 

@@ -13,7 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from benchmark_db.engine import sqlite_file
+from benchmark_db.engine import created_new_database, sqlite_file
+from benchmark_db.migrate import check_database
 from benchmark_db.store import RunStore
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -45,9 +46,9 @@ class Service:
         created = database_file is not None and not database_file.exists()
         self.store = RunStore(settings.database_url)
         if created:  # first start, or a --db typo, or a volume not mounted
-            log.warning("no database at %s: created a new, empty one (if runs were stored, check "
-                        "--db / HPARAMREC_DATABASE_URL and that its volume is mounted)",
-                        database_file)
+            log.warning("%s (there was none: if runs were stored, check --db / "
+                        "HPARAMREC_DATABASE_URL and that its volume is mounted)",
+                        created_new_database(database_file))
         try:
             self._assemble(settings)
         except BaseException:  # refused settings, a port in use: no threads or engines left
@@ -256,6 +257,9 @@ def serve(settings: Settings) -> None:
     threadpool_limits(limits=1, user_api="blas")
     for line in unknown_variables():
         log.warning(line)
+    # A file that is no database of ours to make or migrate is refused before a lock file is
+    # made beside it (the store checks it again as it opens it).
+    check_database(settings.database_url, create=True)
     try:
         sqlite_lock = hold_sqlite_file(settings.database_url)
     except SqliteFileTaken as exc:

@@ -49,7 +49,12 @@ def read_runs(path: str | Path, format: str, progress: Progress | None = None) -
 def import_file(store: RunStore, tenant: str, path: str | Path, format: str,
                 progress: Progress | None = None) -> ImportResult:
     """Reads and validates the whole file, then stores its runs in one transaction."""
-    reports = read_runs(path, format, progress)
+    return store_runs(store, tenant, read_runs(path, format, progress))
+
+
+def store_runs(store: RunStore, tenant: str, reports: list[RunReport]) -> ImportResult:
+    """Stores runs read by read_runs in one transaction (the CLI reads the file before it
+    opens the database: a bad row leaves no new database behind)."""
     stored = store.find_many(tenant, (r.run_id for r in reports))
     conflicting = tuple(dict.fromkeys(r.run_id for r in reports if r.run_id in stored
                                       and stored[r.run_id].differs_from(r)))

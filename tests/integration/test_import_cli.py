@@ -91,7 +91,8 @@ def test_human_output_counts_runs(tmp_path, steplaw_file):
     out = cli("import", "--db", url, "--format", "steplaw", str(steplaw_file))
     assert out.returncode == 0, out.stderr
     assert out.stdout == "read 3 runs (1 diverged): 3 added, 0 already stored\n"
-    assert out.stderr == ""  # no progress counter when stderr is not a terminal
+    # No progress counter when stderr is not a terminal: only the note of the new database.
+    assert out.stderr == f"note: created a new database at {tmp_path / 'runs.db'}\n"
 
 
 def test_a_new_database_made_for_want_of_db_is_pointed_out(tmp_path, steplaw_file):
