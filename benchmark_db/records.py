@@ -319,7 +319,7 @@ def resolve_spec(
     """Builds a TrainingSpec from any two of params / tokens / compute (C = 6 N_active D)."""
     where = f"{field_prefix}." if field_prefix else ""
     # Any case, as the importers take them: "MoE" and "AdamW" are how people write them.
-    architecture, optimizer = (v.strip().lower() if isinstance(v, str) else v
+    architecture, optimizer = (v.lower() if isinstance(v, str) else v
                                for v in (architecture, optimizer))
     for name, value in (("n_params", n_params), ("n_active_params", n_active_params),
                         ("n_tokens", n_tokens), ("compute_flops", compute_flops)):

@@ -124,8 +124,8 @@ SPEC_MUTATIONS = {
                                     st.just("inconsistent")),
     "spec.seq_len": absurd(1, 1 << 24, integral=True),
     "spec.weight_bits": absurd(1, 32, integral=True),
-    "spec.architecture": TEXT.filter(lambda s: s not in ("", "dense", "moe")),
-    "spec.optimizer": TEXT.filter(lambda s: s not in ("", "adamw")),
+    "spec.architecture": TEXT.filter(lambda s: s.lower() not in ("", "dense", "moe")),  # any case
+    "spec.optimizer": TEXT.filter(lambda s: s.lower() not in ("", "adamw")),
 }
 
 

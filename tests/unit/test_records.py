@@ -136,7 +136,9 @@ def test_architecture_and_optimizer_are_taken_in_any_case():
     """The importers took "MoE"; the API and the CLI refused it ("Input should be 'dense' or
     'moe'")."""
     spec = resolve_spec(n_params=8e9, n_active_params=1e9, n_tokens=1e11,
-                        architecture=" MoE", optimizer="AdamW")
+                        architecture="MoE", optimizer="AdamW")
     assert (spec.architecture.value, spec.optimizer.value) == ("moe", "adamw")
     assert resolve_spec(n_active_params=1e9, n_tokens=1e11,
                         architecture="DENSE").n_params == 1e9
+    with pytest.raises(InvalidArgument, match="architecture"):  # blank is not "unset"
+        resolve_spec(n_params=1e9, n_tokens=1e11, architecture=" ")
