@@ -187,6 +187,11 @@ def backtest(runs_file, file_format, context_files, predictor, as_json) -> None:
     if sys.stderr.isatty():
         progress = lambda done, total: click.echo(f"\rfold {done}/{total}", err=True, nl=False)  # noqa: E731
     result = run_backtest(table, predictor, context, progress)
+    if progress:
+        click.echo("\r\033[K", err=True, nl=False)  # erase the counter: the table starts there
+    if len(result["groups"]) == 1 and context is None:  # its figures would pass for a fit's
+        click.echo(f"note: {runs_file} holds one group, so its fold fits on no runs: the figures "
+                   "are those of the published laws (--context adds runs to fit on)", err=True)
     if as_json:
         print_json(result)
     else:

@@ -106,6 +106,20 @@ def test_backtest_table_of_a_group_with_no_completed_run(tmp_path):
     assert "1 group(s) without a completed run not scored" in out.stdout
 
 
+def test_backtest_of_one_group_says_its_figures_are_the_published_laws(tmp_path):
+    """Leave-one-group-out on one group fits on nothing; its regret passed for a fit's."""
+    runs = tmp_path / "runs.csv"
+    write_csv(runs, synthetic_sweep(groups=SWEEP_GROUPS[:1]))
+    out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "csv",
+                          "--predictor", "surface", "--json"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["groups"]) == 1
+    assert out.stderr == (f"note: {runs} holds one group, so its fold fits on no runs: the "
+                          "figures are those of the published laws (--context adds runs to fit "
+                          "on)\n")
+
+
 def test_backtest_rejects_an_unknown_predictor(tmp_path):
     runs = tmp_path / "runs.csv"
     write_csv(runs, synthetic_sweep(groups=SWEEP_GROUPS[:2]))
