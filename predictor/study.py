@@ -275,9 +275,7 @@ class Studies:
 
     def load(self, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study | None:
         storage = self.storage()
-        try:
-            storage.get_study_id_from_name(name)
-        except KeyError:
+        if not self.existing([name]):  # one Core query: Optuna's ORM lookup took 3 times as long
             return None
         study = optuna.load_study(study_name=name, storage=self._trial_cache(name, storage),
                                   sampler=sampler)
