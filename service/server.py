@@ -1,8 +1,10 @@
 """Server lifecycle: build_server() for tests and embedding, serve() for the command line."""
 
+import errno
 import gc
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -118,9 +120,7 @@ class Service:
             except OSError as exc:
                 self.server.stop(None)
                 self._close_parts()
-                raise OSError(f"cannot serve metrics on {host}:{self.settings.metrics_port} "
-                              f"(--metrics-host, --metrics-port; HPARAMREC_METRICS_HOST, "
-                              f"HPARAMREC_METRICS_PORT): {exc.strerror or exc}") from None
+                raise OSError(_metrics_error(self.settings, exc.strerror or str(exc))) from None
         stored = self.store.tenants()
         for tenant in stored:  # learn from what is already stored, in the background
             self.registry.schedule_refit(tenant)
@@ -151,8 +151,7 @@ class Service:
 
     @property
     def metrics_host(self) -> str:
-        host = self.settings.metrics_host
-        return self.settings.host if host is None else host
+        return _metrics_host(self.settings)
 
     def _database_reachable(self, reachable: bool) -> None:
         """Health follows the database: NOT_SERVING while it is out of reach, so probes and load
@@ -209,6 +208,50 @@ def _said_if_slow(step: str, seconds: float = 1.0) -> Iterator[None]:
         log.info("shutting down: %s took %.1f s", step, took)
 
 
+def _metrics_host(settings: Settings) -> str:
+    return settings.host if settings.metrics_host is None else settings.metrics_host
+
+
+def _metrics_error(settings: Settings, reason: str) -> str:
+    return (f"cannot serve metrics on {_metrics_host(settings)}:{settings.metrics_port} "
+            f"(--metrics-host, --metrics-port; HPARAMREC_METRICS_HOST, HPARAMREC_METRICS_PORT): "
+            f"{reason}")
+
+
+_BIND_ERRORS = {errno.EADDRINUSE: "the port is in use",
+                errno.EADDRNOTAVAIL: "the host is not an address of this machine",
+                errno.EACCES: "permission denied (ports below 1024 need privileges)"}
+
+
+def _why_not_listenable(host: str, port: int) -> str | None:
+    """Why (host, port) cannot be listened on now, or None: a plain socket is bound and let go."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        return "the host is not an address of this machine"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return _BIND_ERRORS.get(exc.errno, exc.strerror or str(exc))
+    return None
+
+
+def check_ports(settings: Settings) -> None:
+    """OSError, in one line, unless the service's ports can be listened on: told before the
+    database is opened or made, and before gRPC logs a line of its own. The server still binds
+    for real, and says so if the port was taken in between."""
+    why = _why_not_listenable(settings.host, settings.port)
+    if why:
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}: {why}")
+    if settings.metrics_port:  # None: off; 0: any free port
+        why = _why_not_listenable(_metrics_host(settings), settings.metrics_port)
+        if why:
+            raise OSError(_metrics_error(settings, why))
+
+
 class ConfigurationError(Exception):
     """Settings that would make the server unsafe or unusable: it refuses to start."""
 
@@ -257,6 +300,7 @@ def serve(settings: Settings) -> None:
     threadpool_limits(limits=1, user_api="blas")
     for line in unknown_variables():
         log.warning(line)
+    check_ports(settings)
     # A file that is no database of ours to make or migrate is refused before a lock file is
     # made beside it (the store checks it again as it opens it).
     check_database(settings.database_url, create=True)

@@ -238,9 +238,10 @@ def test_serve_names_the_metrics_port_in_use(tmp_path):
                               "--port", "0", "--metrics-port", str(port), "--no-auth"],
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith(
+    assert out.stderr == (  # told before the database is made
         f"error: cannot serve metrics on 127.0.0.1:{port} (--metrics-host, --metrics-port; "
-        "HPARAMREC_METRICS_HOST, HPARAMREC_METRICS_PORT): ")
+        "HPARAMREC_METRICS_HOST, HPARAMREC_METRICS_PORT): the port is in use\n")
+    assert not (tmp_path / "p.db").exists()
 
 
 def test_serve_refuses_a_port_already_in_use(tmp_path):
@@ -253,9 +254,11 @@ def test_serve_refuses_a_port_already_in_use(tmp_path):
         out = subprocess.run([HPARAMREC, "serve", "--db", f"sqlite:///{tmp_path / 'second.db'}",
                               "--port", port, "--metrics-port", "0", "--no-auth"],
                              capture_output=True, text=True, timeout=60)
-        assert out.returncode == 2  # the server's own logs precede the error line on stderr
-        assert out.stderr.strip().splitlines()[-1].startswith(
-            f"error: cannot listen on 127.0.0.1:{port}: the port is in use")
+        assert out.returncode == 2
+        # One line, before the database is made: it came after the new database's logs and
+        # gRPC's own "E... add_port.cc ... Failed to add port".
+        assert out.stderr == f"error: cannot listen on 127.0.0.1:{port}: the port is in use\n"
+        assert not (tmp_path / "second.db").exists()
     finally:
         terminate(process)
 
@@ -266,7 +269,10 @@ def test_serve_refuses_a_port_already_in_use(tmp_path):
                                     "supported: give a sqlite:///PATH or postgresql://... URL"),
     (["--db", "sqlite:////proc/x.db"], 3, "error: cannot open the database: "),
     (["--db", "postgresql://u:p@127.0.0.1:1/db"], 3, "error: cannot open the database: "),
-    (["--host", "999.1.1.1", "--no-auth"], 2, "error: cannot listen on 999.1.1.1:0"),
+    (["--host", "999.1.1.1", "--no-auth"], 2, "error: cannot listen on 999.1.1.1:0: the host is "
+                                              "not an address of this machine"),
+    (["--host", "192.0.2.1", "--no-auth"], 2, "error: cannot listen on 192.0.2.1:0: the host is "
+                                              "not an address of this machine"),
 ])
 def test_serve_with_a_bad_database_or_host_fails_in_one_line(tmp_path, flags, code, needle):
     db = [] if "--db" in flags else ["--db", f"sqlite:///{tmp_path / 's.db'}"]
