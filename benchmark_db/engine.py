@@ -1,7 +1,10 @@
 """Engines from a SQLAlchemy URL: SQLite (embedded default) or PostgreSQL."""
 
+import hashlib
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -23,6 +26,20 @@ def create_engine(url: str) -> sa.Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we install
     return sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
                             connect_args=postgresql_connect_args(parsed))
+
+
+@contextmanager
+def advisory_lock(engine: sa.Engine | None, name: str) -> Iterator[None]:
+    """On PostgreSQL, holds the advisory lock `name` for the block, so replicas sharing the
+    database take turns (released with the transaction, also when a replica dies); elsewhere
+    nothing (a SQLite file serves one server)."""
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        yield
 
 
 def postgresql_connect_args(url: sa.URL) -> dict:

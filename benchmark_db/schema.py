@@ -63,3 +63,18 @@ run_recommendations = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("tenant", "run_id", "request_key", name="uq_run_recommendations"),
 )
+
+# Each tenant's last fitted predictor of each kind, pickled, with what it was fitted on: a server
+# that restarts, or another replica, loads it instead of fitting the same runs again.
+fitted_models = sa.Table(
+    "fitted_models",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("kind", sa.String(32), primary_key=True),
+    # SHA-256 of the code that fitted it (predictor/): another release's model is not loaded.
+    sa.Column("code", sa.String(64), nullable=False),
+    sa.Column("runs", sa.Integer, nullable=False),  # the tenant's stored runs it was fitted on
+    sa.Column("version", sa.String(200), nullable=False),
+    sa.Column("model", sa.LargeBinary, nullable=False),
+    sa.Column("fitted_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from benchmark_db import migrate
 from benchmark_db.engine import create_engine
 from benchmark_db.errors import InvalidArgument, NotFound
+from benchmark_db.fitted_models import FittedModels
 from benchmark_db.group_commit import GroupCommitter
 from benchmark_db.keys import KeyStore
 from benchmark_db.run_recommendations import RunRecommendations
@@ -51,6 +52,7 @@ class RunStore:
             raise
         self.keys = KeyStore(self.engine)  # API keys live in the same database
         self.run_recommendations = RunRecommendations(self.engine)
+        self.fitted_models = FittedModels(self.engine)
         # SQLite takes one writer at a time: concurrent reports are committed in groups by one
         # thread (benchmark_db/group_commit.py). PostgreSQL handles concurrent writers itself.
         self._committer = (GroupCommitter(self.report_many) if self.engine.dialect.name == "sqlite"

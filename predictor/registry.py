@@ -1,20 +1,50 @@
 """The current fitted predictor of each tenant. Refits are scheduled on one background thread,
 coalesce bursts of reports (debounce), fit in a child process (predictor/fit_worker.py) and
 replace the predictor with one reference assignment, so a recommendation sees either the old
-model or the new one, never a half-fitted one."""
+model or the new one, never a half-fitted one.
 
+Each fitted predictor is saved in the database (benchmark_db/fitted_models.py) with the count of
+runs it was fitted on and the hash of the code that fitted it. A refit that finds one saved for
+the same runs and code loads it instead: a restarted server is warm in a moment, and of replicas
+sharing a PostgreSQL, which take turns on each tenant's fit, one fits and the others load. The
+database is trusted like the code: what it holds is unpickled."""
+
+import functools
+import hashlib
+import importlib.metadata
 import logging
+import pickle
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from benchmark_db.fitted_models import SavedModel
 from benchmark_db.store import RunStore
 from predictor.fit_worker import FitAbandoned, Fitter, FitWorker
 from predictor.predictors import FittedPredictor, check_kind, fit_predictor
 from predictor.table import RunTable
 
 log = logging.getLogger(__name__)
+
+
+# Libraries whose objects a fitted predictor holds: another version of one may unpickle them
+# differently, or not at all.
+FITTED_LIBRARIES = ("numpy", "scipy", "scikit-learn", "lightgbm", "torch")
+
+
+@functools.cache
+def fitting_code() -> str:
+    """SHA-256 of what fits the models: every file of this package (the PFN checkpoint too)
+    and the versions of the libraries in FITTED_LIBRARIES."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    for name in FITTED_LIBRARIES:
+        digest.update(f"{name}={importlib.metadata.version(name)}".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -66,15 +96,43 @@ class ModelRegistry:
             self._fitted_on[tenant] = len(records)
             return None
         started = time.perf_counter()
-        predictor = self._fit_worker.fit(self.kind, runs, self.fitter)
+        with self.store.fitted_models.fitting(tenant, self.kind):  # replicas take turns
+            predictor = self._saved(tenant, len(records))
+            loaded = predictor is not None
+            if not loaded:
+                predictor = self._fit_worker.fit(self.kind, runs, self.fitter)
+                self._save(tenant, len(records), predictor)
         self._current[tenant] = predictor  # the atomic swap
         self._fitted_on[tenant] = len(records)
         seconds = time.perf_counter() - started
-        log.info("refit %s for tenant %s on %d runs in %.2f s", predictor.version, tenant,
-                 len(runs), seconds)
+        log.info("%s %s for tenant %s on %d runs in %.2f s", "loaded" if loaded else "refit",
+                 predictor.version, tenant, len(runs), seconds)
         if self.on_refit:
             self.on_refit(tenant, predictor.version, seconds)
         return predictor
+
+    def _saved(self, tenant: str, runs: int) -> FittedPredictor | None:
+        """The predictor saved for these runs by this code, if any (not for a test's fitter)."""
+        if self.fitter is not fit_predictor:
+            return None
+        saved = self.store.fitted_models.get(tenant, self.kind)
+        if saved is None or saved.runs != runs or saved.code != fitting_code():
+            return None
+        try:
+            return pickle.loads(saved.model)
+        except Exception as exc:  # e.g. the PFN's checkpoint not where it was: fit instead
+            log.warning("could not load the saved %s model of tenant %s (%s): fitting it again",
+                        self.kind, tenant, exc)
+            return None
+
+    def _save(self, tenant: str, runs: int, predictor: FittedPredictor) -> None:
+        if self.fitter is not fit_predictor:
+            return
+        try:
+            self.store.fitted_models.put(tenant, self.kind, SavedModel(
+                fitting_code(), runs, predictor.version, pickle.dumps(predictor)))
+        except Exception:  # the model serves all the same; the next start fits again
+            log.exception("could not save the %s model of tenant %s", self.kind, tenant)
 
     def schedule_refit(self, tenant: str) -> None:
         with self._wake:

@@ -14,7 +14,6 @@ Trial ids handed to clients are "<study id>-<trial number>"; a lookup checks tha
 belongs to the caller's tenant.
 """
 
-import hashlib
 import json
 import math
 import re
@@ -30,7 +29,8 @@ import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
 from optuna.storages._cached_storage import _CachedStorage  # what load_study wraps the storage in
 
-from benchmark_db.engine import SQLITE_BUSY_SECONDS, postgresql_connect_args, watch_sqlite_file
+from benchmark_db.engine import (SQLITE_BUSY_SECONDS, advisory_lock, postgresql_connect_args,
+                                 watch_sqlite_file)
 from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, TrainingSpec, check_tenant
 from predictor.recommendation import HYPERPARAMETERS, Recommendation
@@ -263,15 +263,8 @@ class Studies:
         with local, self._pg_lock(name):
             yield
 
-    @contextmanager
-    def _pg_lock(self, name: str) -> Iterator[None]:
-        if self._lock_engine is None or self._lock_engine.dialect.name != "postgresql":
-            yield
-            return
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        with self._lock_engine.begin() as conn:  # released when the transaction ends
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-            yield
+    def _pg_lock(self, name: str):
+        return advisory_lock(self._lock_engine, name)
 
     def load(self, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study | None:
         storage = self.storage()

@@ -65,7 +65,7 @@ def test_a_database_from_before_our_version_table_is_upgraded_with_its_rows(data
         with store.engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             version = conn.execute(sa.text("SELECT version_num FROM hparamrec_alembic_version"))
-            assert "alembic_version" not in tables and version.scalar() == "0005"
+            assert "alembic_version" not in tables and version.scalar() == "0006"
     finally:
         store.close()
 
@@ -79,7 +79,7 @@ def test_a_database_migrated_by_a_newer_release_is_refused_in_one_line_and_left_
     with store.engine.begin() as conn:
         conn.execute(sa.text("UPDATE hparamrec_alembic_version SET version_num = '0099'"))
     with pytest.raises(SchemaTooNew, match="the database's schema is at revision 0099, newer "
-                                           "than this hparamrec's \\(0005\\): upgrade"):
+                                           "than this hparamrec's \\(0006\\): upgrade"):
         RunStore(database_url)
     with store.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
