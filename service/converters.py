@@ -140,12 +140,15 @@ def points_from_proto(request: pb.PredictLossRequest, spec: TrainingSpec) -> dic
     points = request.points
     if not 1 <= len(points) <= MAX_PREDICT_POINTS:
         raise InvalidArgument.single("points", f"give 1 to {MAX_PREDICT_POINTS} points, got {len(points)}")
+    given = {name: np.array([p.HasField(name) for p in points], bool)
+             for name in ("weight_decay", "qat_fraction")}
     arrays = {
         "lr": np.array([p.lr for p in points]),
         "batch_size_tokens": np.array([p.batch_size_tokens for p in points]),
         "weight_decay": np.array([p.weight_decay if p.HasField("weight_decay") else np.nan for p in points]),
         "qat_fraction": np.array([p.qat_fraction if p.HasField("qat_fraction") else np.nan for p in points]),
     }
+    # NaN marks an optional value unset; one sent as NaN is refused (it was taken for unset).
     with np.errstate(invalid="ignore"):
         checks = (
             ("lr", ~((arrays["lr"] >= MIN_LR) & (arrays["lr"] <= MAX_LR)),
@@ -153,13 +156,12 @@ def points_from_proto(request: pb.PredictLossRequest, spec: TrainingSpec) -> dic
             ("batch_size_tokens", ~((arrays["batch_size_tokens"] >= 1)
                                     & (arrays["batch_size_tokens"] <= spec.n_tokens)),
              "must be at least 1 and at most spec.n_tokens"),
-            ("weight_decay", ~(np.isnan(arrays["weight_decay"])
-                               | ((arrays["weight_decay"] >= 0)
-                                  & (arrays["weight_decay"] <= MAX_WEIGHT_DECAY))),
+            ("weight_decay", given["weight_decay"]
+             & ~((arrays["weight_decay"] >= 0) & (arrays["weight_decay"] <= MAX_WEIGHT_DECAY)),
              f"must be in [0, {MAX_WEIGHT_DECAY:g}]"),
-            ("qat_fraction", ~(np.isnan(arrays["qat_fraction"])
-                               | ((arrays["qat_fraction"] >= 0) & (arrays["qat_fraction"] <= 1)
-                                  & (spec.quantized | (arrays["qat_fraction"] == 0)))),
+            ("qat_fraction", given["qat_fraction"]
+             & ~((arrays["qat_fraction"] >= 0) & (arrays["qat_fraction"] <= 1)
+                 & (spec.quantized | (arrays["qat_fraction"] == 0))),
              "must be in [0, 1], and 0 when spec.weight_bits is 16"),
         )
     # float(): a numpy scalar's repr is "np.float64(0.0)", not the number the caller sent. lr

@@ -90,3 +90,13 @@ def test_predict_loss_violations_quote_plain_numbers(target):
     assert reasons["points[0].lr"].endswith("(got 5e-324)")
     assert reasons["points[0].batch_size_tokens"] == "required"  # unset: it arrives as 0
     assert "np." not in exc.value.details() and "np." not in "".join(reasons.values())
+
+
+@pytest.mark.parametrize("name", ["weight_decay", "qat_fraction"])
+def test_predict_loss_refuses_an_optional_value_sent_as_nan(client, name):
+    """NaN marks an unset value inside the server: one sent was taken for unset (the timescale
+    rule filled in the weight decay), where a report refuses it."""
+    point = {"lr": 1e-3, "batch_size_tokens": 1e6, name: float("nan")}
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.predict_loss(spec(n_params=1e9, n_tokens=2e10, weight_bits=4), [point])
+    assert fields_of(exc) == [f"points[0].{name}"]
