@@ -141,6 +141,11 @@ class RecommendationEngine:
             warnings.append(
                 f"run {run.run_id!r} was stored before with other values ({', '.join(changed)}), "
                 "which are kept: this report was not stored; give each run its own run_id")
+        if not created and report.trial_id and report.trial_id != run.trial_id:
+            stored = f"against trial {run.trial_id}" if run.trial_id else "without a trial"
+            warnings.append(
+                f"run {run.run_id!r} was stored before {stored}: this report did not close trial "
+                f"{report.trial_id}; report that trial's run under its own run_id")
         try:
             if self.refiner is not None:  # idempotent: a re-sent run is not told twice
                 warnings += self.refiner.tell(tenant, run)

@@ -491,3 +491,18 @@ def test_the_best_run_above_the_exploits_lr_limit_has_a_finite_predicted_loss(cl
     assert math.isfinite(best.predicted_loss) and best.predicted_loss == pytest.approx(2.30, rel=0.01)
     interval = best.predicted_loss_interval
     assert math.isfinite(interval.hi) and interval.lo < best.predicted_loss < interval.hi
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_stored_run_resent_with_another_trial_says_it_did_not_close_that_trial(client):
+    """It came back as merely already stored, and the launcher took its trial for closed."""
+    first = client.recommend(SPEC, PINS, mode="explore")
+    second = client.recommend(SPEC, PINS, mode="explore")
+    client.report_run(report(first, 2.5, "ex-1"))
+    resent = client.report_run(report(first, 2.5, "ex-1", trial_id=second.trial_id))
+    assert not resent.created and resent.differing_fields == []
+    assert resent.warnings == [f"run 'ex-1' was stored before against trial {first.trial_id}: this "
+                               f"report did not close trial {second.trial_id}; report that "
+                               "trial's run under its own run_id"]
+    assert client.heartbeat(second.trial_id).state.name == "RUNNING"
+    assert client.report_run(report(first, 2.5, "ex-1")).warnings == []  # a plain retry
