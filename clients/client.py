@@ -156,11 +156,11 @@ def retry_wait(code: grpc.StatusCode, attempt: int, retries: int, patience: floa
 # Requests and responses, shared by Client and AsyncClient.
 
 def recommend_request(training_spec, pins, mode, run_id: str = "") -> pb.RecommendRequest:
-    request = pb.RecommendRequest(spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec),
-                                                       "spec"),
+    request = pb.RecommendRequest(spec=convert.to_proto(
+                                      convert.coerce(training_spec, TrainingSpec, "spec"), "spec"),
                                   mode=_mode(mode), run_id=run_id)
     if pins is not None:
-        request.pins.CopyFrom(convert.to_proto(convert.coerce(pins, Pins), "pins"))
+        request.pins.CopyFrom(convert.to_proto(convert.coerce(pins, Pins, "pins"), "pins"))
     return request
 
 
@@ -179,8 +179,8 @@ def _mode(mode) -> int:
 def report_request(report, fields: dict) -> pb.ReportRunRequest:
     """The request of a report (a RunReport, a dict or a ReportRunRequest) or of keyword fields,
     with a random run_id when none is given: chosen here, once, so retries reuse it."""
-    if report is None:
-        report = RunReport(**fields)
+    if report is None:  # keyword fields: refused as a dict of them would be, not by pydantic
+        report = fields
     elif fields:
         raise TypeError("give a report or keyword fields, not both")
     report = convert.coerce(report, RunReport)
@@ -192,7 +192,8 @@ def report_request(report, fields: dict) -> pb.ReportRunRequest:
 def list_runs_request(page_size: int, page_token: str, training_spec) -> pb.ListRunsRequest:
     request = pb.ListRunsRequest(page_size=page_size, page_token=page_token)
     if training_spec is not None:
-        request.spec.CopyFrom(convert.to_proto(convert.coerce(training_spec, TrainingSpec), "spec"))
+        request.spec.CopyFrom(convert.to_proto(convert.coerce(training_spec, TrainingSpec, "spec"),
+                                               "spec"))
     return request
 
 
@@ -213,8 +214,8 @@ def page_of(response: pb.ListRunsResponse, request: pb.ListRunsRequest) -> RunPa
 
 def predict_loss_request(training_spec, points: Iterable) -> pb.PredictLossRequest:
     return pb.PredictLossRequest(
-        spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec), "spec"),
-        points=[convert.to_proto(convert.coerce(p, Hyperparameters), f"points[{i}]")
+        spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec, "spec"), "spec"),
+        points=[convert.to_proto(convert.coerce(p, Hyperparameters, f"points[{i}]"), f"points[{i}]")
                 for i, p in enumerate(points)])
 
 

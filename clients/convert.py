@@ -141,8 +141,10 @@ def _proto_scalar(field, value, name: str):
     return value
 
 
-def coerce(value, model: type[M]) -> M:
-    """A model from a model, a dict of its fields, or the generated message."""
+def coerce(value, model: type[M], where: str = "") -> M:
+    """A model from a model, a dict of its fields, or the generated message. A dict it cannot
+    validate is InvalidArgumentError naming each field by its path in the request (`where`,
+    e.g. "points[1]"), as the service names them."""
     if isinstance(value, model):
         return value
     if isinstance(value, Message):
@@ -154,8 +156,9 @@ def coerce(value, model: type[M]) -> M:
         try:
             return model.model_validate(value)
         except ValidationError as exc:  # as the service would refuse it: one error type
-            violations = [(".".join(map(str, e["loc"])) or model.__name__,
-                           e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+            violations = [(".".join(map(str, (where, *e["loc"]) if where else e["loc"]))
+                           or model.__name__, e["msg"].removeprefix("Value error, "))
+                          for e in exc.errors()]
             raise InvalidArgumentError("; ".join(f"{f}: {m}" for f, m in violations),
                                        violations) from None
     raise TypeError(f"expected {model.__name__}, a dict of its fields or its proto message, "

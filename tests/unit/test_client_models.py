@@ -194,8 +194,33 @@ def test_bad_input_caught_before_a_call_is_the_services_error_type():
     with Client("127.0.0.1:1", retries=0) as client:  # never called
         with pytest.raises(InvalidArgumentError) as typo:
             client.recommend({"n_paramz": 1e9, "n_tokens": 2e10})
-        assert typo.value.field_violations[0][0] == "n_paramz"
-        with pytest.raises(InvalidArgumentError, match="n_params: cannot read '1.3X'"):
+        assert typo.value.field_violations[0][0] == "spec.n_paramz"  # as the service names it
+        with pytest.raises(InvalidArgumentError, match="spec.n_params: cannot read '1.3X'"):
             client.recommend({"n_params": "1.3X", "n_tokens": "20B"})
         with pytest.raises(InvalidArgumentError, match="mode: one of exploit, explore"):
             client.recommend({"n_params": 1e9, "n_tokens": 2e10}, mode="exploer")
+
+
+def test_bad_fields_are_named_by_their_path_in_the_request_before_any_call():
+    """report_run's keyword fields raised pydantic's ValidationError, and the client named the
+    fields without their path (lr, not points[1].lr, as the service names it)."""
+    from clients import Client, InvalidArgumentError
+
+    spec = {"n_params": 1e9, "n_tokens": 2e10}
+    hp = {"lr": 1e-3, "batch_size_tokens": 1e6, "weight_decay": 0.1}
+    completed = models.RunOutcome.completed(2.4)
+    bad_calls = {
+        "outcome.status": lambda c: c.report_run(spec=spec, hyperparameters=hp,
+                                                 outcome={"status": "done"}),
+        "metadata.gpus": lambda c: c.report_run(spec=spec, hyperparameters=hp, outcome=completed,
+                                                metadata={"gpus": 8}),
+        "spec": lambda c: c.report_run(hyperparameters=hp, outcome=completed),
+        "foo": lambda c: c.report_run(spec=spec, hyperparameters=hp, outcome=completed, foo=1),
+        "points[1].lr": lambda c: c.predict_loss(spec, [hp, {"lr": "abc", "batch_size_tokens": 1e6}]),
+        "pins.lr": lambda c: c.recommend(spec, {"lr": "fast"}),
+    }
+    with Client("127.0.0.1:1", retries=0) as client:  # never called
+        for field, call in bad_calls.items():
+            with pytest.raises(InvalidArgumentError) as caught:
+                call(client)
+            assert [f for f, _ in caught.value.field_violations] == [field]
