@@ -24,8 +24,9 @@ import grpc
 from clients import convert
 from clients.errors import (ClientSettingsError, InvalidArgumentError, UnimplementedError,
                             from_rpc_error)
-from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
-                            Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
+from clients.models import (MAX_PREDICT_POINTS, HeartbeatResult, Hyperparameters,
+                            LossPredictions, Mode, Pins, Recommendation, ReportResult, Run,
+                            RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -213,6 +214,10 @@ def page_of(response: pb.ListRunsResponse, request: pb.ListRunsRequest) -> RunPa
 
 
 def predict_loss_request(training_spec, points: Iterable) -> pb.PredictLossRequest:
+    points = list(points)
+    if not 1 <= len(points) <= MAX_PREDICT_POINTS:  # as the service would: before sending them
+        reason = f"give 1 to {MAX_PREDICT_POINTS} points, got {len(points)}"
+        raise InvalidArgumentError(f"points: {reason}", [("points", reason)])
     return pb.PredictLossRequest(
         spec=convert.to_proto(convert.coerce(training_spec, TrainingSpec, "spec"), "spec"),
         points=[convert.to_proto(convert.coerce(p, Hyperparameters, f"points[{i}]"), f"points[{i}]")

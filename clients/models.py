@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from clients.units import format_quantity, parse_quantity
 
@@ -177,12 +177,14 @@ class RunOutcome(_Message):
         return cls(status=RunStatus.FAILED)
 
 
-# The server's limits on a report's metadata (benchmark_db/records.py; a unit test keeps them
-# equal), known here so the CLI can refuse a report before sending it: one far over them is
-# refused by gRPC's message size limit, in an error that names no field.
+# The server's limits on a report's metadata (benchmark_db/records.py) and on PredictLoss's
+# points (service/converters.py); a unit test keeps them equal. Known here so a report or a
+# request over them is refused before it is sent: one far over them was refused by gRPC's
+# message size limit, in an error that names no field.
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY_BYTES = 256
 MAX_METADATA_VALUE_BYTES = 4096
+MAX_PREDICT_POINTS = 10_000
 
 
 class RunReport(_Message):
@@ -193,9 +195,19 @@ class RunReport(_Message):
     spec: TrainingSpec
     hyperparameters: Hyperparameters
     outcome: RunOutcome
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=MAX_METADATA_ENTRIES)
     recommendation_id: str = ""
     trial_id: str = ""
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_within_limits(cls, metadata: dict[str, str]) -> dict[str, str]:
+        for key, value in metadata.items():
+            if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:
+                raise ValueError(f"key {key[:40]!r} must be 1-{MAX_METADATA_KEY_BYTES} bytes")
+            if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
+                raise ValueError(f"the value of {key!r} is over {MAX_METADATA_VALUE_BYTES} bytes")
+        return metadata
 
 
 class Run(_Message):

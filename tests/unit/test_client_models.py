@@ -183,8 +183,11 @@ def test_metadata_limits_mirror_the_servers():
     """The CLI checks a report's metadata before the call with the client's copy of them."""
     from benchmark_db import records
 
+    from service import converters
+
     for name in ("MAX_METADATA_ENTRIES", "MAX_METADATA_KEY_BYTES", "MAX_METADATA_VALUE_BYTES"):
         assert getattr(models, name) == getattr(records, name), name
+    assert models.MAX_PREDICT_POINTS == converters.MAX_PREDICT_POINTS
 
 
 def test_bad_input_caught_before_a_call_is_the_services_error_type():
@@ -218,6 +221,10 @@ def test_bad_fields_are_named_by_their_path_in_the_request_before_any_call():
         "foo": lambda c: c.report_run(spec=spec, hyperparameters=hp, outcome=completed, foo=1),
         "points[1].lr": lambda c: c.predict_loss(spec, [hp, {"lr": "abc", "batch_size_tokens": 1e6}]),
         "pins.lr": lambda c: c.recommend(spec, {"lr": "fast"}),
+        # Far over the limits, these were gRPC's RESOURCE_EXHAUSTED, naming no field.
+        "metadata": lambda c: c.report_run(spec=spec, hyperparameters=hp, outcome=completed,
+                                           metadata={"a": "x" * 2_000_000}),
+        "points": lambda c: c.predict_loss(spec, [hp] * 10_001),
     }
     with Client("127.0.0.1:1", retries=0) as client:  # never called
         for field, call in bad_calls.items():
