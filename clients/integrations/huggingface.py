@@ -36,11 +36,10 @@ reported.
 """
 
 import logging
-import math
 
 from transformers import TrainerCallback
 
-from clients.integrations.tracking import TrackedRun, peak_lr
+from clients.integrations.tracking import TrackedRun, peak_lr, steps_for_tokens
 from clients.models import TrainingSpec
 
 log = logging.getLogger("hparamrec.integrations")
@@ -80,19 +79,15 @@ class HparamrecCallback(TrainerCallback):
         args.weight_decay = hp.weight_decay
         args.gradient_accumulation_steps = steps
         if self.fit_steps_to_tokens and args.max_steps > 0:
-            total = max(1, math.ceil(self.run.recommendation.spec.n_tokens / batch))
-            if total != args.max_steps:
+            total = steps_for_tokens(self.run, batch)
+            if total is not None and total != args.max_steps:
                 log.info("hparamrec: max_steps %d -> %d: spec.n_tokens at %g tokens per step",
                          args.max_steps, total, batch)
                 args.max_steps = total
         self._applied = True
 
     def _seq_len(self) -> int:
-        if self.run.spec.seq_len:
-            return self.run.spec.seq_len
-        if self.run.recommendation is not None:
-            return self.run.recommendation.spec.seq_len
-        return 2048  # the service's default
+        return self.run.seq_len
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         self.run.reporting = state.is_world_process_zero
@@ -107,7 +102,7 @@ class HparamrecCallback(TrainerCallback):
         batch = (args.per_device_train_batch_size * max(1, args.world_size)
                  * args.gradient_accumulation_steps * self._seq_len())
         recommended = self.run.hyperparameters
-        self.run.use(lr=lr, weight_decay=weight_decay, batch_size_tokens=float(batch),
+        self.run.use_trained(lr=lr, weight_decay=weight_decay, batch_size_tokens=float(batch),
                      qat_fraction=recommended.qat_fraction if recommended else None)
         if recommended is not None and self._applied and abs(lr / recommended.lr - 1) > 1e-6:
             log.warning("hparamrec: training with lr %g, not the recommended %g (a custom "

@@ -34,14 +34,13 @@ longer than the service's trial time-out keeps its trial.
 """
 
 import logging
-import math
 
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.parsing import (lightning_getattr, lightning_hasattr,
                                                  lightning_setattr)
 
 from clients.integrations.distributed import ProcessGroup
-from clients.integrations.tracking import TrackedRun, peak_lr
+from clients.integrations.tracking import TrackedRun, peak_lr, steps_for_tokens
 from clients.models import TrainingSpec
 
 log = logging.getLogger("hparamrec.integrations")
@@ -67,11 +66,7 @@ class HparamrecLightningCallback(Callback):
         self._step = 0
 
     def _seq_len(self) -> int:
-        if self.run.spec.seq_len:
-            return self.run.spec.seq_len
-        if self.run.recommendation is not None:
-            return self.run.recommendation.spec.seq_len
-        return 2048  # the service's default
+        return self.run.seq_len
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.run.reporting = trainer.is_global_zero
@@ -95,8 +90,8 @@ class HparamrecLightningCallback(Callback):
             hp = self.run.at_batch(batch)
             trainer.accumulate_grad_batches = steps
             if self.fit_steps_to_tokens and trainer.max_steps > 0:
-                total = max(1, math.ceil(self.run.recommendation.spec.n_tokens / batch))
-                if total != trainer.max_steps:
+                total = steps_for_tokens(self.run, batch)
+                if total is not None and total != trainer.max_steps:
                     log.info("hparamrec: max_steps %d -> %d: spec.n_tokens at %g tokens per "
                              "step", trainer.max_steps, total, batch)
                     trainer.fit_loop.epoch_loop.max_steps = total
@@ -126,7 +121,7 @@ class HparamrecLightningCallback(Callback):
             steps = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
             batch = float(micro * steps * max(1, trainer.world_size) * self._seq_len())
         recommended = self.run.hyperparameters
-        self.run.use(lr=lr, weight_decay=weight_decay, batch_size_tokens=batch,
+        self.run.use_trained(lr=lr, weight_decay=weight_decay, batch_size_tokens=batch,
                      qat_fraction=recommended.qat_fraction if recommended else None)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

@@ -36,8 +36,12 @@ $HPARAMREC_RUN_ID, else random), so retries and repeated reports cannot store it
 the service is unreachable (a restart, a failover) the report keeps trying for
 `report_patience_seconds` (default 300); past that it is saved to a file (clients/unsent.py:
 $HPARAMREC_UNSENT_DIR, else ~/.cache/hparamrec/unsent) that `hparamrec send-unsent` sends
-later. A failure to report is logged (a report the service refused, with its JSON) and never
-raised: the training run matters more than its record.
+later. A report the service refuses (or any other failure to report) is saved there too, with
+the reason logged, and never raised: the training run matters more than its record, and the
+record is not lost. What a report would refuse is checked when the run is created, before any
+training (report_checks.py): the hyperparameters or fallback given, the metadata (text labels,
+at most 64 with the 3 the integration adds), the run_id. A "completed" final loss over
+MAX_COMPLETED_LOSS nats per token is a blow-up, reported as diverged.
 """
 
 import logging
@@ -58,8 +62,11 @@ from clients.errors import (CancelledError, DeadlineExceededError, HparamrecErro
                             UnimplementedError)
 from clients.integrations.distributed import ProcessGroup, from_rank_zero, torch_process_group
 from clients.integrations.final_loss import FINAL_LOSS_COUNT, FINAL_LOSS_WINDOW, FinalLoss
+from clients.integrations.report_checks import (DEFAULT_SEQ_LEN, MAX_COMPLETED_LOSS,
+                                                hyperparameter_violations, metadata_violations,
+                                                raise_if, run_id_violations)
 from clients.models import (HeartbeatResult, Hyperparameters, Mode, Pins, Recommendation,
-                            ReportResult, RunOutcome, RunReport, RunStatus, TrainingSpec,
+                            ReportResult, Run, RunOutcome, RunReport, RunStatus, TrainingSpec,
                             TrialState)
 
 log = logging.getLogger("hparamrec.integrations")
@@ -95,6 +102,19 @@ def peak_lr(param_groups) -> float:
     it in `max_lr` (its `initial_lr` is max_lr / div_factor); the others in `initial_lr` (the
     group's `lr` is the current, scheduled one) or, without a scheduler, in `lr`."""
     return max(g.get("max_lr", g.get("initial_lr", g["lr"])) for g in param_groups)
+
+
+def steps_for_tokens(run: "TrackedRun", batch: float) -> int | None:
+    """The optimizer steps in which a run at `batch` tokens per step sees its spec's n_tokens:
+    the resolved spec's (the recommendation's, the stored run's), else the spec's as given (a
+    fallback, the caller's own values). None, with a warning, when no n_tokens is known (a spec
+    given by compute_flops that the service never resolved): the trainer's steps are kept."""
+    n_tokens = run.resolved_spec.n_tokens
+    if n_tokens is None:
+        log.warning("hparamrec: run %s: the spec gives no n_tokens (and the service did not "
+                    "resolve it), so max_steps is kept as given", run.run_id)
+        return None
+    return max(1, math.ceil(n_tokens / batch))
 
 
 # An exception is a divergence when it says the numbers blew up: a FloatingPointError (numpy's
@@ -146,6 +166,11 @@ class TrackedRun:
     recommend_patience_seconds: how long start() keeps trying for a recommendation while the
         service is unreachable; then it raises, or with `fallback` given trains with those
         hyperparameters (logged as a warning; the run is reported as usual).
+
+    hyperparameters, fallback, metadata (text labels: at most 61 of the caller's own, as the
+    integration adds integration, steps_logged and final_loss to the service's 64) and run_id
+    are checked as a report would check them: bad ones raise InvalidArgumentError here, naming
+    the field (e.g. "fallback.weight_decay", "metadata.gpus"), before any training.
     """
 
     def __init__(self, spec: TrainingSpec | dict, *, hyperparameters: Hyperparameters | dict | None = None,
@@ -161,11 +186,13 @@ class TrackedRun:
                  unsent_dir: str | Path | None = None,
                  recommend_patience_seconds: float = RECOMMEND_PATIENCE_SECONDS,
                  fallback: Hyperparameters | dict | None = None):
-        self.spec = convert.coerce(spec, TrainingSpec)
-        self.pins = convert.coerce(pins, Pins) if pins is not None else Pins()
-        self.hyperparameters = (convert.coerce(hyperparameters, Hyperparameters)
+        self.spec = convert.coerce(spec, TrainingSpec, "spec")
+        self.pins = convert.coerce(pins, Pins, "pins") if pins is not None else Pins()
+        self.hyperparameters = (convert.coerce(hyperparameters, Hyperparameters, "hyperparameters")
                                 if hyperparameters is not None else None)
         self.run_id = run_id or os.environ.get("HPARAMREC_RUN_ID") or uuid.uuid4().hex
+        if metadata is not None and not isinstance(metadata, dict):
+            raise_if(metadata_violations(metadata))
         self.metadata = {"integration": integration, **(metadata or {})}
         self._reporting = reporting
         self.group = group
@@ -187,7 +214,15 @@ class TrackedRun:
         self.heartbeat_seconds = float(heartbeat_seconds)
         self.report_patience_seconds = float(report_patience_seconds)
         self.recommend_patience_seconds = float(recommend_patience_seconds)
-        self.fallback = convert.coerce(fallback, Hyperparameters) if fallback is not None else None
+        self.fallback = (convert.coerce(fallback, Hyperparameters, "fallback")
+                         if fallback is not None else None)
+        # What a report would refuse fails here, before any training, not at its end.
+        raise_if(run_id_violations(self.run_id) + metadata_violations(self.metadata)
+                 + self._violations(self.hyperparameters, "hyperparameters")
+                 + self._violations(self.fallback, "fallback"))
+        # The run stored under run_id already, whose values an explore requeued after its report
+        # trains with (see _recommendation).
+        self.stored_run: Run | None = None
         self.unsent_dir = unsent_dir
         self.unsent_path: Path | None = None  # where the report was saved, if it could not be sent
         # The trial's state as the last heartbeat found it (None: none answered yet).
@@ -197,6 +232,9 @@ class TrackedRun:
         self._client = client
         self._owns_client = client is None
         self._server, self._api_key = server, api_key
+
+    def _violations(self, hp: Hyperparameters | None, field: str) -> list[tuple[str, str]]:
+        return hyperparameter_violations(hp, self.spec, field) if hp is not None else []
 
     @property
     def reporting(self) -> bool:
@@ -232,6 +270,9 @@ class TrackedRun:
         if self.hyperparameters is None or pins is not None:
             self._warn_if_ungrouped()
             answer = from_rank_zero(self.process_group(), self._recommendation)
+            if isinstance(answer, Run):  # the run was stored already: its values
+                self.stored_run = answer
+                answer = answer.hyperparameters
             if isinstance(answer, Hyperparameters):  # the stored run's, or the fallback
                 self.hyperparameters = answer
                 return self.hyperparameters
@@ -254,11 +295,11 @@ class TrackedRun:
                         "initialize the process group before the run starts (or pass group=)",
                         world_size)
 
-    def _recommendation(self) -> Recommendation | Hyperparameters:
+    def _recommendation(self) -> Recommendation | Run | Hyperparameters:
         """The recommendation for the run (a job resumed under its run_id gets the same answer
         again); for an explore whose run is stored already (its job requeued after reporting,
-        say), the stored run's values, as an exploit run would find its report stored; the
-        fallback, if given, when the service stays unreachable."""
+        say), the stored run, whose values it trains with, as an exploit run would find its
+        report stored; the fallback, if given, when the service stays unreachable."""
         try:
             return self.client.recommend(self.spec, self.pins, mode=self.mode, run_id=self.run_id,
                                          patience=self.recommend_patience_seconds)
@@ -279,7 +320,23 @@ class TrackedRun:
         log.warning("hparamrec: run %s was reported already (%s): it trains again with the values "
                     "it ran with, and its report will not be stored; give a new run a new run_id",
                     self.run_id, stored.outcome.status.value)
-        return stored.hyperparameters
+        return stored
+
+    @property
+    def resolved_spec(self) -> TrainingSpec:
+        """The run's spec as the service resolved it (every size filled in: the
+        recommendation's, or the stored run's); the spec given when the run has neither (its
+        own hyperparameters, a fallback), where sizes not given are None."""
+        if self.recommendation is not None:
+            return self.recommendation.spec
+        if self.stored_run is not None:
+            return self.stored_run.spec
+        return self.spec
+
+    @property
+    def seq_len(self) -> int:
+        """The tokens per sequence: the spec's, else the service's default."""
+        return self.spec.seq_len or self.resolved_spec.seq_len or DEFAULT_SEQ_LEN
 
     @property
     def trial_id(self) -> str:
@@ -340,11 +397,32 @@ class TrackedRun:
         return self.start(Pins(batch_size_tokens=batch))
 
     def use(self, **changes) -> Hyperparameters:
-        """Records what the run actually uses (e.g. the batch the trainer could make)."""
-        base = self.hyperparameters or Hyperparameters()
-        self.hyperparameters = base.model_copy(update={k: v for k, v in changes.items()
-                                                       if v is not None})
+        """Records what the run actually uses (e.g. the batch the trainer could make). A value
+        its report would refuse raises InvalidArgumentError, and is not recorded."""
+        changed = self._changed(changes)
+        raise_if(hyperparameter_violations(changed, self.spec,
+                                           only={k for k, v in changes.items() if v is not None}))
+        self.hyperparameters = changed
         return self.hyperparameters
+
+    def use_trained(self, **changes) -> Hyperparameters:
+        """use() for what a trainer was found to train with (the callbacks, when training
+        starts): a value its report would refuse is recorded, with a warning, not raised: the
+        training goes on, and its report is saved for send-unsent if the service refuses it."""
+        self.hyperparameters = self._changed(changes)
+        given = {k for k, v in changes.items() if v is not None}
+        missing = {"lr", "batch_size_tokens", "weight_decay"} - given
+        if self.reporting:
+            for field, problem in hyperparameter_violations(self.hyperparameters, self.spec,
+                                                            only=given | missing):
+                log.warning("hparamrec: run %s trains with a %s its report cannot carry: %s; "
+                            "the service will refuse the report, which is then saved for "
+                            "`hparamrec send-unsent`", self.run_id, field, problem)
+        return self.hyperparameters
+
+    def _changed(self, changes: dict) -> Hyperparameters:
+        base = self.hyperparameters or Hyperparameters()
+        return base.model_copy(update={k: v for k, v in changes.items() if v is not None})
 
     def log(self, loss, step: int | None = None) -> bool:
         """Records a training loss (a float or a one-element tensor) and, if given, the training
@@ -382,11 +460,22 @@ class TrackedRun:
                last_step: int | None = None) -> ReportResult | None:
         """Reports the run once: with the outcome given, else completed at the final loss (the
         mean of the losses logged over the last final_loss_window of the steps; last_step: the
-        run's last step, if later than the last one logged). A run that never logged a loss is
-        not reported (there is nothing to learn from it; an explore trial's trial is freed after
-        3 missed heartbeats, or handed back to the job resumed under its run_id)."""
+        run's last step, if later than the last one logged). A "completed" loss over
+        MAX_COMPLETED_LOSS nats is a blow-up, reported as diverged. A run that never logged a
+        loss is not reported (there is nothing to learn from it; an explore trial's trial is
+        freed after 3 missed heartbeats, or handed back to the job resumed under its run_id).
+        Never raises: a report that cannot be sent, or that the service refuses, is saved for
+        `hparamrec send-unsent` (unsent_path) and logged."""
         if self.reported:
             return self.report
+        try:
+            return self._finish(outcome, last_step)
+        except Exception:  # the training run matters more than its record
+            log.exception("hparamrec: could not report run %s; the training is not affected",
+                          self.run_id)
+            return self._close()
+
+    def _finish(self, outcome: RunOutcome | None, last_step: int | None) -> ReportResult | None:
         how = None
         if outcome is None:
             final = self.final_losses.value(last_step)
@@ -398,6 +487,8 @@ class TrackedRun:
             outcome = RunOutcome.completed(loss)
         elif outcome.final_loss is not None and outcome.final_loss == self.last_loss:
             how = self.final_losses.last_label(finite=outcome.status is RunStatus.DIVERGED)
+        if outcome.status is RunStatus.COMPLETED and (outcome.final_loss or 0) > MAX_COMPLETED_LOSS:
+            outcome, how = self._blown_up(outcome, how)
         self.outcome = outcome
         self.final_loss_label = how
         if not self.reporting:
@@ -405,19 +496,23 @@ class TrackedRun:
         if self.hyperparameters is None:
             log.warning("hparamrec: run %s has no hyperparameters to report", self.run_id)
             return self._close()
-        report = RunReport(
-            run_id=self.run_id, spec=self.spec, hyperparameters=self.hyperparameters,
-            outcome=outcome, metadata={**self.metadata, "steps_logged": str(self.steps_logged),
-                                       **({"final_loss": how} if how else {})},
-            recommendation_id=self.recommendation.recommendation_id if self.recommendation else "",
-            trial_id=self.recommendation.trial_id if self.recommendation else "")
+        try:
+            rec = self.recommendation
+            report = RunReport(
+                run_id=self.run_id, spec=self.spec, hyperparameters=self.hyperparameters,
+                outcome=outcome, metadata={**self.metadata, "steps_logged": str(self.steps_logged),
+                                           **({"final_loss": how} if how else {})},
+                recommendation_id=rec.recommendation_id if rec else "",
+                trial_id=rec.trial_id if rec else "")
+        except Exception as error:  # e.g. metadata changed to non-text after the start
+            log.warning("hparamrec: could not report run %s: its report cannot be made (%s); it "
+                        "was: spec %r, hyperparameters %r, outcome %r, metadata %r", self.run_id,
+                        error, self.spec, self.hyperparameters, outcome, self.metadata)
+            return self._close()
         try:
             self.report = self.client.report_run(report, patience=self.report_patience_seconds)
-        except (UnavailableError, DeadlineExceededError, CancelledError) as error:
+        except Exception as error:  # refused, a key without permission, a bug: it is kept
             self._save_unsent(report, error)
-        except HparamrecError as error:
-            log.warning("hparamrec: could not report run %s (%s); the report was: %s",
-                        self.run_id, error, convert.as_json(report, indent=None))
         else:
             for warning in self.report.warnings:
                 log.warning("hparamrec: run %s: %s", self.run_id, warning)
@@ -429,7 +524,20 @@ class TrackedRun:
                             self.run_id, stored.status.value, outcome.status.value)
         return self._close()
 
-    def _save_unsent(self, report: RunReport, error: HparamrecError) -> None:
+    def _blown_up(self, outcome: RunOutcome, how: str | None) -> tuple[RunOutcome, str]:
+        """A final loss over MAX_COMPLETED_LOSS nats per token is no completed run's (the
+        service refuses it as one): the run diverged, at its last finite loss."""
+        last = self.last_loss if self.last_loss is not None else outcome.final_loss
+        label = (f"diverged: the final loss {outcome.final_loss:g}"
+                 f"{f' ({how})' if how else ''} is over the {MAX_COMPLETED_LOSS:g} nats of any "
+                 f"completed run; {self.final_losses.last_label(finite=True)}: {last:g}")
+        log.warning("hparamrec: run %s: %s; reported as diverged", self.run_id, label)
+        return RunOutcome.diverged(last), label
+
+    def _save_unsent(self, report: RunReport, error: Exception) -> None:
+        """Saves a report that was not stored, for `hparamrec send-unsent`: one the service
+        could not be reached for (sent as it is once it is back), or one it refused (fix the
+        file, then send it), and logs why."""
         try:
             self.unsent_path = unsent.save(report, self.unsent_dir)
         except OSError as exc:
@@ -437,9 +545,22 @@ class TrackedRun:
                         "report was: %s", self.run_id, error, exc,
                         convert.as_json(report, indent=None))
             return
-        log.warning("hparamrec: could not report run %s for %.0f s (%s); saved the report to %s: "
-                    "`hparamrec send-unsent %s` sends it", self.run_id, self.report_patience_seconds,
-                    error, self.unsent_path, shlex.quote(str(self.unsent_path.parent)))
+        send = f"`hparamrec send-unsent {shlex.quote(str(self.unsent_path.parent))}` sends it"
+        if isinstance(error, InvalidArgumentError):
+            log.warning("hparamrec: the service refused the report of run %s (%s); saved it to "
+                        "%s: correct it there, then %s", self.run_id, error, self.unsent_path,
+                        send)
+        elif isinstance(error, (UnavailableError, DeadlineExceededError, CancelledError)):
+            log.warning("hparamrec: could not report run %s for %.0f s (%s); saved the report "
+                        "to %s: %s", self.run_id, self.report_patience_seconds, error,
+                        self.unsent_path, send)
+        elif isinstance(error, HparamrecError):  # a key without permission, say
+            log.warning("hparamrec: the service did not take the report of run %s (%s: %s); "
+                        "saved it to %s: %s once that is fixed", self.run_id,
+                        type(error).__name__, error, self.unsent_path, send)
+        else:
+            log.warning("hparamrec: could not report run %s (%s: %s); saved the report to %s: "
+                        "%s", self.run_id, type(error).__name__, error, self.unsent_path, send)
 
     def fail(self, error: BaseException | None = None) -> ReportResult | None:
         """Reports the run after an exception: diverged, at its last loss, for a numerical one
@@ -471,8 +592,11 @@ class TrackedRun:
 
     def _close(self) -> ReportResult | None:
         if self._owns_client and self._client is not None:
-            self._client.close()
-            self._client = None
+            client, self._client = self._client, None
+            try:
+                client.close()
+            except Exception as error:  # nothing of it matters to the training
+                log.warning("hparamrec: could not close the client (%s)", error)
         return self.report
 
 

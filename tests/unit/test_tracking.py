@@ -66,13 +66,13 @@ def test_the_defaults():
 
 def test_a_completed_run_reports_the_mean_of_the_losses_of_its_last_steps():
     run = offline_run()
-    for step in range(1, 1001):
-        assert run.log(10.0 + step, step=step)
+    for step in range(1, 1001):  # losses in nats: a mean over 1000 would be a divergence
+        assert run.log(2.0 + step / 1000, step=step)
     run.finish()
     # The last 2% of 1000 steps: 981-1000.
-    assert run.outcome.final_loss == pytest.approx(10.0 + (981 + 1000) / 2)
+    assert run.outcome.final_loss == pytest.approx(2.0 + (981 + 1000) / 2 / 1000)
     assert run.final_loss_label == "mean of 20 losses over steps 981-1000 (the last 2% of 1000)"
-    assert run.last_loss == 1010.0
+    assert run.last_loss == 3.0
 
 
 def test_the_window_is_a_fraction_of_the_steps_run_not_of_the_losses_logged():
