@@ -73,6 +73,7 @@ class ModelRegistry:
         self._dirty: dict[str, None] = {}  # tenants waiting for a refit, in order (a set)
         self._running: tuple[str, float] | None = None  # (tenant, time.monotonic() it started)
         self._wake = threading.Condition()
+        self._at_once = False  # a refit scheduled without debounce is waiting
         self._closed = False
         self._idle = threading.Event()
         self._idle.set()
@@ -134,9 +135,11 @@ class ModelRegistry:
         except Exception:  # the model serves all the same; the next start fits again
             log.exception("could not save the %s model of tenant %s", self.kind, tenant)
 
-    def schedule_refit(self, tenant: str) -> None:
+    def schedule_refit(self, tenant: str, at_once: bool = False) -> None:
+        """at_once: no debounce (the refits at start-up: no burst of reports to wait for)."""
         with self._wake:
             self._dirty[tenant] = None
+            self._at_once = self._at_once or at_once
             self._idle.clear()
             self._wake.notify()
 
@@ -187,7 +190,9 @@ class ModelRegistry:
                     self._wake.wait()
                 # Let a burst of reports land first; close() ends the wait, so shutting down
                 # never waits out a debounce.
-                self._wake.wait_for(lambda: self._closed, timeout=self.debounce_seconds)
+                if not self._at_once:
+                    self._wake.wait_for(lambda: self._closed, timeout=self.debounce_seconds)
+                self._at_once = False
                 if self._closed:
                     self._idle.set()
                     return

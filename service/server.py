@@ -123,7 +123,7 @@ class Service:
                 raise OSError(_metrics_error(self.settings, exc.strerror or str(exc))) from None
         stored = self.store.tenants()
         for tenant in stored:  # learn from what is already stored, in the background
-            self.registry.schedule_refit(tenant)
+            self.registry.schedule_refit(tenant, at_once=True)
         self.refit_poller.start()
         self._set_health()
         threading.Thread(target=self._warm_up, args=(stored,), name="hparamrec-warm-up",

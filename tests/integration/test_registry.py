@@ -74,3 +74,17 @@ def test_close_does_not_wait_out_the_debounce(store):
     assert time.monotonic() - started < 2
     assert not registry._worker.is_alive()
     assert registry.get("t") is None
+
+
+def test_a_refit_at_once_skips_the_debounce(store):
+    """The refits at start-up: no burst of reports to wait for, and the server is not warm
+    until they end."""
+    store.report("t", make_report("a"))
+    registry = ModelRegistry(store, kind="prior", debounce_seconds=30)
+    started = time.monotonic()
+    registry.schedule_refit("t", at_once=True)
+    assert registry.wait_idle(timeout=20)
+    assert time.monotonic() - started < 10 and registry.get("t") is not None
+    registry.schedule_refit("t")  # a report's: debounced as before
+    assert not registry.wait_idle(timeout=0.5)
+    registry.close()
