@@ -17,8 +17,8 @@ import grpc
 from clients import convert
 from clients.client import (Settings, heartbeat_request, list_runs_request,
                             page_of, predict_loss_request, recommend_request, report_request,
-                            retry_wait)
-from clients.errors import from_rpc_error
+                            retry_wait, seconds)
+from clients.errors import ClientSettingsError, from_rpc_error
 from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
                             Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
@@ -33,7 +33,7 @@ class AsyncClient:
                  tls_ca: str | None = None):
         self.settings = Settings.resolve(target, api_key, tls, tls_ca)
         self.target = self.settings.target
-        self.timeout = timeout
+        self.timeout = seconds("timeout", timeout, error=ClientSettingsError)
         self.retries = retries
         self._channel = self.settings.open_channel(grpc.aio)
         self.stub = pb_grpc.RecommenderServiceStub(self._channel)
@@ -108,7 +108,8 @@ class AsyncClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     async def _call(self, method, request, timeout: float | None, patience: float | None = None):
-        timeout = self.timeout if timeout is None else timeout
+        timeout = self.timeout if timeout is None else seconds("timeout", timeout)
+        patience = None if patience is None else seconds("patience", patience, zero=True)
         started, attempt = time.monotonic(), 0
         while True:
             try:

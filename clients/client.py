@@ -11,6 +11,7 @@ so UNAVAILABLE is retried with exponential backoff; `timeout` is the deadline of
 Errors come back as the exceptions of clients/errors.py.
 """
 
+import math
 import os
 import random
 import re
@@ -138,6 +139,16 @@ class Settings:
         return channels.insecure_channel(self.target, CHANNEL_OPTIONS)
 
 
+def seconds(name: str, value, *, zero: bool = False, error=InvalidArgumentError) -> float:
+    """A deadline or a patience, checked before any call: -1 was sent and came back as a
+    deadline exceeded, "5" failed inside gRPC. zero: 0 is allowed (a patience of none)."""
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or value < 0 or (value == 0 and not zero)):
+        rule = "a finite number of seconds, " + (">= 0" if zero else "> 0")
+        raise error(f"{name}: {rule} (got {value!r})", [(name, f"{rule} (got {value!r})")])
+    return float(value)
+
+
 def backoff(attempt: int, cap: float = 2.0) -> float:
     """Seconds to wait before retry number attempt + 1: 0.1, 0.2, 0.4, ... capped, +-50%."""
     return min(cap, 0.1 * 2**attempt) * random.uniform(0.5, 1.5)
@@ -237,7 +248,7 @@ class Client:
                  tls_ca: str | None = None):
         self.settings = Settings.resolve(target, api_key, tls, tls_ca)
         self.target = self.settings.target
-        self.timeout = timeout
+        self.timeout = seconds("timeout", timeout, error=ClientSettingsError)
         self.retries = retries
         self._channel = self.settings.open_channel()
         self.stub = pb_grpc.RecommenderServiceStub(self._channel)
@@ -335,7 +346,8 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def _call(self, method, request, timeout: float | None, patience: float | None = None):
-        timeout = self.timeout if timeout is None else timeout
+        timeout = self.timeout if timeout is None else seconds("timeout", timeout)
+        patience = None if patience is None else seconds("patience", patience, zero=True)
         started, attempt = time.monotonic(), 0
         while True:
             try:

@@ -231,3 +231,22 @@ def test_bad_fields_are_named_by_their_path_in_the_request_before_any_call():
             with pytest.raises(InvalidArgumentError) as caught:
                 call(client)
             assert [f for f, _ in caught.value.field_violations] == [field]
+
+
+@pytest.mark.parametrize("bad", [-1, 0, float("nan"), float("inf"), "5", True])
+def test_a_deadline_that_is_no_positive_number_of_seconds_is_refused_before_any_call(bad):
+    """timeout=-1 was sent, and came back as a deadline exceeded; "5" failed inside gRPC."""
+    from clients import AsyncClient, Client, InvalidArgumentError
+    from clients.errors import ClientSettingsError
+
+    for make in (Client, AsyncClient):
+        with pytest.raises(ClientSettingsError, match="timeout: a finite number of seconds, > 0"):
+            make("127.0.0.1:1", timeout=bad)
+    with Client("127.0.0.1:1", retries=0) as client:  # never called
+        with pytest.raises(InvalidArgumentError) as caught:
+            client.get_run("r", timeout=bad)
+        assert [f for f, _ in caught.value.field_violations] == ["timeout"]
+        if bad != 0:  # a patience of 0 is none: one attempt
+            with pytest.raises(InvalidArgumentError, match="patience: a finite number of "
+                                                           "seconds, >= 0"):
+                client.recommend({"n_params": 1e9, "n_tokens": 2e10}, patience=bad)
