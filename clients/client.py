@@ -177,7 +177,10 @@ def recommend_request(training_spec, pins, mode, run_id: str = "") -> pb.Recomme
 
 
 def _mode(mode) -> int:
-    if isinstance(mode, int):  # a proto enum value (pb.MODE_EXPLORE)
+    if isinstance(mode, int) and not isinstance(mode, bool):  # a proto enum value (pb.MODE_EXPLORE)
+        if not -2**31 <= mode < 2**31:  # protobuf's own ValueError, naming no field
+            raise InvalidArgumentError(f"mode: not a Mode value (got {mode})",
+                                       [("mode", f"not a Mode value (got {mode})")])
         return mode
     try:
         mode = Mode(mode)
@@ -202,6 +205,9 @@ def report_request(report, fields: dict) -> pb.ReportRunRequest:
 
 
 def list_runs_request(page_size: int, page_token: str, training_spec) -> pb.ListRunsRequest:
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or not 0 <= page_size < 2**31:
+        reason = f"a whole number, 0 (the server's default) or more (got {page_size!r})"
+        raise InvalidArgumentError(f"page_size: {reason}", [("page_size", reason)])
     request = pb.ListRunsRequest(page_size=page_size, page_token=page_token)
     if training_spec is not None:
         request.spec.CopyFrom(convert.to_proto(convert.coerce(training_spec, TrainingSpec, "spec"),

@@ -225,12 +225,16 @@ def test_bad_fields_are_named_by_their_path_in_the_request_before_any_call():
         "metadata": lambda c: c.report_run(spec=spec, hyperparameters=hp, outcome=completed,
                                            metadata={"a": "x" * 2_000_000}),
         "points": lambda c: c.predict_loss(spec, [hp] * 10_001),
+        # protobuf's own TypeError and ValueError, naming no field
+        "mode": lambda c: c.recommend(spec, mode=True),
+        "mode ": lambda c: c.recommend(spec, mode=2**40),
+        "page_size": lambda c: c.list_runs(2**31),
     }
     with Client("127.0.0.1:1", retries=0) as client:  # never called
         for field, call in bad_calls.items():
             with pytest.raises(InvalidArgumentError) as caught:
                 call(client)
-            assert [f for f, _ in caught.value.field_violations] == [field]
+            assert [f for f, _ in caught.value.field_violations] == [field.strip()]
 
 
 @pytest.mark.parametrize("bad", [-1, 0, float("nan"), float("inf"), "5", True])
