@@ -27,6 +27,7 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
+        self._http = None  # the /metrics server, once serve() started it
         self.requests = Counter("hparamrec_requests_total", "RPCs by method and status code",
                                 ("method", "code"), registry=self.registry)
         self.latency = Histogram("hparamrec_request_seconds", "RPC latency by method", ("method",),
@@ -68,8 +69,16 @@ class Metrics:
               registry=self.registry).set_function(running)
 
     def serve(self, host: str, port: int) -> int:
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server.server_port
+        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return self._http.server_port
+
+    def close(self) -> None:
+        """Stops serving /metrics: a stopped service left it listening, its port and thread
+        taken for the life of the process (an embedding application, the tests)."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
 
     def refitted(self, tenant: str, version: str, seconds: float) -> None:
         self.refit_seconds.observe(seconds)

@@ -173,15 +173,16 @@ class Service:
             self.server.stop(max(0.0, deadline - time.monotonic())).wait()
         with _said_if_slow("stopping the poll for other replicas' runs"):
             self.refit_poller.stop()
+        self.metrics.close()
         self.registry.close()  # says so if it leaves a refit behind
         self.refiner.close()
         with _said_if_slow("committing the last queued runs"):  # a locked SQLite file: 5 s
             self.store.close()
 
     def _close_parts(self) -> None:
-        """What a server that never served must still close: the refit thread and process, the
-        studies' engine, the store (with its writer thread)."""
-        for part in ("registry", "refiner", "store"):
+        """What a server that never served must still close: the metrics server, the refit
+        thread and process, the studies' engine, the store (with its writer thread)."""
+        for part in ("metrics", "registry", "refiner", "store"):
             if hasattr(self, part):
                 getattr(self, part).close()
 

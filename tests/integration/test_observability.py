@@ -24,3 +24,17 @@ def test_a_refused_call_carries_its_request_id_and_its_field_violations(target):
     assert ("x-request-id", "req-7") in refused.value.trailing_metadata()
     assert rpc_status.from_call(refused.value).details  # the BadRequest is still there
     assert ("x-request-id", "req-8") in missing.value.trailing_metadata()
+
+
+def test_a_stopped_service_stops_serving_metrics(tmp_path):
+    """Its /metrics listener outlived it: an embedding application restarting the service, or
+    a test suite, gathered listeners, and one answered for another service's port number."""
+    import socket
+
+    from tests.integration.in_process_server import running_service
+
+    with running_service(f"sqlite:///{tmp_path / 'm.db'}", metrics_port=0) as svc:
+        port = svc.metrics_port
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # serving
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
