@@ -74,11 +74,16 @@ class Metrics:
 
     def close(self) -> None:
         """Stops serving /metrics: a stopped service left it listening, its port and thread
-        taken for the life of the process (an embedding application, the tests)."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+        taken for the life of the process (an embedding application, the tests). In the
+        background: its loop notices only at its next poll, up to 0.5 s later, which each stop
+        waited (over the test suite's services, 3 of its 13 minutes)."""
+        http, self._http = self._http, None
+        if http is not None:
+            def stop() -> None:
+                http.shutdown()
+                http.server_close()
+
+            threading.Thread(target=stop, name="hparamrec-metrics-stop", daemon=True).start()
 
     def refitted(self, tenant: str, version: str, seconds: float) -> None:
         self.refit_seconds.observe(seconds)
