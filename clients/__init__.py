@@ -9,8 +9,8 @@ import importlib
 _MODULE_OF = {
     "AsyncClient": "clients.aio",
     **dict.fromkeys(["DEFAULT_TARGET", "Client"], "clients.client"),
-    **dict.fromkeys(["CancelledError", "DeadlineExceededError", "HparamrecError",
-                     "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
+    **dict.fromkeys(["CancelledError", "ClientClosedError", "DeadlineExceededError",
+                     "HparamrecError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
                      "ResourceExhaustedError", "UnauthenticatedError", "UnavailableError",
                      "UnimplementedError"], "clients.errors"),
     **dict.fromkeys(["HeartbeatResult", "Hyperparameters", "Interval", "LossPrediction",

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 
 from clients import convert
-from clients.client import (Settings, heartbeat_request, list_runs_request,
-                            page_of, predict_loss_request, recommend_request, report_request,
-                            retry_wait, seconds)
+from clients.client import (Settings, call_name, check_open, heartbeat_request,
+                            list_runs_request, page_of, predict_loss_request, recommend_request,
+                            report_request, retry_wait, seconds)
 from clients.errors import ClientSettingsError, from_rpc_error
 from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
                             Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
@@ -36,6 +36,7 @@ class AsyncClient:
         self.timeout = seconds("timeout", timeout, error=ClientSettingsError)
         self.retries = retries
         self._channel = self.settings.open_channel(grpc.aio)
+        self._closed = False
         self.stub = pb_grpc.RecommenderServiceStub(self._channel)
 
     async def __aenter__(self) -> "AsyncClient":
@@ -45,6 +46,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
         await self._channel.close()
 
     async def recommend(self, spec: TrainingSpec | dict | pb.TrainingSpec,
@@ -103,6 +105,7 @@ class AsyncClient:
     async def health(self, service: str = "") -> str:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        check_open(self._closed, "Health")  # a stub made on a closed channel never answers
         stub = health_pb2_grpc.HealthStub(self._channel)
         response = await self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), None)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
@@ -112,8 +115,12 @@ class AsyncClient:
         patience = None if patience is None else seconds("patience", patience, zero=True)
         started, attempt = time.monotonic(), 0
         while True:
+            check_open(self._closed, call_name(request))
             try:
                 return await method(request, timeout=timeout, metadata=self.settings.metadata)
+            except grpc.aio.UsageError:  # closed by another task during the call
+                check_open(self._closed, call_name(request))
+                raise
             except grpc.aio.AioRpcError as error:
                 wait = retry_wait(error.code(), attempt, self.retries, patience,
                                   time.monotonic() - started)

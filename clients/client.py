@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import grpc
 
 from clients import convert
-from clients.errors import (ClientSettingsError, InvalidArgumentError, UnimplementedError,
-                            from_rpc_error)
+from clients.errors import (ClientClosedError, ClientSettingsError, InvalidArgumentError,
+                            UnimplementedError, from_rpc_error)
 from clients.models import (MAX_PREDICT_POINTS, HeartbeatResult, Hyperparameters,
                             LossPredictions, Mode, Pins, Recommendation, ReportResult, Run,
                             RunPage, RunReport, TrainingSpec)
@@ -167,6 +167,16 @@ def retry_wait(code: grpc.StatusCode, attempt: int, retries: int, patience: floa
 
 # Requests and responses, shared by Client and AsyncClient.
 
+def check_open(closed: bool, call: str) -> None:
+    if closed:
+        raise ClientClosedError(call)
+
+
+def call_name(request) -> str:
+    """The RPC a request is for, as the proto names it (ReportRunRequest: ReportRun)."""
+    return type(request).__name__.removesuffix("Request")
+
+
 def recommend_request(training_spec, pins, mode, run_id: str = "") -> pb.RecommendRequest:
     request = pb.RecommendRequest(spec=convert.to_proto(
                                       convert.coerce(training_spec, TrainingSpec, "spec"), "spec"),
@@ -257,6 +267,7 @@ class Client:
         self.timeout = seconds("timeout", timeout, error=ClientSettingsError)
         self.retries = retries
         self._channel = self.settings.open_channel()
+        self._closed = False
         self.stub = pb_grpc.RecommenderServiceStub(self._channel)
 
     def __enter__(self) -> "Client":
@@ -266,6 +277,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
 
     def recommend(self, spec: TrainingSpec | dict | pb.TrainingSpec,
@@ -347,6 +359,7 @@ class Client:
         """'SERVING' when the service (or the named one) is up."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        check_open(self._closed, "Health")  # a stub made on a closed channel crashes gRPC
         stub = health_pb2_grpc.HealthStub(self._channel)
         response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service), None)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
@@ -356,8 +369,12 @@ class Client:
         patience = None if patience is None else seconds("patience", patience, zero=True)
         started, attempt = time.monotonic(), 0
         while True:
+            check_open(self._closed, call_name(request))
             try:
                 return method(request, timeout=timeout, metadata=self.settings.metadata)
+            except ValueError:  # closed by another thread during the call
+                check_open(self._closed, call_name(request))
+                raise
             except grpc.RpcError as error:
                 wait = retry_wait(error.code(), attempt, self.retries, patience,
                                   time.monotonic() - started)

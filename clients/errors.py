@@ -69,6 +69,14 @@ class ClientSettingsError(InvalidArgumentError):
     (Client's argument name)."""
 
 
+class ClientClosedError(HparamrecError, ValueError):
+    """A call on a client after its close(): nothing was sent. (A ValueError, as gRPC's own
+    error for a closed channel was.)"""
+
+    def __init__(self, call: str):
+        super().__init__(f"{call}: this client is closed; make a new one")
+
+
 def from_rpc_error(error: grpc.RpcError, target: str = "", timeout: float | None = None,
                    tls: bool | None = None) -> HparamrecError:
     """The exception of a failed call; `target` and `timeout` make the messages of a service

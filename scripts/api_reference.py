@@ -170,7 +170,7 @@ def _enum(enum, comments: Comments, path: tuple) -> list[str]:
 
 def _errors() -> list[str]:
     sys.path.insert(0, str(ROOT))
-    from clients.errors import HparamrecError
+    from clients.errors import _BY_CODE, HparamrecError
 
     out = ["## Errors", "",
            "Failures are gRPC status codes; bad input is `INVALID_ARGUMENT` with "
@@ -179,9 +179,13 @@ def _errors() -> list[str]:
            "(`clients/errors.py`, all subclasses of `HparamrecError`, with `field_violations`) "
            "and the CLI exits with a code per exception:", "",
            "| status code | client exception | CLI exit code |", "|---|---|---|"]
-    for cls in HparamrecError.__subclasses__():
+    for cls in _BY_CODE.values():
         out.append(f"| `{cls.code.name}` | `{cls.__name__}` | {cls.exit_code} |")
     out.append(f"| any other | `HparamrecError` | {HparamrecError.exit_code} |")
+    out += ["", "Two are raised by the client before anything is sent: `ClientSettingsError` (an "
+            "`InvalidArgumentError`) for a setting of the client it cannot use, such as a "
+            "`tls_ca` file it cannot read, and `ClientClosedError` (also a `ValueError`) for a "
+            "call after `close()`."]
     return out + [""]
 
 

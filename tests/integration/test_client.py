@@ -12,9 +12,9 @@ import pytest
 from google.protobuf import json_format
 
 from clients import client as client_module
-from clients import (AsyncClient, Client, DeadlineExceededError, Hyperparameters,
-                     InvalidArgumentError, NotFoundError, Pins, RunOutcome, RunReport, RunStatus,
-                     TrainingSpec, UnavailableError, convert)
+from clients import (AsyncClient, Client, ClientClosedError, DeadlineExceededError,
+                     Hyperparameters, InvalidArgumentError, NotFoundError, Pins, RunOutcome,
+                     RunReport, RunStatus, TrainingSpec, UnavailableError, convert)
 from hparamrec.v1 import recommender_pb2 as pb
 from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -123,6 +123,42 @@ def test_async_client_makes_the_same_calls(target):
     assert stored.created and stored.run.recommendation_id == rec.recommendation_id
     assert [r.run_id for r in runs] == ["async-1"]
     assert predicted.predictions[0].loss == pytest.approx(rec.predicted_loss, rel=1e-6)
+
+
+# Every call of a closed client. grpc's own answers differ by call and by client: ValueError,
+# UsageError, a health check that segfaulted (sync) or never returned (async).
+CLOSED_CALLS = {
+    "recommend": lambda c: c.recommend(SPEC),
+    "report_run": lambda c: c.report_run(spec=SPEC, hyperparameters=HP,
+                                         outcome=RunOutcome.completed(2.4), run_id="late"),
+    "list_runs": lambda c: c.list_runs(),
+    "get_run": lambda c: c.get_run("late"),
+    "predict_loss": lambda c: c.predict_loss(SPEC, [HP]),
+    "heartbeat": lambda c: c.heartbeat("1-0"),
+    "health": lambda c: c.health(),
+}
+
+
+@pytest.mark.parametrize("call", CLOSED_CALLS)
+def test_a_closed_client_says_so(target, call):
+    client = Client(target, retries=0)
+    assert client.health() == "SERVING"
+    client.close()
+    with pytest.raises(ClientClosedError, match="closed"):
+        CLOSED_CALLS[call](client)
+    client.close()  # closing twice is harmless
+
+
+@pytest.mark.parametrize("call", CLOSED_CALLS)
+def test_a_closed_async_client_says_so(target, call):
+    async def session():
+        async with AsyncClient(target, retries=0) as client:
+            assert await client.health() == "SERVING"
+        with pytest.raises(ClientClosedError, match="closed"):
+            await asyncio.wait_for(CLOSED_CALLS[call](client), timeout=5)
+        await client.close()
+
+    asyncio.run(session())
 
 
 # Retries and deadlines: a real gRPC server whose ReportRun fails or stalls on purpose.
