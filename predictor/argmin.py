@@ -74,6 +74,8 @@ class ModelRecommender:
             "sources": tuple(self._sources(base, pins)),
             "warnings": (base.warnings + tuple(self._range_warnings(spec))
                          + tuple(getattr(self.model, "spec_warnings", lambda _: [])(spec))
+                         + tuple([] if pins.weight_decay is not None else
+                                 laws.clamped_weight_decay_warnings(spec, lr, batch))
                          + tuple(self._lr_limit_warnings(spec, pins, lr, batch, wd)
                                  or self._pin_span_warnings(spec, pins))),
             "model_versions": (self.model.version_,) + base.model_versions,

@@ -193,12 +193,26 @@ BLEND_START_TPP = 500.0
 BLEND_FULL_TPP = 2000.0
 
 
-def timescale_weight_decay(spec: TrainingSpec, lr, batch_size_tokens):
+def timescale_rule_weight_decay(spec: TrainingSpec, lr, batch_size_tokens):
     """The weight decay that puts the AdamW timescale B / (lr wd D) at Power Lines' optimum, for
-    numbers or arrays of lr and batch; at most MAX_WEIGHT_DECAY, what a run can report (a tiny
-    lr asks for a huge decay)."""
-    wd = batch_size_tokens / (lr * POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
-    return np.minimum(wd, MAX_WEIGHT_DECAY)
+    numbers or arrays of lr and batch (a tiny lr asks for a huge decay)."""
+    return batch_size_tokens / (lr * POWER_LINES_TIMESCALE(spec) * spec.n_tokens)
+
+
+def timescale_weight_decay(spec: TrainingSpec, lr, batch_size_tokens):
+    """The timescale rule's weight decay, at most MAX_WEIGHT_DECAY: what a run can report."""
+    return np.minimum(timescale_rule_weight_decay(spec, lr, batch_size_tokens), MAX_WEIGHT_DECAY)
+
+
+def clamped_weight_decay_warnings(spec: TrainingSpec, lr: float, batch_size_tokens: float
+                                  ) -> list[str]:
+    """The warning of a recommendation whose free weight decay was clamped, if it was."""
+    asked = timescale_rule_weight_decay(spec, lr, batch_size_tokens)
+    if asked <= MAX_WEIGHT_DECAY:
+        return []
+    return [f"weight_decay: the timescale rule asks for {asked:.3g} at this lr and batch, more "
+            f"than a run can use ({MAX_WEIGHT_DECAY:g} at most); {MAX_WEIGHT_DECAY:g} is "
+            "recommended instead"]
 
 
 def long_training_blend_weight(spec: TrainingSpec) -> float:

@@ -103,6 +103,21 @@ def test_surface_answers_stay_sane_at_absurd_pins(surface, pins):
         assert any("above the surface model's limit" in w for w in rec.warnings)
 
 
+def test_a_weight_decay_the_rule_asks_above_100_is_clamped_with_a_warning(surface):
+    """A pinned lr of 1e-7 asks the timescale rule for a decay of hundreds: the learned
+    recommendation says it recommends 100 instead, as the published laws' does (it was silent)."""
+    spec = TrainingSpec(n_params=1e9, n_active_params=1e9, n_tokens=2e10)
+    recommender = ModelRecommender(surface, without(ALL, HELD_OUT))
+    rec = recommender.recommend(spec, Pins(lr=1e-7))
+    asked = laws.timescale_rule_weight_decay(spec, 1e-7, rec.batch_size_tokens)
+    assert asked > 150 and rec.weight_decay == 100
+    assert [w for w in rec.warnings if w.startswith("weight_decay:")] == [
+        f"weight_decay: the timescale rule asks for {asked:.3g} at this lr and batch, more than "
+        "a run can use (100 at most); 100 is recommended instead"]
+    assert not any(w.startswith("weight_decay:")
+                   for w in recommender.recommend(spec, Pins(lr=1e-3)).warnings)
+
+
 def test_one_divergence_warning_on_a_pinned_high_lr(surface):
     """The model with an lr limit gives the warning; the prior's own, based on the laws'
     optimum, used to come too, and said the opposite between the two limits."""
