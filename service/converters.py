@@ -153,9 +153,10 @@ def points_from_proto(request: pb.PredictLossRequest, spec: TrainingSpec) -> dic
         checks = (
             ("lr", ~((arrays["lr"] >= MIN_LR) & (arrays["lr"] <= MAX_LR)),
              f"must be in [{MIN_LR:g}, {MAX_LR:g}]"),
-            ("batch_size_tokens", ~((arrays["batch_size_tokens"] >= 1)
+            ("batch_size_tokens", ~((arrays["batch_size_tokens"] >= spec.seq_len)
                                     & (arrays["batch_size_tokens"] <= spec.n_tokens)),
-             "must be at least 1 and at most spec.n_tokens"),
+             f"must be at least one sequence (spec.seq_len {spec.seq_len}) and at most "
+             "spec.n_tokens"),
             ("weight_decay", given["weight_decay"]
              & ~((arrays["weight_decay"] >= 0) & (arrays["weight_decay"] <= MAX_WEIGHT_DECAY)),
              f"must be in [0, {MAX_WEIGHT_DECAY:g}]"),

@@ -92,6 +92,19 @@ def test_predict_loss_violations_quote_plain_numbers(target):
     assert "np." not in exc.value.details() and "np." not in "".join(reasons.values())
 
 
+def test_predict_loss_refuses_a_batch_of_less_than_one_sequence(client):
+    """As a pin and a report do: a batch of 100 tokens with 2048-token sequences is no run's
+    (PredictLoss answered 3.3 nats for it)."""
+    spec_ = spec(n_params=1e9, n_tokens=2e10, seq_len=2048)
+    points = [{"lr": 1e-3, "batch_size_tokens": 2048}, {"lr": 1e-3, "batch_size_tokens": 100}]
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.predict_loss(spec_, points)
+    assert exc.value.field_violations == [
+        ("points[1].batch_size_tokens",
+         "must be at least one sequence (spec.seq_len 2048) and at most spec.n_tokens (got 100.0)")]
+    assert len(client.predict_loss(spec_, points[:1]).predictions) == 1
+
+
 @pytest.mark.parametrize("name", ["weight_decay", "qat_fraction"])
 def test_predict_loss_refuses_an_optional_value_sent_as_nan(client, name):
     """NaN marks an unset value inside the server: one sent was taken for unset (the timescale
