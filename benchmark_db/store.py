@@ -83,9 +83,7 @@ class RunStore:
         """Stores (tenant, report) pairs in one transaction (one commit); for each, what report()
         would return, a run_id repeated within the batch included."""
         rows = [_to_row(check_tenant(tenant), report) for tenant, report in items]
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        insert = (dialect.insert(runs).on_conflict_do_nothing(index_elements=["tenant", "run_id"])
-                  .returning(runs.c.id))  # a row back only when inserted
+        insert = self._insert_if_new()
         results, seen = [], {}
         with self.engine.begin() as conn:
             for row in rows:
@@ -103,7 +101,8 @@ class RunStore:
 
     def add_many(self, tenant: str, reports: Iterable[RunReport]) -> int:
         """Stores runs in one transaction, skipping run_ids already stored; returns how many
-        were added."""
+        were added. A run another writer stores meanwhile (an import of an overlapping file at
+        the same time) is skipped too: the insert does nothing on a known run_id."""
         check_tenant(tenant)
         reports = list(reports)
         with self.engine.begin() as conn:
@@ -113,18 +112,27 @@ class RunStore:
                 chunk = ids[start:start + 500]
                 known.update(conn.scalars(sa.select(runs.c.run_id).where(
                     runs.c.tenant == tenant, runs.c.run_id.in_(chunk))))
-            rows, seen = [], set()
+            rows, seen, added = [], set(), 0
             for report in reports:
                 if report.run_id in known or report.run_id in seen:
                     continue
                 seen.add(report.run_id)
                 rows.append(_to_row(tenant, report))
                 if len(rows) == INSERT_CHUNK:
-                    conn.execute(runs.insert(), rows)
+                    added += self._insert_new(conn, rows)
                     rows = []
             if rows:
-                conn.execute(runs.insert(), rows)
-        return len(seen)
+                added += self._insert_new(conn, rows)
+        return added
+
+    def _insert_new(self, conn, rows: list[dict]) -> int:
+        """Inserts the rows whose run_id the tenant has not stored; returns how many."""
+        return len(conn.execute(self._insert_if_new(), rows).all())
+
+    def _insert_if_new(self):
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return (dialect.insert(runs).on_conflict_do_nothing(index_elements=["tenant", "run_id"])
+                .returning(runs.c.id))  # a row back only when inserted
 
     def get(self, tenant: str, run_id: str) -> RunRecord:
         found = self.find(tenant, run_id)

@@ -190,6 +190,27 @@ def test_add_many_is_idempotent(store):
     assert store.count("t") == 6
 
 
+def test_add_many_skips_a_run_another_writer_stored_after_its_lookup(store, database_url):
+    """Two imports of overlapping files at once: the other commits one of our runs between our
+    lookup of the stored ids and our insert (here, just before the insert). It is skipped as
+    already stored; it was an IntegrityError that failed the whole import with a traceback."""
+    other = RunStore(database_url)
+    raced = []
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def _other_writer_first(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO RUNS") and not raced:
+            raced.append(other.report("t", make_report("r1")))
+
+    try:
+        assert store.add_many("t", [make_report(f"r{i}") for i in range(3)]) == 2
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", _other_writer_first)
+        other.close()
+    assert raced and raced[0][1]  # the other writer did store r1 first
+    assert sorted(r.run_id for r in store.all_runs("t")) == ["r0", "r1", "r2"]
+
+
 def test_add_many_inserts_in_chunks_within_one_transaction(store, monkeypatch):
     monkeypatch.setattr(store_module, "INSERT_CHUNK", 3)
     assert store.add_many("t", [make_report(f"r{i}") for i in range(8)]) == 8
