@@ -165,13 +165,15 @@ def keys_revoke(db, key_id, as_json) -> None:
 @click.option("--format", "file_format", type=click.Choice(IMPORT_FORMATS), required=True,
               help="Format of --runs (and of --context files).")
 @click.option("--context", "context_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="More runs used for fitting in every fold, never scored (repeatable).")
+              help="More runs to fit on in every fold, never scored; those of the fold's "
+                   "held-out group are left out (repeatable).")
 @click.option("--predictor", default="auto", show_default=True,
               help="prior, surface, lightgbm, auto, pfn or ensemble.")
 @json_option(help="Print the backtest's results as one JSON object.")
 def backtest(runs_file, file_format, context_files, predictor, as_json) -> None:
     """Leave-one-group-out backtest: each (n_params, n_active_params, n_tokens) group is
-    predicted by a model fitted on all other groups (plus --context) and never on itself."""
+    predicted by a model fitted on all other groups (plus --context) and never on itself
+    (--context runs of the held-out group are left out of its fold)."""
     from predictor.backtest import backtest as run_backtest
     from predictor.predictors import MODEL_FACTORIES
     from predictor.table import RunTable
@@ -189,6 +191,9 @@ def backtest(runs_file, file_format, context_files, predictor, as_json) -> None:
     result = run_backtest(table, predictor, context, progress)
     if progress:
         click.echo("\r\033[K", err=True, nl=False)  # erase the counter: the table starts there
+    if left_out := sum(group["context_runs_left_out"] for group in result["groups"]):
+        click.echo(f"note: --context holds {left_out} runs of groups in {runs_file}; each fold "
+                   "left out those of the group it held out", err=True)
     if len(result["groups"]) == 1 and context is None:  # its figures would pass for a fit's
         click.echo(f"note: {runs_file} holds one group, so its fold fits on no runs: the figures "
                    "are those of the published laws (--context adds runs to fit on)", err=True)

@@ -1,14 +1,14 @@
 """Leave-one-group-out backtest: for each (n_params, n_active_params, n_tokens) group, fit on
-every other group (plus context runs, never scored) and predict for the held-out spec without
-seeing any of its runs."""
+every other group (plus context runs, never scored, less those of the held-out group) and
+predict for the held-out spec without seeing any of its runs."""
 
 from collections.abc import Callable
 
 import numpy as np
 
-from benchmark_db.records import Pins, TrainingSpec
+from benchmark_db.records import SPEC_MATCH_TOLERANCE, Pins, TrainingSpec
 from predictor.predictors import fit_predictor
-from predictor.table import RunTable
+from predictor.table import GROUP_COLUMNS, RunTable
 
 
 def backtest(runs: RunTable, kind: str, context: RunTable | None = None,
@@ -20,8 +20,12 @@ def backtest(runs: RunTable, kind: str, context: RunTable | None = None,
     for n, g in enumerate(groups):
         held = runs.subset(group_ids == g)
         train = runs.subset(group_ids != g)
+        left_out = 0
         if context is not None and len(context):
-            train = RunTable.concat([train, context])
+            # Context runs of the held-out group would be its answers: never fitted on.
+            of_held = of_group(context, held)
+            left_out = int(of_held.sum())
+            train = RunTable.concat([train, context.subset(~of_held)])
         predictor = fit_predictor(kind, train)
         spec, pins = held_out_spec(held)
         rec = predictor.recommend(spec, pins)
@@ -31,6 +35,7 @@ def backtest(runs: RunTable, kind: str, context: RunTable | None = None,
             "n_active_params": spec.n_active_params,
             "n_tokens": spec.n_tokens,
             "pins": pins.model_dump(exclude_none=True),
+            "context_runs_left_out": left_out,
             "model_version": predictor.version,
             "recommendation": {
                 "lr": rec.lr,
@@ -51,6 +56,16 @@ def backtest(runs: RunTable, kind: str, context: RunTable | None = None,
         if progress:
             progress(n + 1, len(groups))
     return {"predictor": kind, "groups": out}
+
+
+def of_group(table: RunTable, group: RunTable) -> np.ndarray:
+    """Which rows of table have the sizes of group's (one group's runs), to float noise (a
+    file exported and read back)."""
+    same = np.ones(len(table), bool)
+    for column in GROUP_COLUMNS:
+        value = getattr(group, column)[0]
+        same &= np.abs(getattr(table, column) - value) <= SPEC_MATCH_TOLERANCE * value
+    return same
 
 
 def held_out_spec(held: RunTable) -> tuple[TrainingSpec, Pins]:

@@ -73,6 +73,50 @@ def test_backtest_json_contract(tmp_path):
         assert all(p["loss_lo"] <= p["loss_pred"] <= p["loss_hi"] for p in group["points"])
 
 
+def noisy_copies(reports):
+    """The runs as an export read back would hold them: float noise in the sizes."""
+    return [r.model_copy(update={"run_id": f"copy-{r.run_id}", "spec": r.spec.model_copy(
+        update={"n_params": r.spec.n_params * (1 + 1e-9),
+                "n_active_params": r.spec.n_active_params * (1 + 1e-9)})}) for r in reports]
+
+
+def test_backtest_never_fits_a_fold_on_context_runs_of_its_held_out_group():
+    """All one's sweeps as --context and some of them as --runs is an easy mistake: each fold
+    fitted on the held-out group's own runs too, and scored as if it had not. A fold's model is
+    now the one fitted on the other groups' runs and context runs only."""
+    from predictor.backtest import backtest
+    from predictor.predictors import fit_predictor
+    from predictor.table import RunTable
+
+    groups = SWEEP_GROUPS[:3]
+    runs = synthetic_sweep(groups=groups)
+    context = synthetic_sweep(groups=SWEEP_GROUPS[3:5], seed=3) + noisy_copies(runs)
+    result = backtest(RunTable.from_runs(runs), "surface", RunTable.from_runs(context))
+    for group, (n, d) in zip(result["groups"], groups):
+        def other(r):
+            return not (r.spec.n_params == pytest.approx(n, rel=1e-6)
+                        and r.spec.n_tokens == pytest.approx(d, rel=1e-6))
+
+        held = RunTable.from_runs([r for r in runs if not other(r)])
+        fold = fit_predictor("surface", RunTable.from_runs(
+            [r for r in runs if other(r)] + [r for r in context if other(r)]))
+        assert [p["loss_pred"] for p in group["points"]] == list(fold.predict(held).mean)
+        assert group["context_runs_left_out"] == len(held)
+
+
+def test_backtest_notes_the_context_runs_it_left_out(tmp_path):
+    runs, context = tmp_path / "runs.csv", tmp_path / "context.csv"
+    sweep = synthetic_sweep(groups=SWEEP_GROUPS[:2])
+    write_csv(runs, sweep)
+    write_csv(context, synthetic_sweep(groups=SWEEP_GROUPS[2:4], seed=3) + noisy_copies(sweep))
+    out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "csv",
+                          "--context", str(context), "--predictor", "prior", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == (f"note: --context holds {len(sweep)} runs of groups in {runs}; each "
+                          "fold left out those of the group it held out\n")
+
+
 def test_backtest_of_mixture_of_experts_groups(tmp_path):
     """The held-out spec is rebuilt from the runs' sizes: fewer active parameters than
     parameters is a MoE (it was taken for a dense model and refused)."""
