@@ -245,15 +245,19 @@ def backtest_table(table, result: dict) -> None:
                 title_justify="left")
     for column in ("params", "tokens", "lr", "batch", "regret", "rank corr.", "80% cover"):
         out.add_column(column)
-    regrets, unscored = [], 0
+    regrets, unscored = [], {"without a completed run": 0, "of one configuration": 0}
     for g, group in zip(np.unique(ids), result["groups"]):
         held = table.subset(ids == g)
         rec = group["recommendation"]
-        if not held.completed.any():  # nothing to score against
-            unscored += 1
+        configurations = {(lr, b) for lr, b in zip(held.lr[held.completed],
+                                                   held.batch_size_tokens[held.completed])}
+        if len(configurations) < 2:  # no best loss, or every recommendation is nearest to it
+            why = "without a completed run" if not configurations else "of one configuration"
+            unscored[why] += 1
             out.add_row(format_quantity(group["n_params"]), format_quantity(group["n_tokens"]),
                         f"{rec['lr']:.3g}", format_quantity(rec["batch_size_tokens"]),
-                        "n/a: no completed run", "", "")
+                        "n/a: " + ("no completed run" if not configurations
+                                   else "one configuration"), "", "")
             continue
         pts = group["points"]
         mean = np.array([p["loss_pred"] for p in pts])
@@ -267,8 +271,8 @@ def backtest_table(table, result: dict) -> None:
                     f"{scoring.rank_correlation(held, mean):.3f}",
                     f"{scoring.coverage(held, lo, hi):.0%}")
     console.print(out)
-    console.print(_regret_summary(regrets)
-                  + (f"; {unscored} group(s) without a completed run not scored" if unscored else ""))
+    console.print(_regret_summary(regrets) + "".join(
+        f"; {count} group(s) {why} not scored" for why, count in unscored.items() if count))
 
 
 def _regret_cell(regret: float, into_diverged: bool) -> str:

@@ -117,6 +117,24 @@ def test_backtest_notes_the_context_runs_it_left_out(tmp_path):
                           "fold left out those of the group it held out\n")
 
 
+def test_backtest_table_does_not_score_a_group_of_one_configuration(tmp_path):
+    """The nearest point to any recommendation is its only one: such a group scored 0.000% and
+    pulled the mean regret down."""
+    runs = tmp_path / "sweep.csv"
+    runs.write_text("lr,bs,loss,smooth loss,exp_name,D,N\n"
+                    "1e-3,256,2.6,2.6,a,4e9,1e9\n1e-3,256,2.61,2.61,a2,4e9,1e9\n"
+                    "1e-3,256,2.5,2.5,c,8e9,1e9\n8e-3,256,2.4,2.4,d,8e9,1e9\n")
+    out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "steplaw",
+                          "--predictor", "prior"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    one = next(line for line in out.stdout.splitlines() if "│ 4B " in line)
+    assert "n/a: one configuration" in one and "0.000%" not in one
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.endswith("; 1 group(s) of one configuration not scored")
+    assert "0.000%" not in last  # the mean is the other group's alone
+
+
 def test_backtest_of_mixture_of_experts_groups(tmp_path):
     """The held-out spec is rebuilt from the runs' sizes: fewer active parameters than
     parameters is a MoE (it was taken for a dense model and refused)."""
