@@ -51,11 +51,21 @@ def postgresql_connect_args(url: sa.URL) -> dict:
 
 
 def sqlite_file(url: str | sa.URL) -> Path | None:
-    """The file a SQLite URL names (absolute); None for another database or an in-memory one."""
+    """The file a SQLite URL names: absolute, ~ expanded, symlinks resolved (the lock beside
+    it must be one for every name of the file); None for another database or an in-memory
+    one."""
     url = sa.make_url(url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
-    return Path(url.database).expanduser().absolute()
+    return Path(url.database).expanduser().resolve()
+
+
+def canonical_url(url: str | sa.URL) -> sa.URL:
+    """The URL, a SQLite one naming sqlite_file's path: what every engine on it connects to
+    (SQLite itself expands no ~: sqlite:///~/x.db was a directory named ~ to it)."""
+    url = sa.make_url(url)
+    path = sqlite_file(url)
+    return url if path is None else url.set(database=str(path))
 
 
 # The first 16 bytes of every SQLite database file. An empty file is a new database to SQLite.
@@ -95,8 +105,12 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
     check_sqlite_file(path)  # before anything is made beside it
     # The directories too: `make run`'s var/ on a fresh clone. Whoever opens the store says
     # that a new database was made (a mistyped path makes one too).
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False,
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only disk: an unusable --db
+        raise ValueError(f"cannot make the database's directory {exc.filename}: "
+                         f"{exc.strerror}") from None
+    engine = sa.create_engine(canonical_url(url), connect_args={"check_same_thread": False,
                                                 "timeout": SQLITE_BUSY_SECONDS})
 
     @sa.event.listens_for(engine, "connect")

@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
 from optuna.storages._cached_storage import _CachedStorage  # what load_study wraps the storage in
 
-from benchmark_db.engine import (SQLITE_BUSY_SECONDS, advisory_lock, postgresql_connect_args,
-                                 watch_sqlite_file)
+from benchmark_db.engine import (SQLITE_BUSY_SECONDS, advisory_lock, canonical_url,
+                                 postgresql_connect_args, watch_sqlite_file)
 from benchmark_db.errors import InvalidArgument
 from benchmark_db.records import Pins, TrainingSpec, check_tenant
 from predictor.recommendation import HYPERPARAMETERS, Recommendation
@@ -216,8 +216,9 @@ class SearchSpace:
 
 
 def _storage_url(url: str) -> str:
-    """The URL with the driver the service installs (psycopg 3 for PostgreSQL)."""
-    parsed = sa.make_url(url)
+    """The URL with the driver the service installs (psycopg 3 for PostgreSQL), a SQLite
+    file's as our own engine names it."""
+    parsed = canonical_url(url)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)

@@ -174,3 +174,45 @@ def test_a_refused_command_makes_no_database(tmp_path, command, args, error):
     assert len(out.stderr.splitlines()) == 1
     assert out.stderr.startswith(error.format(bad=bad))
     assert not path.parent.exists()
+
+
+def test_a_second_server_through_a_symlink_to_the_file_is_refused(tmp_path):
+    """The lock beside the file was named from the path as given: a symlink to the file had a
+    lock of its own, and two servers handed the same explore trial to two launchers."""
+    from service.sqlite_lock import SqliteFileTaken, hold_sqlite_file
+
+    db = tmp_path / "runs.db"
+    (tmp_path / "alias.db").symlink_to(db)
+    held = hold_sqlite_file(f"sqlite:///{db}")
+    try:
+        with pytest.raises(SqliteFileTaken, match=str(db)):
+            hold_sqlite_file(f"sqlite:///{tmp_path / 'alias.db'}")
+    finally:
+        held.close()
+
+
+def test_a_home_relative_path_names_one_file(tmp_path, monkeypatch):
+    """sqlite:///~/x.db: the checks, the lock and the message used ~ expanded, the engine the
+    path as given, relative to the working directory, a directory named ~ and all."""
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    (elsewhere / "~").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    out = run("keys create", "sqlite:///~/x.db", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.startswith(f"note: created a new database at {home / 'x.db'}")
+    assert (home / "x.db").exists() and list((elsewhere / "~").iterdir()) == []
+    listed = run("keys list", "sqlite:///~/x.db", tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "tenant t" in listed.stdout or " t " in listed.stdout
+
+
+def test_a_database_directory_that_cannot_be_made_is_one_line(tmp_path):
+    """A regular file where the database's directory should be: a traceback from mkdir."""
+    (tmp_path / "afile").write_text("")
+    for command in ("keys create", "import"):
+        out = run(command, tmp_path / "afile" / "x.db", tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith("error: --db: ")
+        assert "Traceback" not in out.stderr
