@@ -37,6 +37,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 # refit (till then its answers come from the published laws), and as the others after that.
 # What a load balancer checks to send calls to a replica only once it answers as the others.
 WARM_SERVICE_NAME = "hparamrec.warm"
+CORE_PENDING_CALLS = 100_000
 
 
 class Service:
@@ -82,12 +83,15 @@ class Service:
             # out of reach there is UNAVAILABLE too.
             interceptors=[self.observer, ErrorInterceptor(),
                           AuthInterceptor(None if settings.auth_disabled else self.store.keys)],
+            # The calls at work or waiting for a worker: more are RESOURCE_EXHAUSTED at once.
+            maximum_concurrent_rpcs=settings.max_workers + settings.max_pending_calls,
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", 4 * limit),
-                     # gRPC sheds calls (CANCELLED, never reaching a handler) at random once
-                     # over 1,000 wait for a worker; a burst of launchers must queue instead.
-                     ("grpc.server.max_pending_requests", settings.max_pending_calls),
-                     ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
+                     # gRPC's core sheds calls (CANCELLED, never reaching a handler) at random
+                     # once more than this many arrive before the server takes them in (1,000
+                     # by default): well above any limit above, which then says no instead.
+                     ("grpc.server.max_pending_requests", CORE_PENDING_CALLS),
+                     ("grpc.server.max_pending_requests_hard_limit", CORE_PENDING_CALLS),
                      # gRPC binds with SO_REUSEPORT by default: a second server on a port in
                      # use would start, and clients' calls be split between two databases.
                      ("grpc.so_reuseport", 0)],

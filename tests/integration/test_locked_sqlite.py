@@ -14,6 +14,7 @@ from benchmark_db.engine import SQLITE_BUSY_SECONDS
 from clients import Client
 from clients.errors import UnavailableError
 from tests.factories import client_report
+from hparamrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.integration.in_process_server import running_service
 
 pytestmark = pytest.mark.integration
@@ -83,3 +84,32 @@ def test_a_report_retried_past_the_lock_is_stored_once(sqlite_service):
             result = client.report_run(client_report("retried"))
         assert result.created
         assert [run.run_id for run in client.iter_runs()] == ["retried"]
+
+
+def test_calls_beyond_the_workers_and_the_pending_limit_are_refused(tmp_path):
+    """HPARAMREC_MAX_PENDING_CALLS: that many calls wait for a busy worker, and the next are
+    RESOURCE_EXHAUSTED at once. gRPC's own pending queue had cancelled a few at random and let
+    the rest wait (10 calls past a limit of 2: 1 cancelled, 9 served)."""
+    import grpc
+
+    from clients.client import report_request
+
+    path = tmp_path / "runs.db"
+    with running_service(f"sqlite:///{path}", refit_poll_seconds=0, max_workers=1,
+                         max_pending_calls=2) as svc, \
+            grpc.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+
+        def report(i):
+            try:
+                stub.ReportRun(report_request(client_report(f"burst-{i}"), {}),
+                               timeout=CLIENT_DEADLINE)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as error:
+                return error.code()
+
+        with write_locked(str(path), 2.0), futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(report, range(8)))
+    assert sorted(codes, key=str) == sorted([grpc.StatusCode.OK] * 3
+                                            + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 5, key=str)
+
