@@ -140,7 +140,9 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 if remaining is not None and remaining <= 0:  # waited out its deadline in the queue
                     context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                   "the deadline passed before the call started")
-                return inner(request, context)
+                response = inner(request, context)
+                code = context.code() or grpc.StatusCode.OK  # set without raising (health)
+                return response
             except Exception:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
@@ -148,18 +150,25 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
                 with self._lock:
                     self.running -= 1
                 elapsed = time.perf_counter() - started
+                who = "".join(f", {name} {value}" for name, value in caller.items())
+                if code is grpc.StatusCode.OK and not context.is_active():
+                    # Answered, but to no one: counted as what its caller saw.
+                    code, who = _caller_gone(context), who + ", after the caller had gone"
                 self.metrics.requests.labels(method, code.name).inc()
                 self.metrics.latency.labels(method).observe(elapsed)
                 level = self.ok_level if code is grpc.StatusCode.OK else logging.WARNING
-                who = "".join(f", {name} {value}" for name, value in caller.items())
-                if code is grpc.StatusCode.OK and not context.is_active():
-                    # Answered, but to no one: its deadline passed, or it was cancelled.
-                    level, who = logging.WARNING, who + ", after the caller had gone"
                 self.log.log(level, "%s %s in %.1f ms%s", method, code.name, 1000 * elapsed, who)
                 _caller.reset(caller_token)
                 _request_id.reset(token)
 
         return handler._replace(unary_unary=observed)
+
+
+def _caller_gone(context) -> grpc.StatusCode:
+    """What the caller of a call that ended without it saw: its deadline, or a cancel."""
+    remaining = context.time_remaining()
+    return (grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0
+            else grpc.StatusCode.CANCELLED)
 
 
 def _resident_bytes(pid: int | None) -> float:

@@ -113,3 +113,35 @@ def test_calls_beyond_the_workers_and_the_pending_limit_are_refused(tmp_path):
     assert sorted(codes, key=str) == sorted([grpc.StatusCode.OK] * 3
                                             + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 5, key=str)
 
+
+def test_metrics_count_calls_by_the_code_their_caller_saw(tmp_path, caplog):
+    """A report answered after its deadline (the file locked), and a health check of an
+    unknown service (NOT_FOUND set, not raised), were both counted and logged as OK: an
+    error-rate alert on hparamrec_requests_total saw neither."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from clients.client import report_request
+
+    path = tmp_path / "runs.db"
+    with running_service(f"sqlite:///{path}", refit_poll_seconds=0) as svc, \
+            grpc.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as unknown:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        with write_locked(str(path), 1.5), pytest.raises(grpc.RpcError) as late:
+            stub.ReportRun(report_request(client_report("late"), {}), timeout=0.5)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not svc.metrics.registry.get_sample_value(
+                "hparamrec_requests_total", {"method": "ReportRun", "code": "DEADLINE_EXCEEDED"}):
+            time.sleep(0.05)  # the handler finishes once the lock is released
+        count = svc.metrics.registry.get_sample_value
+        assert count("hparamrec_requests_total", {"method": "Check", "code": "NOT_FOUND"}) == 1
+        assert not count("hparamrec_requests_total", {"method": "Check", "code": "OK"})
+        assert count("hparamrec_requests_total",
+                     {"method": "ReportRun", "code": "DEADLINE_EXCEEDED"}) == 1
+        assert not count("hparamrec_requests_total", {"method": "ReportRun", "code": "OK"})
+    assert "ReportRun DEADLINE_EXCEEDED in" in caplog.text
