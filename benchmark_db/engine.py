@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from benchmark_db.errors import DatabaseFileGone
+from benchmark_db.errors import DatabaseFileGone, DatabaseReadOnly
 
 # How long a write waits for another connection's lock on a SQLite file before failing (the
 # service then answers UNAVAILABLE, which clients retry). Below the client's 10 s deadline, so
@@ -139,6 +139,21 @@ def watch_sqlite_file(engine: sa.Engine) -> None:
     sa.event.listen(engine, "connect", lambda _connection, _record: file.opened())
     # Raising in the commit event rolls the transaction back: it is never acknowledged.
     sa.event.listen(engine, "commit", lambda _connection: file.check())
+
+
+def check_writable(engine: sa.Engine) -> None:
+    """DatabaseReadOnly if the database would refuse a write: a PostgreSQL session that is
+    read-only (a standby, a demoted primary), a SQLite file or directory that cannot be
+    written (its journal lives beside it). A health check: no write is made."""
+    path = sqlite_file(engine.url)
+    if path is not None:
+        if not (os.access(path.parent, os.W_OK) and (not path.exists()
+                                                      or os.access(path, os.W_OK))):
+            raise DatabaseReadOnly(f"{path}, or its directory, cannot be written")
+        return
+    with engine.connect() as conn:
+        if conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on":
+            raise DatabaseReadOnly("the database takes only read-only transactions")
 
 
 def check_database_file(engine: sa.Engine) -> None:

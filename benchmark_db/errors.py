@@ -36,18 +36,38 @@ class DatabaseFileGone(DomainError):
     nothing)."""
 
 
+class DatabaseReadOnly(DomainError):
+    """The database takes no writes: a read-only file or disk, a PostgreSQL standby, or a
+    primary demoted by a failover (UNAVAILABLE: another replica, or the promoted primary a
+    retry reaches, can store the run)."""
+
+
 def database_unreachable(exc: BaseException) -> bool:
     """Whether the error (or one it was raised from: Optuna wraps SQLAlchemy's) is the database
     being out of reach: down, restarting, its connections cut, its pool exhausted, SQLite's
-    file locked. Such a call may succeed if retried, which UNAVAILABLE tells clients to do."""
+    file locked, or taking no writes. Such a call may succeed if retried, which UNAVAILABLE
+    tells clients to do."""
     from sqlalchemy import exc as sa_exc
 
     for cause in _chain(exc):
-        if isinstance(cause, (sa_exc.OperationalError, sa_exc.TimeoutError, DatabaseFileGone)):
+        if isinstance(cause, (sa_exc.OperationalError, sa_exc.TimeoutError, DatabaseFileGone,
+                              DatabaseReadOnly)):
             return True
         if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
             return True
-    return False
+    return database_read_only(exc)
+
+
+# What SQLite (SQLITE_READONLY) and PostgreSQL (read_only_sql_transaction, SQLSTATE 25006, an
+# InternalError to SQLAlchemy) say to a write they cannot take.
+_READ_ONLY = ("attempt to write a readonly database", "in a read-only transaction")
+
+
+def database_read_only(exc: BaseException) -> bool:
+    if any(isinstance(cause, DatabaseReadOnly) for cause in _chain(exc)):
+        return True
+    summary = database_error_summary(exc).lower()
+    return any(words in summary for words in _READ_ONLY)
 
 
 # What SQLite (SQLITE_FULL), PostgreSQL (disk_full, SQLSTATE 53100) and the OS say when the
@@ -67,7 +87,7 @@ def database_error_summary(exc: BaseException) -> str:
     from sqlalchemy import exc as sa_exc
 
     for cause in _chain(exc):
-        if isinstance(cause, DatabaseFileGone):
+        if isinstance(cause, (DatabaseFileGone, DatabaseReadOnly)):
             return str(cause)
         if isinstance(cause, sa_exc.DBAPIError) and cause.orig is not None:
             said = str(cause.orig).strip().split("\n", 1)[0]

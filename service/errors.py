@@ -9,7 +9,7 @@ from grpc_status import rpc_status
 
 from benchmark_db.errors import (DatabaseFileGone, DomainError, InvalidArgument, NotFound,
                                  database_disk_full, database_error_summary,
-                                 database_unreachable)
+                                 database_read_only, database_unreachable)
 from service.observability import request_id_metadata
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     context.abort(grpc.StatusCode.UNAVAILABLE,
                                   "the service's database is out of disk space; retry later"
                                   if database_disk_full(exc) else
+                                  "the service's database is read-only (a standby, a failover "
+                                  "under way, a read-only file or disk); retry later"
+                                  if database_read_only(exc) else
                                   "the service's database is unreachable; retry shortly")
                 log.exception("internal error in %s", method)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")

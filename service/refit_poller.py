@@ -2,14 +2,14 @@
 each tenant's stored runs, and a tenant whose count differs from what its current model was
 fitted on gets a refit. A replica's own reports schedule theirs at once (predictor/engine.py);
 this catches the runs reported through the others, and runs imported with `hparamrec import`.
-Each poll also tells `on_database` whether the database could be reached, and a SQLite file is
-still the one opened (the server's health follows it)."""
+Each poll also tells `on_database` whether the database could be reached, takes writes, and a
+SQLite file is still the one opened (the server's health follows it)."""
 
 import logging
 import threading
 from collections.abc import Callable
 
-from benchmark_db.engine import check_database_file
+from benchmark_db.engine import check_database_file, check_writable
 from benchmark_db.errors import database_error_summary, database_unreachable
 from benchmark_db.store import RunStore
 from predictor.registry import ModelRegistry
@@ -47,6 +47,7 @@ class RefitPoller:
         scheduled once more, not on every poll: a refit that failed (a fit process killed)
         is retried once, and one that keeps failing when the next run arrives."""
         check_database_file(self.store.engine)  # deleted under us: health goes NOT_SERVING
+        check_writable(self.store.engine)  # a standby after a failover: NOT_SERVING too
         stale = []
         for tenant, count in self.store.run_counts().items():  # also: the database answers
             if count == self.registry.fitted_on(tenant) or self.registry.busy(tenant):

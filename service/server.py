@@ -163,7 +163,7 @@ class Service:
         if reachable != self._database_ok:
             log.log(logging.INFO if reachable else logging.ERROR, "health: %s",
                     "SERVING again: the database answers" if reachable
-                    else "NOT_SERVING: the database is out of reach")
+                    else "NOT_SERVING: the database is out of reach, or takes no writes")
         self._database_ok = reachable
         self._set_health()
 

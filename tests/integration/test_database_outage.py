@@ -73,3 +73,43 @@ def health_becomes(client: Client, status: str, within: float = 10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+@contextmanager
+def database_read_only(url: str):
+    """The test's database takes only read-only transactions from its next sessions on, and its
+    open ones are cut: what a primary demoted by a failover, or a standby, answers."""
+    name = sa.make_url(url).database
+    admin = sa.create_engine(sa.make_url(url).set(database="postgres",
+                                                   drivername="postgresql+psycopg"),
+                             isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"ALTER DATABASE {name} SET default_transaction_read_only = on"))
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = :name"), {"name": name})
+    try:
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"ALTER DATABASE {name} SET default_transaction_read_only = off"))
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = :name"), {"name": name})
+        admin.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_read_only_database_is_unavailable_and_not_serving(database_url):
+    """Reports into a read-only database were INTERNAL (which clients do not retry) while
+    health said SERVING, so a load balancer kept sending calls to a replica that could store
+    nothing."""
+    with running_service(database_url, refit_poll_seconds=0.1) as svc:
+        with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
+            assert client.report_run(make_report("before")).created
+            with database_read_only(database_url):
+                with pytest.raises(UnavailableError, match="database is read-only"):
+                    client.report_run(make_report("during"))
+                assert health_becomes(client, "NOT_SERVING")
+                assert [r.run_id for r in client.list_runs().runs] == ["before"]  # reads work
+            assert health_becomes(client, "SERVING")
+        with Client(f"127.0.0.1:{svc.port}", retries=5) as client:
+            assert client.report_run(make_report("after")).created
