@@ -16,6 +16,8 @@ from predictor.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 POLL_ATTEMPTS = 2  # refits a poll schedules for one count of a tenant's runs: one retry
+# With the poll for runs off (one replica), the database is still checked this often for health.
+HEALTH_ONLY_SECONDS = 2.0
 
 
 class RefitPoller:
@@ -31,7 +33,7 @@ class RefitPoller:
         self._thread = threading.Thread(target=self._run, name="hparamrec-refit-poll", daemon=True)
 
     def start(self) -> None:
-        if self.interval_seconds > 0:
+        if self.interval_seconds > 0 or self.on_database is not None:
             self._thread.start()
 
     def stop(self) -> None:
@@ -46,10 +48,9 @@ class RefitPoller:
         starts; what it misses, the next poll sees), and a count already scheduled is
         scheduled once more, not on every poll: a refit that failed (a fit process killed)
         is retried once, and one that keeps failing when the next run arrives."""
-        check_database_file(self.store.engine)  # deleted under us: health goes NOT_SERVING
-        check_writable(self.store.engine)  # a standby after a failover: NOT_SERVING too
+        counts = self.check_database()
         stale = []
-        for tenant, count in self.store.run_counts().items():  # also: the database answers
+        for tenant, count in counts.items():
             if count == self.registry.fitted_on(tenant) or self.registry.busy(tenant):
                 continue
             scheduled, attempts = self._scheduled.get(tenant, (None, 0))
@@ -61,17 +62,28 @@ class RefitPoller:
             stale.append(tenant)
         return stale
 
+    def check_database(self) -> dict[str, int]:
+        """Each tenant's stored runs; raises if the database cannot store runs."""
+        check_database_file(self.store.engine)  # deleted under us: health goes NOT_SERVING
+        check_writable(self.store.engine)  # a standby after a failover: NOT_SERVING too
+        return self.store.run_counts()  # also: the database answers
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
+        polling = self.interval_seconds > 0
+        what = "polling for runs stored by other replicas" if polling else "checking the database"
+        while not self._stop.wait(self.interval_seconds if polling else HEALTH_ONLY_SECONDS):
             try:
-                stale = self.poll_once()
+                if polling:
+                    stale = self.poll_once()
+                else:
+                    self.check_database()
+                    stale = []
             except Exception as exc:  # the database may be briefly away; try again next interval
                 unreachable = database_unreachable(exc)
                 if unreachable:
-                    log.warning("polling for runs stored by other replicas failed: %s",
-                                database_error_summary(exc))
+                    log.warning("%s failed: %s", what, database_error_summary(exc))
                 else:
-                    log.warning("polling for runs stored by other replicas failed", exc_info=True)
+                    log.warning("%s failed", what, exc_info=True)
                 if self.on_database is not None and unreachable:
                     self.on_database(False)
                 continue

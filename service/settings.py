@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     # A burst of reports within this many seconds leads to one refit.
     refit_debounce_seconds: Seconds = 2.0
     # How often to look for runs stored through other replicas (or imported) and refit on them;
-    # 0 switches the poll off (one replica: its own reports already trigger refits).
+    # 0 switches the poll off (one replica: its own reports already trigger refits); health
+    # then checks the database on its own (refit_poller.HEALTH_ONLY_SECONDS).
     refit_poll_seconds: Seconds = 5.0
     # Recommendations are cached per (tenant, spec, pins) until the tenant's model changes or
     # a run is reported here, and at most this long (the lag behind runs reported through

@@ -113,3 +113,14 @@ def test_a_read_only_database_is_unavailable_and_not_serving(database_url):
             assert health_becomes(client, "SERVING")
         with Client(f"127.0.0.1:{svc.port}", retries=5) as client:
             assert client.report_run(make_report("after")).created
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_health_follows_the_database_with_the_poll_for_runs_off(database_url):
+    """HPARAMREC_REFIT_POLL_SECONDS=0 (one replica) switched the health probe off with the
+    poll it rode on: health said SERVING with the database gone."""
+    with running_service(database_url, refit_poll_seconds=0) as svc:
+        with Client(f"127.0.0.1:{svc.port}", retries=0) as client:
+            with database_down(database_url):
+                assert health_becomes(client, "NOT_SERVING")
+            assert health_becomes(client, "SERVING")
