@@ -8,9 +8,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
-from benchmark_db.importers.rows import (DIVERGED_RATIO, HEADER_ROW, Progress, at_row, boolean,
-                                         content_id, counted, integer, number, read_csv,
-                                         text_file)
+from benchmark_db.importers.rows import (DIVERGED_RATIO, HEADER_ROW, Progress, at_row, blew_up,
+                                         boolean, content_id, counted, integer, number,
+                                         read_csv, text_file)
 from benchmark_db.importers.steplaw_csv import REQUIRED_COLUMNS as STEPLAW_COLUMNS
 from benchmark_db.records import RunReport, RunStatus, resolve_spec, validated
 
@@ -211,10 +211,10 @@ def _with_trial_label(metadata, trial_id):
 
 
 def _status(status, diverged: bool | None, loss: float | None):
-    """The given status, else diverged when flagged or when the loss is NaN/inf, else completed
-    (the record then requires a finite loss)."""
+    """The given status, else diverged when flagged or when the loss is NaN, inf or above any
+    completed run's (rows.blew_up), else completed (the record then requires a finite loss)."""
     if status is None:
-        flagged = diverged or (diverged is None and loss is not None and not math.isfinite(loss))
+        flagged = diverged or (diverged is None and blew_up(loss))
         return RunStatus.DIVERGED if flagged else RunStatus.COMPLETED
     if isinstance(status, str):
         status = status.strip().lower()

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
-from benchmark_db.records import RunReport
+from benchmark_db.records import MAX_COMPLETED_LOSS, RunReport
 
 # Called with the number of rows read so far, every PROGRESS_EVERY rows.
 Progress = Callable[[int], None]
@@ -26,6 +26,14 @@ HEADER_ROW = 1
 # converged end within 1.2x of their group's best (2.0-2.7 nats) and the ones that blew up at
 # 1.7x-3x (mostly above 5 nats), so 1.5 separates the two with margin on both sides.
 DIVERGED_RATIO = 1.5
+
+
+def blew_up(loss: float | None) -> bool:
+    """A loss that says by itself that the run diverged: NaN, inf, or finite but above
+    MAX_COMPLETED_LOSS, which the record refuses as a completed run's (the group rule could
+    not tell: alone in its group, such a loss is the group's best)."""
+    return loss is not None and not (math.isfinite(loss) and loss <= MAX_COMPLETED_LOSS)
+
 
 # Validation names fields by their place in the record ("hyperparameters.lr"); a file has flat
 # columns ("lr").

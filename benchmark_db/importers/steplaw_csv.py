@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
-from benchmark_db.importers.rows import (DIVERGED_RATIO, HEADER_ROW, Progress, at_row,
+from benchmark_db.importers.rows import (DIVERGED_RATIO, HEADER_ROW, Progress, at_row, blew_up,
                                          content_id, counted, number, read_csv, required_number)
 from benchmark_db.records import (DEFAULT_SEQ_LEN, NO_QUANTIZATION_BITS, RunReport, RunStatus,
                                   resolve_spec, validated)
@@ -26,8 +26,9 @@ _FIELD_COLUMNS = {*REQUIRED_COLUMNS, "Na", "seq_len"}
 _DERIVED_COLUMNS = {"D/N"}
 # The study trained every run with AdamW at weight decay 0.1; the files do not record it.
 STEPLAW_WEIGHT_DECAY = 0.1
-# A run diverged when a loss is NaN/inf or its smoothed loss is above DIVERGED_RATIO
-# (rows.py) times the best finite smoothed loss of its (N, Na, D) group.
+# A run diverged when a loss is NaN/inf, its smoothed loss is above any completed run's
+# (rows.blew_up), or above DIVERGED_RATIO (rows.py) times the best smoothed loss of the runs
+# of its (N, Na, D) group that did not blow up.
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,9 @@ class _Row:
         return self.n_params, self.n_active_params or self.n_params, self.n_tokens
 
     @property
-    def loss_not_finite(self) -> bool:
-        return not math.isfinite(self.smooth_loss) or (
+    def loss_blew_up(self) -> bool:
+        """Diverged by its own losses alone, whatever its group's best."""
+        return blew_up(self.smooth_loss) or (
             self.raw_loss is not None and not math.isfinite(self.raw_loss))
 
 
@@ -112,14 +114,14 @@ def _loss(cell: str) -> float:
 def _group_best_losses(rows: list[_Row]) -> dict[tuple, float]:
     best: dict[tuple, float] = {}
     for row in rows:
-        if not row.loss_not_finite:
+        if not row.loss_blew_up:
             best[row.group] = min(best.get(row.group, math.inf), row.smooth_loss)
     return best
 
 
 def _report(row: _Row, moe: bool, group_best: float | None, names: Counter) -> RunReport:
     seq_len = row.seq_len if row.seq_len is not None else DEFAULT_SEQ_LEN
-    diverged = row.loss_not_finite or (
+    diverged = row.loss_blew_up or (
         group_best is not None and row.smooth_loss > DIVERGED_RATIO * group_best)
     spec = resolve_spec(
         n_params=row.n_params, n_active_params=row.n_active_params, n_tokens=row.n_tokens,

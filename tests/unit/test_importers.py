@@ -342,6 +342,36 @@ def test_a_loss_far_above_its_groups_best_is_diverged_unless_the_row_says(tmp_pa
     assert all(run.outcome.status == "completed" for run in runs)
 
 
+def test_a_loss_above_any_completed_runs_is_diverged_unless_the_row_says_completed(tmp_path):
+    """1500 nats refused the whole file (as a completed run's loss) before the group rule
+    could call it diverged; alone in its group, no rule did."""
+    rows = [["best", "1e9", "2e10", "1e-3", "1e6", "0.1", "2.5"],
+            ["near", "1e9", "2e10", "3e-3", "1e6", "0.1", "3.7"],
+            ["blown", "1e9", "2e10", "3e-2", "1e6", "0.1", "9.7"],
+            ["huge", "1e9", "2e10", "1e-1", "1e6", "0.1", "1500"],
+            ["huge-alone", "2e9", "2e10", "1e-1", "1e6", "0.1", "1500"]]
+    runs = by_id(read_runs(write_csv(tmp_path / "r.csv", LOSS_ONLY_HEADER, rows), "csv"))
+    status = {run_id: run.outcome.status for run_id, run in runs.items()}
+    assert status == {"best": "completed", "near": "completed", "blown": "diverged",
+                      "huge": "diverged", "huge-alone": "diverged"}
+    assert runs["huge"].outcome.final_loss == 1500  # kept, as a diverged run's finite loss
+
+    said = [rows[0] + ["completed"], rows[3] + ["completed"]]
+    with pytest.raises(InvalidArgument, match="report it as diverged") as exc:
+        read_runs(write_csv(tmp_path / "s.csv", LOSS_ONLY_HEADER + ["status"], said), "csv")
+    assert violation_fields(exc) == ["row 3: final_loss"]
+
+
+def test_steplaw_a_loss_above_any_completed_runs_is_diverged(tmp_path):
+    """As in the generic format: alone in its group, the 1500 nats are the group's best."""
+    rows = [steplaw_row(1e-3, 256, 2.5, name="best"), steplaw_row(1e-1, 256, 1500, name="huge"),
+            steplaw_row(1e-1, 256, 1500, name="huge-alone", d=1e9)]
+    runs = by_id(read_runs(write_steplaw(tmp_path, rows), "steplaw"))
+    status = {k.removeprefix("steplaw:"): r.outcome.status for k, r in runs.items()}
+    assert status == {"best": "completed", "huge": "diverged", "huge-alone": "diverged"}
+    assert runs["steplaw:huge-alone"].outcome.final_loss == 1500
+
+
 JSONL_RUN = {"run_id": "j", "n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3,
              "batch_size_tokens": 1048576, "weight_decay": 0.1, "final_loss": 2.5}
 
