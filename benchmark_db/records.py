@@ -229,6 +229,10 @@ MAX_METADATA_VALUE_BYTES = 4096
 MAX_ID_LENGTH = 200
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 RUN_ID_PATTERN = re.compile(r"^[^\x00-\x1f]+$")  # any text without control characters
+# PostgreSQL text cannot hold a NUL (SQLite stores one, in a run that then cannot move to
+# PostgreSQL). A report's other ids hold no control character at all, as run_id; its labels may
+# hold tabs and newlines (a command line, a note), not a NUL.
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 
 
 def check_tenant(tenant: str) -> str:
@@ -284,6 +288,23 @@ class RunReport(_Model):
                 raise ValueError(f"metadata: key must be 1-{MAX_METADATA_KEY_BYTES} bytes")
             if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
                 raise ValueError(f"metadata[{key!r}]: value over {MAX_METADATA_VALUE_BYTES} bytes")
+        return self
+
+    @model_validator(mode="after")
+    def _storable_text(self, info: ValidationInfo) -> "RunReport":
+        if not _new_input(info):  # runs SQLite stored before this rule still load
+            return self
+        for name in ("recommendation_id", "trial_id"):
+            if CONTROL_CHARACTER.search(value := getattr(self, name)):
+                raise ValueError(f"{name}: at most {MAX_ID_LENGTH} characters, none of them a "
+                                 f"control character (got {_preview(value)})")
+        for key, value in self.metadata.items():
+            if "\x00" in key:
+                raise ValueError(f"metadata: key {_preview(key)} contains a NUL character, "
+                                 "which the database cannot store")
+            if "\x00" in value:
+                raise ValueError(f"metadata[{key!r}]: value contains a NUL character, which the "
+                                 "database cannot store")
         return self
 
 

@@ -63,6 +63,10 @@ def metadata_violations(metadata, added: Iterable[str] = ADDED_LABELS) -> Violat
             out.append(("metadata", f"key must be 1-{MAX_METADATA_KEY_BYTES} bytes"))
         elif len(value.encode()) > MAX_METADATA_VALUE_BYTES:
             out.append((f"metadata.{key}", f"value over {MAX_METADATA_VALUE_BYTES} bytes"))
+        elif "\x00" in key:  # the service's database (PostgreSQL text) cannot store a NUL
+            out.append(("metadata", f"key {key!r:.80} contains a NUL character"))
+        elif "\x00" in value:
+            out.append((f"metadata.{key}", "contains a NUL character"))
     added = set(added)
     total = len(set(metadata) | added)
     if total > MAX_METADATA_ENTRIES:

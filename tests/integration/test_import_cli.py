@@ -86,6 +86,27 @@ def test_bad_row_exits_2_with_one_line_and_stores_nothing(database_url, tmp_path
     assert stored(database_url) == 0
 
 
+@pytest.mark.parametrize("field, value, named", [
+    ("recommendation_id", "rec\x00", "recommendation_id"),
+    ("metadata", {"note": "a\x00b"}, "metadata['note']"),
+    ("metadata", {"no\x00te": "v"}, "metadata"),
+])
+def test_text_the_database_cannot_store_is_a_row_error(database_url, tmp_path, field, value,
+                                                       named):
+    """A NUL (JSON's \\u0000) is no PostgreSQL text: the import ended in a traceback there."""
+    good = {"run_id": "a", "n_params": 1e9, "n_tokens": 2e10, "lr": 1e-3,
+            "batch_size_tokens": 1e6, "weight_decay": 0.1, "final_loss": 2.5}
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "run_id": "b", field: value})
+                    + "\n")
+    out = cli("import", "--db", database_url, "--format", "jsonl", str(path))
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert f"row 2: {named}: " in lines[0]
+    assert stored(database_url) == 0
+
+
 def test_human_output_counts_runs(tmp_path, steplaw_file):
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     out = cli("import", "--db", url, "--format", "steplaw", str(steplaw_file))

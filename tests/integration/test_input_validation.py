@@ -36,6 +36,27 @@ def report_request(run_id: str, weight_bits: int, qat_fraction: float) -> pb.Rep
         outcome=pb.RunOutcome(status=pb.RUN_STATUS_COMPLETED, final_loss=2.5))
 
 
+@pytest.mark.parametrize("field, value, named", [
+    ("recommendation_id", "rec\x00", "recommendation_id"),
+    ("trial_id", "1-\x002", "trial_id"),
+    ("metadata", {"note": "a\x00b"}, "metadata['note']"),
+    ("metadata", {"no\x00te": "v"}, "metadata"),
+])
+def test_report_run_refuses_text_the_database_cannot_store(client, field, value, named):
+    """A NUL is no PostgreSQL text: a recommendation_id with one was INTERNAL there, and was
+    stored by SQLite (as NUL in metadata was by both), so the run could not move between them."""
+    request = report_request("with-nul", 16, 0.0)
+    if field == "metadata":
+        request.metadata.update(value)
+    else:
+        setattr(request, field, value)
+    with pytest.raises(InvalidArgumentError) as exc:
+        client.report_run(request)
+    assert fields_of(exc) == [named]
+    with pytest.raises(NotFoundError):
+        client.get_run("with-nul")
+
+
 @pytest.mark.parametrize("weight_bits", [16, 32])
 def test_report_run_refuses_qat_without_quantization_as_pins_do(client, weight_bits):
     with pytest.raises(InvalidArgumentError) as exc:

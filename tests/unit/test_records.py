@@ -125,7 +125,31 @@ def test_diverged_run_may_carry_a_huge_loss_but_completed_may_not():
     assert fields_of(exc) == ["outcome.final_loss"]
 
 
-@pytest.mark.parametrize("tenant", ["", "-x", "a" * 101, "a b", "ten/ant", "team\n"])
+@pytest.mark.parametrize("field, value, named", [
+    ("recommendation_id", "rec\x00", "recommendation_id"),
+    ("recommendation_id", "rec\n", "recommendation_id"),  # a control character, as in run_id
+    ("trial_id", "1-\x002", "trial_id"),
+    ("metadata", {"note": "a\x00b"}, "metadata['note']"),
+    ("metadata", {"no\x00te": "v"}, "metadata"),
+])
+def test_text_the_database_cannot_store_is_refused_naming_the_field(field, value, named):
+    """PostgreSQL text holds no NUL: such a report crashed the store (INTERNAL, a traceback
+    from `hparamrec import`), and SQLite stored it, so the run could not move to PostgreSQL."""
+    with pytest.raises(InvalidArgument, match="control character|NUL character") as exc:
+        make_report(**{field: value})
+    assert fields_of(exc) == [named]
+
+
+def test_runs_stored_with_such_text_before_the_rule_still_load():
+    from benchmark_db.records import STORED, RunRecord
+
+    stored = {**make_report().model_dump(), "recommendation_id": "rec\x00", "trial_id": "\x00",
+              "metadata": {"no\x00te": "a\x00b"}, "tenant": "default",
+              "created_at": "2025-01-01T00:00:00Z"}
+    assert RunRecord.model_validate(stored, context=STORED).recommendation_id == "rec\x00"
+
+
+@pytest.mark.parametrize("tenant", ["", "-x", "a" * 101, "a b", "ten/ant", "team\n", "te\x00am"])
 def test_bad_tenants_are_rejected(tenant):
     from benchmark_db.records import check_tenant
     with pytest.raises(InvalidArgument):

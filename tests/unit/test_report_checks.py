@@ -49,6 +49,16 @@ def test_the_metadata_limit_counts_the_labels_the_integration_adds():
     assert report_checks.metadata_violations({**own, "one-more": "v"})[0][0] == "metadata"
 
 
+def test_a_nul_in_a_label_is_refused_at_the_start_as_the_service_refuses_it():
+    """Else the run's report, at its end, is refused and saved for a send-unsent refused too."""
+    def fields(metadata):
+        return [field for field, _ in report_checks.metadata_violations(metadata)]
+
+    assert fields({"note": "a\x00b"}) == ["metadata.note"]
+    assert fields({"no\x00te": "v"}) == ["metadata"]
+    assert report_checks.metadata_violations({"note": "tab\there\nnewline"}) == []
+
+
 def test_a_spec_without_seq_len_or_n_tokens_leaves_those_bounds_to_the_service():
     from clients.models import Hyperparameters, TrainingSpec
 
