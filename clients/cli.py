@@ -355,7 +355,9 @@ def runs_export(file_format, out, client, as_json, **kw) -> None:
 @click.option("--grid", "points", type=click.IntRange(5, 100), default=25, show_default=True,
               help="Points per axis of the landscape.")
 @client_options
-@json_option(help='Print {"out": FILE, "grid": [N, N], "runs": N, "recommendation": {...}}; '
+@json_option(help='Print {"out": FILE, "grid": [N, N], "runs": N, "failed": N, '
+                  '"recommendation": {...}} (runs: the spec\'s stored runs, failed: those of '
+                  'them not drawn); '
                   'with --study {"out": FILE, "runs": N, "trials": N, "diverged": N, '
                   '"failed": N, "best": {run} or null, "recommendation": {...}}.')
 def plot(out, study, points, client, as_json, **kw) -> None:
@@ -390,12 +392,15 @@ def plot(out, study, points, client, as_json, **kw) -> None:
     plotting.draw(out, rec, found, grid)
     if say:
         click.echo("\r\033[K", err=True, nl=False)
+    marked = sum(map(len, plotting.marked_runs(found)))
+    failed = len(found) - marked  # completed runs always have a loss: the rest failed
     if as_json:
-        print_json({"out": out, "grid": [points, points], "runs": len(found),
+        print_json({"out": out, "grid": [points, points], "runs": len(found), "failed": failed,
                      "recommendation": to_dict(rec)})
     else:
+        not_drawn = f" ({failed} failed not drawn)" if failed else ""
         click.echo(f"wrote {out}: predicted loss on a {points} x {points} grid, "
-                   f"{len(found)} stored runs of this spec marked{hint}")
+                   f"{marked} stored runs of this spec marked{not_drawn}{hint}")
 
 
 def _sizes_as_stored(c, spec, scanned: int = 2000) -> str:

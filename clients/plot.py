@@ -129,6 +129,14 @@ def landscape(client: Client, spec: TrainingSpec, pins: Pins, points: int = 25,
     return rec, runs, loss_grid(client, rec.spec, lrs, batches, pins)
 
 
+def marked_runs(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """(completed runs, diverged runs): the runs the figure marks. A failed run stopped for
+    reasons unrelated to its hyperparameters, so it has nothing to show there."""
+    finished = [r for r in runs if r.outcome.final_loss is not None
+                and r.outcome.status is RunStatus.COMPLETED]
+    return finished, [r for r in runs if r.outcome.status is RunStatus.DIVERGED]
+
+
 def figure_path(path: str) -> str:
     """The file matplotlib will write for `path`: its extension must name a format matplotlib
     writes (ValueError, listing them, otherwise); with none it adds its default (l -> l.png)."""
@@ -182,15 +190,13 @@ def draw(path: str, rec: Recommendation, runs: list[Run], grid: Landscape) -> No
             ls="none", label=f"recommended: lr {rec.lr:.3g}, batch "
                              f"{format_quantity(rec.batch_size_tokens)}, "
                              f"loss {rec.predicted_loss:.3f}")
-    finished = [r for r in runs if r.outcome.final_loss is not None
-                and r.outcome.status is RunStatus.COMPLETED]
+    finished, diverged = marked_runs(runs)
     if finished:
         ax.scatter([r.hyperparameters.lr for r in finished],
                    [r.hyperparameters.batch_size_tokens for r in finished],
                    c=[r.outcome.final_loss for r in finished], cmap=cmap, norm=norm, s=45,
                    edgecolors="black", linewidths=0.8, zorder=3,
                    label=f"stored runs ({len(finished)}), coloured by final loss")
-    diverged = [r for r in runs if r.outcome.status is RunStatus.DIVERGED]
     if diverged:
         ax.scatter([r.hyperparameters.lr for r in diverged],
                    [r.hyperparameters.batch_size_tokens for r in diverged], marker="x", s=50,

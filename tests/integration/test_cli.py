@@ -333,6 +333,22 @@ def test_plot_writes_a_png_with_the_runs_of_the_spec_marked(target, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
 
 
+def test_plot_counts_the_runs_it_draws_and_the_failed_ones_it_does_not(target, tmp_path):
+    """It draws completed and diverged runs; failed ones were counted as marked too."""
+    run = ["report", "--params", "1.3B", "--tokens", "100B", "--lr", "1.2e-3",
+           "--batch-size-tokens", "1M", "--weight-decay", "0.1"]
+    for run_id, outcome in (("done", "--loss=2.41"), ("blew-up", "--diverged"),
+                            ("crashed", "--failed")):
+        assert cli(*run, outcome, "--run-id", run_id, server=target).returncode == 0
+    plot = ["plot", "--params", "1.3B", "--tokens", "100B", "--out", str(tmp_path / "l.png"),
+            "--grid", "5"]
+    out = cli(*plot, server=target)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.endswith(", 2 stored runs of this spec marked (1 failed not drawn)\n")
+    summary = json.loads(cli(*plot, "--json", server=target).stdout)
+    assert (summary["runs"], summary["failed"]) == (3, 1)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["runs", "export", "--out", "/nonexistent/d/f.csv"], "--out: no such directory: /nonexistent/d"),
     (["plot", "--params", "1.3B", "--tokens", "100B", "--out", "/nonexistent/l.png"],
