@@ -69,10 +69,12 @@ def prior_theta() -> np.ndarray:
 
 
 def linex(x, k):
-    """2 (e^{kx} - 1 - kx) / k^2, through its series near k = 0 (smooth in k for the fit)."""
+    """2 (e^{kx} - 1 - kx) / k^2, through its series near k = 0 (smooth in k for the fit).
+    Far out on the exponential flank it is inf, which the penalty saturates (_saturated)."""
     kx = k * x
     small = np.abs(kx) < 1e-3
-    exact = 2.0 * (np.expm1(kx) - kx) / np.where(small, 1.0, k) ** 2
+    with np.errstate(over="ignore"):  # e^{kx} past 1e308 is inf: expected, and saturated
+        exact = 2.0 * (np.expm1(kx) - kx) / np.where(small, 1.0, k) ** 2
     return np.where(small, x**2 * (1 + kx / 3 + kx**2 / 12), exact)
 
 

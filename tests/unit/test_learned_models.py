@@ -1,5 +1,7 @@
 """The learned loss models on synthetic sweeps with a known optimum."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -11,7 +13,7 @@ from predictor.auto import CANDIDATES, AutoModel, within_one_standard_error
 from predictor.intervals import MAX_HELD_OUT_GROUPS, held_out_groups
 from predictor.prior import LawOptimum
 from predictor.residual_gbm import SurfaceGBM
-from predictor.surface import D0, MAX_EXCESS, N0, LossSurface
+from predictor.surface import D0, MAX_EXCESS, N0, PARAMS, LossSurface, linex
 from predictor.table import RunTable
 from tests.factories import SWEEP_GROUPS, make_report, synthetic_sweep, true_optimum
 
@@ -101,6 +103,23 @@ def test_surface_answers_stay_sane_at_absurd_pins(surface, pins):
         assert rec.weight_decay <= 100
     if pins.lr == 10.0:
         assert any("above the surface model's limit" in w for w in rec.warnings)
+
+
+def test_a_far_flank_overflows_linex_quietly_and_saturates():
+    """e^{kx} past ~1e308 is inf, which the penalty's saturation turns into MAX_EXCESS: numpy's
+    "overflow encountered in expm1" warning about it reached stderr during `hparamrec
+    backtest`. Other values are unchanged."""
+    x = np.array([-3.0, 0.0, 1e-5, 2.0, 1e3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        values = linex(x, 1.0)
+        far = LossSurface()
+        far.theta_[PARAMS.index("ku")] = 200.0  # e^{ku u} is past 1e308 from u = 3.6 on
+        spec = TrainingSpec(n_params=1e9, n_active_params=1e9, n_tokens=2e10)
+        excess = far.penalty(far.theta_, RunTable.queries(spec, 10.0, 1e6, 0.1, 0.0))
+    assert values[-1] == np.inf
+    assert values[:4] == pytest.approx([2 * (np.exp(-3) + 2), 0.0, 1e-10, 2 * (np.exp(2) - 3)])
+    assert excess == pytest.approx([MAX_EXCESS])
 
 
 def test_a_weight_decay_the_rule_asks_above_100_is_clamped_with_a_warning(surface):
