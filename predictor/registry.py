@@ -196,6 +196,10 @@ class ModelRegistry:
                 if self._closed:
                     self._idle.set()
                     return
+                # This round refits the tenants marked by now; one marked again while its refit
+                # runs waits out the next debounce (refitted back to back, a stream of reports
+                # kept a fit running for ever).
+                round_ = set(self._dirty)
             while True:
                 # One tenant at a time off the queue: those waiting stay counted as pending
                 # (status) and busy (the poller); the whole queue taken at once hid them.
@@ -203,9 +207,10 @@ class ModelRegistry:
                     if self._closed:
                         self._idle.set()
                         return
-                    if not self._dirty:
+                    tenant = next((t for t in self._dirty if t in round_), None)
+                    if tenant is None:
                         break
-                    tenant = next(iter(self._dirty))
+                    round_.discard(tenant)
                     del self._dirty[tenant]
                     self._running = (tenant, time.monotonic())
                 try:

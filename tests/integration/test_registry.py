@@ -88,3 +88,30 @@ def test_a_refit_at_once_skips_the_debounce(store):
     registry.schedule_refit("t")  # a report's: debounced as before
     assert not registry.wait_idle(timeout=0.5)
     registry.close()
+
+
+def test_reports_during_a_refit_wait_out_the_debounce_for_the_next(store, monkeypatch):
+    """A steady stream of reports: a tenant marked again while its refit ran was refitted the
+    moment it ended, back to back (0.3-0.5 s apart with a 2 s debounce, a fit's CPU for ever
+    on a large store). The next refit now waits the debounce, as after a quiet spell."""
+    registry = ModelRegistry(store, kind="prior", debounce_seconds=0.5)
+    started = []
+    original = registry.refit
+
+    def slow_refit(tenant):  # a fit that takes a while, as on a real store: reports land during it
+        started.append(time.monotonic())
+        time.sleep(0.3)
+        return original(tenant)
+
+    monkeypatch.setattr(registry, "refit", slow_refit)
+    engine = RecommendationEngine(store, registry)
+    stop = time.monotonic() + 3.0
+    i = 0
+    while time.monotonic() < stop:  # a report every 50 ms for 3 s
+        engine.report("t", make_report(f"r{i}"))
+        i += 1
+        time.sleep(0.05)
+    assert registry.wait_idle(timeout=30)
+    registry.close()
+    gaps = [b - a for a, b in zip(started, started[1:])]
+    assert len(started) >= 2 and min(gaps) >= 0.3 + 0.5, gaps
