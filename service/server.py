@@ -29,7 +29,7 @@ from service.observability import Metrics, ObservabilityInterceptor
 from service.refit_poller import RefitPoller
 from service.handlers import RecommenderServicer
 from service.settings import Settings, unknown_variables
-from service.sqlite_lock import SqliteFileTaken, hold_sqlite_file
+from service.sqlite_lock import SqliteFileTaken, hold_sqlite_file, release_sqlite_file
 
 log = logging.getLogger("hparamrec.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
@@ -313,7 +313,11 @@ def serve(settings: Settings) -> None:
         sqlite_lock = hold_sqlite_file(settings.database_url)
     except SqliteFileTaken as exc:
         raise ConfigurationError(str(exc)) from None
-    service = Service(settings)
+    try:
+        service = Service(settings)
+    except BaseException:
+        release_sqlite_file(sqlite_lock)
+        raise
     # The handlers go in before start(): from the moment health says SERVING, a SIGTERM (or a
     # SIGHUP) must drain the server, not kill it with calls in flight. One that comes during
     # start() is acted on once it has started.

@@ -38,3 +38,15 @@ def hold_sqlite_file(url: str) -> IO | None:
     lock.write(f"{os.getpid()}\n")
     lock.flush()
     return lock
+
+
+def release_sqlite_file(lock: IO | None) -> None:
+    """Lets the file go, and removes the lock file: a start refused once it was taken (a schema
+    too new, settings the store refuses) leaves nothing beside the database."""
+    if lock is None:
+        return
+    try:
+        os.unlink(lock.name)
+    except OSError:
+        pass
+    lock.close()

@@ -216,3 +216,20 @@ def test_a_database_directory_that_cannot_be_made_is_one_line(tmp_path):
         assert out.returncode == 2, out.stderr
         assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith("error: --db: ")
         assert "Traceback" not in out.stderr
+
+
+def test_serve_refused_for_a_newer_schema_leaves_no_lock_file(tmp_path):
+    """The lock is taken before the store finds the schema too new: the refused start left a
+    .serve-lock beside the database."""
+    from benchmark_db.store import RunStore
+
+    db = tmp_path / "data" / "runs.db"
+    RunStore(f"sqlite:///{db}").close()
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE hparamrec_alembic_version SET version_num = '0099'")
+    connection.close()
+    before = files(db.parent)
+    out = run("serve", db, tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "newer than this hparamrec's" in out.stderr.splitlines()[-1]
+    assert files(db.parent) == before
