@@ -233,3 +233,15 @@ def test_serve_refused_for_a_newer_schema_leaves_no_lock_file(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "newer than this hparamrec's" in out.stderr.splitlines()[-1]
     assert files(db.parent) == before
+
+
+def test_serve_on_all_interfaces_with_a_new_database_is_refused_before_making_it(tmp_path):
+    """A new database has no API keys, so serving it beyond this machine is refused: it was
+    refused after the database had been made and migrated."""
+    db = tmp_path / "data" / "new.db"
+    out = cli("serve", "--db", f"sqlite:///{db}", "--host", "0.0.0.0", "--port", "0",
+              "--metrics-port", "off")
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1].startswith(
+        "error: refusing to listen on 0.0.0.0 with no API keys")
+    assert not db.parent.exists()
