@@ -137,6 +137,8 @@ class Service:
         started = time.monotonic()
         while any(self.registry.busy(t) for t in tenants) and not self.registry.closed:
             time.sleep(0.1)
+        if self.registry.closed:  # stopped first (its refits abandoned): it never was warm
+            return
         self._warm = True
         self._set_health()
         if tenants:

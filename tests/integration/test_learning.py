@@ -205,3 +205,19 @@ def test_backtest_names_the_file_of_a_bad_row(tmp_path, bad):
     assert out.returncode == 2 and out.stdout == ""
     lines = out.stderr.splitlines()  # as import names it
     assert len(lines) == 1 and lines[0].startswith(f"error: {broken}: row 3: lr: ")
+
+
+def test_a_service_stopped_before_its_first_refits_end_never_says_it_was_warm(tmp_path, caplog):
+    """Its warm-up ended on the stop and logged "warm: the first refits ... took" all the same."""
+    import logging
+    import time
+
+    url = f"sqlite:///{tmp_path / 'cold.db'}"
+    store = RunStore(url)
+    store.add_many("default", synthetic_sweep())
+    store.close()
+    caplog.set_level(logging.INFO, logger="hparamrec.server")
+    with running_service(url, predictor="auto") as svc:
+        assert svc.registry.busy("default")  # its first refit is under way
+    time.sleep(0.5)  # the warm-up thread notices the stop within 0.1 s
+    assert "warm:" not in caplog.text
