@@ -22,23 +22,39 @@ def make_report(run_id: str) -> dict:
 
 
 @contextmanager
-def database_down(url: str):
-    """The test's database refuses new connections and its open ones are cut, as when its
-    server restarts; the PostgreSQL server itself (shared by the session) stays up."""
+def database_altered(url: str, change: str, undo: str):
+    """The test's database ALTERed by `change` (ALTER DATABASE <its name> ...), its open sessions
+    cut so that the next ones see it, until the block ends (then `undo`, and cut again); the
+    PostgreSQL server itself (shared by the session) stays up."""
     name = sa.make_url(url).database
     admin = sa.create_engine(sa.make_url(url).set(database="postgres",
                                                    drivername="postgresql+psycopg"),
                              isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"))
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = :name"), {"name": name})
+
+    def alter(clause: str) -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"ALTER DATABASE {name} {clause}"))
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = :name"), {"name": name})
+
+    alter(change)
     try:
         yield
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+        alter(undo)
         admin.dispose()
+
+
+def database_down(url: str):
+    """Refusing new connections, its open ones cut: as when its server restarts."""
+    return database_altered(url, "WITH ALLOW_CONNECTIONS false", "WITH ALLOW_CONNECTIONS true")
+
+
+def database_read_only(url: str):
+    """Taking only read-only transactions: what a primary demoted by a failover, or a standby,
+    answers."""
+    return database_altered(url, "SET default_transaction_read_only = on",
+                            "SET default_transaction_read_only = off")
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -73,28 +89,6 @@ def health_becomes(client: Client, status: str, within: float = 10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-@contextmanager
-def database_read_only(url: str):
-    """The test's database takes only read-only transactions from its next sessions on, and its
-    open ones are cut: what a primary demoted by a failover, or a standby, answers."""
-    name = sa.make_url(url).database
-    admin = sa.create_engine(sa.make_url(url).set(database="postgres",
-                                                   drivername="postgresql+psycopg"),
-                             isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"ALTER DATABASE {name} SET default_transaction_read_only = on"))
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             "WHERE datname = :name"), {"name": name})
-    try:
-        yield
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"ALTER DATABASE {name} SET default_transaction_read_only = off"))
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE datname = :name"), {"name": name})
-        admin.dispose()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -117,17 +117,24 @@ def test_backtest_notes_the_context_runs_it_left_out(tmp_path):
                           "fold left out those of the group it held out\n")
 
 
-def test_backtest_table_does_not_score_a_group_of_one_configuration(tmp_path):
-    """The nearest point to any recommendation is its only one: such a group scored 0.000% and
-    pulled the mean regret down."""
+def steplaw_backtest_table(tmp_path, rows: str) -> subprocess.CompletedProcess:
+    """`hparamrec backtest --predictor prior` of a Step Law file of these rows, as a table."""
     runs = tmp_path / "sweep.csv"
-    runs.write_text("lr,bs,loss,smooth loss,exp_name,D,N\n"
-                    "1e-3,256,2.6,2.6,a,4e9,1e9\n1e-3,256,2.61,2.61,a2,4e9,1e9\n"
-                    "1e-3,256,2.5,2.5,c,8e9,1e9\n8e-3,256,2.4,2.4,d,8e9,1e9\n")
+    runs.write_text("lr,bs,loss,smooth loss,exp_name,D,N\n" + rows)
     out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "steplaw",
                           "--predictor", "prior"], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_backtest_table_does_not_score_a_group_of_one_configuration(tmp_path):
+    """The nearest point to any recommendation is its only one: such a group scored 0.000% and
+    pulled the mean regret down."""
+    out = steplaw_backtest_table(tmp_path, "1e-3,256,2.6,2.6,a,4e9,1e9\n"
+                                           "1e-3,256,2.61,2.61,a2,4e9,1e9\n"
+                                           "1e-3,256,2.5,2.5,c,8e9,1e9\n"
+                                           "8e-3,256,2.4,2.4,d,8e9,1e9\n")
     one = next(line for line in out.stdout.splitlines() if "│ 4B " in line)
     assert "n/a: one configuration" in one and "0.000%" not in one
     last = out.stdout.strip().splitlines()[-1]
@@ -156,14 +163,10 @@ def test_backtest_of_mixture_of_experts_groups(tmp_path):
 
 def test_backtest_table_of_a_group_with_no_completed_run(tmp_path):
     """Such a group has no best loss to score against: the table said so with a traceback."""
-    runs = tmp_path / "sweep.csv"
-    runs.write_text("lr,bs,loss,smooth loss,exp_name,D,N\n"
-                    "1e-3,256,nan,nan,a,4e9,1e9\n2e-3,256,nan,nan,b,4e9,1e9\n"
-                    "1e-3,256,2.5,2.5,c,8e9,1e9\n2e-3,256,2.4,2.4,d,8e9,1e9\n")
-    out = subprocess.run([HPARAMREC, "backtest", "--runs", str(runs), "--format", "steplaw",
-                          "--predictor", "prior"], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "COLUMNS": "200"})
-    assert out.returncode == 0, out.stderr
+    out = steplaw_backtest_table(tmp_path, "1e-3,256,nan,nan,a,4e9,1e9\n"
+                                           "2e-3,256,nan,nan,b,4e9,1e9\n"
+                                           "1e-3,256,2.5,2.5,c,8e9,1e9\n"
+                                           "2e-3,256,2.4,2.4,d,8e9,1e9\n")
     assert "n/a: no completed run" in out.stdout
     assert "1 group(s) without a completed run not scored" in out.stdout
 
