@@ -18,7 +18,7 @@ from clients import convert
 from clients.client import (Settings, call_name, check_open, heartbeat_request,
                             list_runs_request, page_of, predict_loss_request, recommend_request,
                             report_request, retry_wait, seconds)
-from clients.errors import ClientSettingsError, from_rpc_error
+from clients.errors import ClientSettingsError, from_rpc_error, status_code
 from clients.models import (HeartbeatResult, Hyperparameters, LossPredictions, Mode, Pins,
                             Recommendation, ReportResult, Run, RunPage, RunReport, TrainingSpec)
 from hparamrec.v1 import recommender_pb2 as pb
@@ -122,7 +122,7 @@ class AsyncClient:
                 check_open(self._closed, call_name(request))
                 raise
             except grpc.aio.AioRpcError as error:
-                wait = retry_wait(error.code(), attempt, self.retries, patience,
+                wait = retry_wait(status_code(error), attempt, self.retries, patience,
                                   time.monotonic() - started)
                 if wait is None:
                     raise from_rpc_error(error, self.target, timeout, self.settings.tls) from None

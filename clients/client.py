@@ -24,7 +24,7 @@ import grpc
 
 from clients import convert
 from clients.errors import (ClientClosedError, ClientSettingsError, InvalidArgumentError,
-                            UnimplementedError, from_rpc_error)
+                            UnimplementedError, from_rpc_error, status_code)
 from clients.models import (MAX_PREDICT_POINTS, HeartbeatResult, Hyperparameters,
                             LossPredictions, Mode, Pins, Recommendation, ReportResult, Run,
                             RunPage, RunReport, TrainingSpec)
@@ -376,7 +376,7 @@ class Client:
                 check_open(self._closed, call_name(request))
                 raise
             except grpc.RpcError as error:
-                wait = retry_wait(error.code(), attempt, self.retries, patience,
+                wait = retry_wait(status_code(error), attempt, self.retries, patience,
                                   time.monotonic() - started)
                 if wait is None:
                     raise from_rpc_error(error, self.target, timeout, self.settings.tls) from None

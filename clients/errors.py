@@ -77,12 +77,27 @@ class ClientClosedError(HparamrecError, ValueError):
         super().__init__(f"{call}: this client is closed; make a new one")
 
 
+# What gRPC answers, as RESOURCE_EXHAUSTED, to a call beyond the server's limit of calls at once
+# (its workers and HPARAMREC_MAX_PENDING_CALLS): a busy service, not a bad request.
+_BUSY = "Concurrent RPC limit exceeded"
+
+
+def status_code(error: grpc.RpcError) -> grpc.StatusCode:
+    """The call's status as the client acts on it: a service too busy to take the call is
+    UNAVAILABLE (retried, and exit 3 in the CLI), like one that cannot be reached."""
+    code = error.code()
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and (error.details() or "").startswith(_BUSY):
+        return grpc.StatusCode.UNAVAILABLE
+    return code
+
+
 def from_rpc_error(error: grpc.RpcError, target: str = "", timeout: float | None = None,
                    tls: bool | None = None) -> HparamrecError:
     """The exception of a failed call; `target` and `timeout` make the messages of a service
     that cannot be reached or does not answer say which one, and how long it was given; `tls`
     (whether the call used it) adds a hint when the failure looks like a TLS mismatch."""
-    cls = _BY_CODE.get(error.code(), HparamrecError)
+    code = status_code(error)
+    cls = _BY_CODE.get(code, HparamrecError)
     violations = []
     status = rpc_status.from_call(error)
     if status is not None:
@@ -92,7 +107,11 @@ def from_rpc_error(error: grpc.RpcError, target: str = "", timeout: float | None
                 detail.Unpack(bad_request)
                 violations += [(v.field, v.description) for v in bad_request.field_violations]
     message = error.details() or error.code().name
-    if cls is UnavailableError:
+    if code is not error.code():  # busy
+        at = f" at {target}" if target else ""
+        message = (f"the service{at} is busy: it takes no more calls at once "
+                   "(HPARAMREC_MAX_PENDING_CALLS); retry shortly")
+    elif cls is UnavailableError:
         message = f"cannot reach the service: {message}{_tls_hint(message, tls)}"
     elif cls is DeadlineExceededError:  # gRPC says only "Deadline Exceeded"
         at = f" at {target}" if target else ""

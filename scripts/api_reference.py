@@ -185,7 +185,9 @@ def _errors() -> list[str]:
     out += ["", "Two are raised by the client before anything is sent: `ClientSettingsError` (an "
             "`InvalidArgumentError`) for a setting of the client it cannot use, such as a "
             "`tls_ca` file it cannot read, and `ClientClosedError` (also a `ValueError`) for a "
-            "call after `close()`."]
+            "call after `close()`. A call the service is too busy to take (gRPC's "
+            "`RESOURCE_EXHAUSTED` \"Concurrent RPC limit exceeded\": more calls at once than its "
+            "workers and `HPARAMREC_MAX_PENDING_CALLS`) is an `UnavailableError`, retried as one."]
     return out + [""]
 
 

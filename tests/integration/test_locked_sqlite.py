@@ -145,3 +145,30 @@ def test_metrics_count_calls_by_the_code_their_caller_saw(tmp_path, caplog):
                      {"method": "ReportRun", "code": "DEADLINE_EXCEEDED"}) == 1
         assert not count("hparamrec_requests_total", {"method": "ReportRun", "code": "OK"})
     assert "ReportRun DEADLINE_EXCEEDED in" in caplog.text
+
+
+def test_a_client_refused_by_a_busy_service_says_so_and_retries(tmp_path):
+    """Beyond the service's calls at once, gRPC answers RESOURCE_EXHAUSTED: the client took it
+    for a bad request (exit 2), and did not retry it, as it retries a service out of reach."""
+    from clients.errors import UnavailableError
+
+    path = tmp_path / "runs.db"
+    with running_service(f"sqlite:///{path}", refit_poll_seconds=0, max_workers=1,
+                         max_pending_calls=1) as svc:
+        target = f"127.0.0.1:{svc.port}"
+
+        def report(run_id: str, retries: int):
+            with Client(target, retries=retries) as client:
+                try:
+                    return client.report_run(client_report(run_id)).created
+                except UnavailableError as exc:
+                    return str(exc)
+
+        with write_locked(str(path), 1.0), futures.ThreadPoolExecutor(4) as pool:
+            once = list(pool.map(report, [f"once-{i}" for i in range(4)], [0] * 4))
+        assert sorted(map(str, once)) == ["True", "True"] + [
+            f"the service at {target} is busy: it takes no more calls at once "
+            "(HPARAMREC_MAX_PENDING_CALLS); retry shortly"] * 2
+        with write_locked(str(path), 1.0), futures.ThreadPoolExecutor(4) as pool:
+            retried = list(pool.map(report, [f"retried-{i}" for i in range(4)], [8] * 4))
+        assert retried == [True] * 4
