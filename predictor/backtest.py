@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmark_db.records import SPEC_MATCH_TOLERANCE, Pins, TrainingSpec
+from benchmark_db.records import Pins, SpecFilter, TrainingSpec
 from predictor.predictors import fit_predictor
 from predictor.table import GROUP_COLUMNS, RunTable
 
@@ -63,8 +63,8 @@ def of_group(table: RunTable, group: RunTable) -> np.ndarray:
     file exported and read back)."""
     same = np.ones(len(table), bool)
     for column in GROUP_COLUMNS:
-        value = getattr(group, column)[0]
-        same &= np.abs(getattr(table, column) - value) <= SPEC_MATCH_TOLERANCE * value
+        lo, hi = SpecFilter.size_range(getattr(group, column)[0])  # as ListRuns' spec filter
+        same &= (getattr(table, column) >= lo) & (getattr(table, column) <= hi)
     return same
 
 

@@ -263,28 +263,29 @@ class ConfigurationError(Exception):
     """Settings that would make the server unsafe or unusable: it refuses to start."""
 
 
-def check_auth_configuration(settings: Settings, store: RunStore | None) -> None:
-    """Authentication is off only when asked; with no keys it is never off by accident. With
-    no store (a database not made yet), only the refusal: there are no keys."""
+def check_auth_configuration(settings: Settings, store: RunStore) -> None:
+    """Authentication is off only when asked; with no keys it is never off by accident."""
     if settings.auth_disabled:
-        if store is None:
-            return
         if not is_loopback(settings.host):
             log.warning("authentication is DISABLED on %s: every caller is one tenant", settings.host)
         if store.keys.any_active():
             log.warning("authentication is DISABLED although API keys exist: calls that send "
                         "one are refused, the others all act on the default tenant")
         return
-    if store is not None and store.keys.any_active():
+    if store.keys.any_active():
         return
-    if not is_loopback(settings.host):
+    refuse_without_keys(settings)
+    log.warning("no API keys exist: every call will be refused as UNAUTHENTICATED until one is "
+                "created (`hparamrec keys create`) or the server runs with --no-auth")
+
+
+def refuse_without_keys(settings: Settings) -> None:
+    """ConfigurationError for a server with authentication on, no API keys, beyond loopback."""
+    if not settings.auth_disabled and not is_loopback(settings.host):
         raise ConfigurationError(
             f"refusing to listen on {settings.host} with no API keys: create one with "
             "`hparamrec keys create --db URL --tenant NAME`, or switch authentication off "
             "explicitly with --no-auth (HPARAMREC_AUTH_DISABLED=1)")
-    if store is not None:
-        log.warning("no API keys exist: every call will be refused as UNAUTHENTICATED until one "
-                    "is created (`hparamrec keys create`) or the server runs with --no-auth")
 
 
 def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
@@ -317,7 +318,7 @@ def serve(settings: Settings) -> None:
     check_database(settings.database_url, create=True)
     database_file = sqlite_file(settings.database_url)
     if database_file is not None and not database_file.exists():
-        check_auth_configuration(settings, None)  # a new database has no keys: say so first
+        refuse_without_keys(settings)  # a new database has no keys: say so before making it
     try:
         sqlite_lock = hold_sqlite_file(settings.database_url)
     except SqliteFileTaken as exc:
