@@ -125,7 +125,9 @@ def _surface_of(model) -> LossSurface:
 
 
 def _calibrated(model, folds):
-    """The model with intervals from its own held-out folds (uncalibrated defaults if none)."""
+    """The model with intervals from its own held-out folds (uncalibrated defaults if none),
+    widened beyond the sizes it was fitted on."""
     surface = _surface_of(model)
     surface.intervals_ = IntervalModel.from_held_out(folds) if folds else IntervalModel()
+    surface.bootstrap_level()
     return model

@@ -5,7 +5,9 @@ a new corpus/size is off by a constant), plus a shape error that grows away from
 So the sd of ln-loss is modelled as sqrt(s_level^2 + (s_shape + kappa P)^2), P the predicted
 relative excess, and a scale k is set so that the held-out groups' coverage is the nominal
 80%. All of it is measured on groups held out of the training data handed to fit(): never on
-a group the model is later scored on.
+a group the model is later scored on. Those groups lie within the sizes of the others, so for
+a spec beyond them the level's own extrapolation sd (LossSurface.level_extrapolation_sd) is
+added in quadrature.
 """
 
 from dataclasses import dataclass
@@ -33,10 +35,13 @@ class IntervalModel:
     kappa: float = 0.3
     scale: float = 1.0
 
-    def half_width(self, penalty: np.ndarray) -> np.ndarray:
-        """Half-width of the central 80% interval of ln-loss."""
+    def half_width(self, penalty: np.ndarray, extrapolation_sd: np.ndarray | float = 0.0) -> np.ndarray:
+        """Half-width of the central 80% interval of ln-loss. extrapolation_sd: what the
+        level's move beyond the sizes fitted on adds (the held-out groups of the calibration
+        lie within them, so it is not in level_sd); scaled as the rest."""
         penalty = np.minimum(penalty, MAX_PENALTY)
-        sd = np.sqrt(self.level_sd**2 + (self.shape_sd + self.kappa * penalty) ** 2)
+        sd = np.sqrt(self.level_sd**2 + np.square(extrapolation_sd)
+                     + (self.shape_sd + self.kappa * penalty) ** 2)
         return norm.ppf(0.5 + COVERAGE / 2) * self.scale * sd
 
     @classmethod

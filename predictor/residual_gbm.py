@@ -60,6 +60,8 @@ class SurfaceGBM:
         if self.calibrate and len(keys) >= 4:
             self.surface_.intervals_, self.surface_.optimum_offsets_ = \
                 calibrate_by_leaving_groups_out(self, runs)
+        if self.calibrate and self.surface_.boot_L0_ is None:
+            self.surface_.bootstrap_level()
         return self
 
     def clone(self) -> "SurfaceGBM":
@@ -112,5 +114,6 @@ class SurfaceGBM:
 
     def predict(self, q: RunTable) -> LossPrediction:
         mean = self.mean(q)
-        half = self.surface_.intervals_.half_width(self.interval_penalty(q))
+        half = self.surface_.intervals_.half_width(self.interval_penalty(q),
+                                                   self.surface_.level_extrapolation_sd(q))
         return LossPrediction(mean=mean, lo=mean * np.exp(-half), hi=mean * np.exp(half))

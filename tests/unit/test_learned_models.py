@@ -180,6 +180,42 @@ def test_outside_the_stored_sizes_the_intervals_take_in_the_laws():
     assert near.lr_interval.hi / near.lr_interval.lo < law_near.lr_interval.hi / law_near.lr_interval.lo
 
 
+def _optimum_query(n_params: float, n_tokens: float) -> RunTable:
+    spec = TrainingSpec(n_params=n_params, n_active_params=n_params, n_tokens=n_tokens)
+    return RunTable.queries(spec, *true_optimum(n_params, n_tokens), 0.1, 0.0)
+
+
+def _relative_width(model, q: RunTable) -> float:
+    prediction = model.predict(q)
+    return float((prediction.hi[0] - prediction.lo[0]) / prediction.mean[0])
+
+
+# 2x, 12x and 125x the largest stored model, at a stored 50 tokens per parameter; and a spec
+# within the stored sizes.
+FAR_PARAMS = (1.6e9, 1e10, 1e11)
+INSIDE = _optimum_query(4e8, 2e10)
+
+
+def test_beyond_the_fitted_sizes_the_loss_interval_widens_with_the_distance(surface):
+    """Within the sizes fitted on, the calibrated level error stands alone; past them, the
+    level's move there is uncertain, more so the farther (a 125x larger model had the interval
+    of a stored one)."""
+    assert surface.level_extrapolation_sd(INSIDE).tolist() == [0.0]
+    far = [_optimum_query(n, 50 * n) for n in FAR_PARAMS]
+    spreads = [surface.level_extrapolation_sd(q)[0] for q in far]
+    assert 0 < spreads[0] < spreads[1] < spreads[2]
+    widths = [_relative_width(surface, q) for q in [INSIDE, *far]]
+    assert widths == sorted(widths) and len(set(widths)) == len(widths)
+
+
+@pytest.mark.parametrize("make", [SurfaceGBM, lambda: AutoModel(candidates=("surface/e0=0.003",))],
+                         ids=["lightgbm", "auto"])
+def test_the_answering_models_widen_their_loss_interval_beyond_the_fitted_sizes(make):
+    model = make().fit(ALL)
+    far = _optimum_query(FAR_PARAMS[-1], 50 * FAR_PARAMS[-1])
+    assert _relative_width(model, far) > 1.2 * _relative_width(model, INSIDE)
+
+
 def test_more_tokens_per_parameter_than_stored_is_an_extrapolation_too():
     """Each size within the stored ones, their ratio not: the surface's centre follows the
     published laws there, and the intervals take theirs in."""
