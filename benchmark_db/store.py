@@ -1,7 +1,6 @@
 """Durable storage of runs, scoped by tenant."""
 
 import base64
-import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -16,7 +15,8 @@ from benchmark_db.fitted_models import FittedModels
 from benchmark_db.group_commit import GroupCommitter
 from benchmark_db.keys import KeyStore
 from benchmark_db.run_recommendations import RunRecommendations
-from benchmark_db.records import STORED, RunRecord, RunReport, SpecFilter, check_tenant
+from benchmark_db.records import (MAX_ID_LENGTH, STORED, RunRecord, RunReport, SpecFilter,
+                                  check_tenant)
 from benchmark_db.schema import runs
 
 DEFAULT_TENANT = "default"
@@ -149,14 +149,13 @@ class RunStore:
         page_size = page_size or 100
         query = sa.select(runs).where(runs.c.tenant == tenant, *_matching(spec))
         query = query.order_by(runs.c.id.desc())
-        if page_token:
-            query = query.where(runs.c.id < _decode_token(
-                page_token, _max_row_id(self.engine.dialect.name)))
         with self.engine.connect() as conn:
+            if page_token:
+                query = query.where(runs.c.id < _row_after(conn, tenant, page_token))
             rows = conn.execute(query.limit(page_size + 1)).mappings().all()
         more = len(rows) > page_size
         rows = rows[:page_size]
-        token = _encode_token(rows[-1]["id"]) if more else ""
+        token = _encode_token(rows[-1]["run_id"]) if more else ""
         return [_from_row(r) for r in rows], token
 
     def all_runs(self, tenant: str) -> list[RunRecord]:
@@ -246,25 +245,25 @@ def _from_row(row) -> RunRecord:
     }, context=STORED)
 
 
-def _encode_token(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode()
+def _encode_token(last_run_id: str) -> str:
+    # The tenant's own run_id, not the row id: row ids count every tenant's runs, and a
+    # tenant could read the others' volume off them.
+    return base64.urlsafe_b64encode(f"run:{last_run_id}".encode()).decode()
 
 
-# A token is the id of a row: positive, and within the id column (an Integer: 32 bits in
-# PostgreSQL, 64 in SQLite). Beyond it the driver overflows (INTERNAL); 0 or a negative id
-# would silently return an empty page.
-_TOKEN_ID = re.compile(r"id:([1-9][0-9]{0,18})")
-
-
-def _max_row_id(dialect: str) -> int:
-    return 2**31 - 1 if dialect == "postgresql" else 2**63 - 1
-
-
-def _decode_token(token: str, max_id: int) -> int:
+def _row_after(conn: sa.Connection, tenant: str, token: str) -> int:
+    """The row id of the run a page token names: the next page starts below it."""
+    refused = InvalidArgument.single("page_token", "not a token this service returned")
     try:
-        found = _TOKEN_ID.fullmatch(base64.urlsafe_b64decode(token.encode()).decode())
-        if found is None or int(found.group(1)) > max_id:
-            raise ValueError
-        return int(found.group(1))
+        text = base64.urlsafe_b64decode(token.encode()).decode()
     except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument.single("page_token", "not a token this service returned") from None
+        raise refused from None
+    run_id = text.removeprefix("run:")
+    # A NUL would reach PostgreSQL, which cannot hold one (INTERNAL); no run_id is longer.
+    if run_id == text or not 0 < len(run_id) <= MAX_ID_LENGTH or "\x00" in run_id:
+        raise refused
+    found = conn.execute(sa.select(runs.c.id).where(runs.c.tenant == tenant,
+                                                     runs.c.run_id == run_id)).scalar()
+    if found is None:  # runs are never removed: only a made-up token names no run
+        raise refused
+    return found

@@ -151,26 +151,34 @@ def token_of(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode()
 
 
-# Well-formed but not a row id: beyond the 64-bit column (the driver overflowed: INTERNAL), or
-# not positive (an empty page, silently).
+# Not base64; an earlier release's row ids (beyond the 64-bit column the driver overflowed:
+# INTERNAL); no run, or no run of this tenant ("b" is another tenant's); a NUL (PostgreSQL
+# cannot hold one: INTERNAL); longer than any run_id.
 @pytest.mark.parametrize("token", ["garbage", "aWQ6eA==", token_of("id:99999999999999999999999"),
-                                   token_of(f"id:{2**63}"), token_of("id:-5"), token_of("id:0"),
-                                   token_of("id:007"), token_of("id: 5")])
+                                   token_of(f"id:{2**63}"), token_of("id:5"), token_of("run:"),
+                                   token_of("run:nosuchrun"), token_of("run:b"),
+                                   token_of("run:a\x00"), token_of("run:" + "a" * 201)])
 def test_bad_page_token(store, token):
     store.report("t", make_report("a"))
+    store.report("other", make_report("b"))
     with pytest.raises(InvalidArgument) as exc:
         store.page("t", page_token=token)
     assert exc.value.violations[0].field == "page_token"
 
 
-def test_page_token_of_the_largest_row_id_pages_from_the_top(store):
-    largest = 2**31 - 1 if store.engine.dialect.name == "postgresql" else 2**63 - 1
-    store.report("t", make_report("a"))
-    page, token = store.page("t", page_token=token_of(f"id:{largest}"))
-    assert [r.run_id for r in page] == ["a"] and token == ""
-    with pytest.raises(InvalidArgument) as exc:
-        store.page("t", page_token=token_of(f"id:{largest + 1}"))
-    assert exc.value.violations[0].field == "page_token"
+def test_a_page_token_says_nothing_of_other_tenants_runs(store):
+    """It named the row id, which counts every tenant's runs: two tenants with the same runs
+    got different tokens when a third had stored runs between theirs."""
+    for i in range(3):
+        store.report("quiet", make_report(f"r{i}"))
+        store.report("busy", make_report(f"r{i}"))
+    store.report_many([("other", make_report(f"o{i}")) for i in range(20)])
+    store.report("busy", make_report("r3"))
+    store.report("quiet", make_report("r3"))
+    pages = {tenant: store.page(tenant, page_size=2) for tenant in ("quiet", "busy")}
+    assert pages["quiet"][1] == pages["busy"][1]
+    rest, _ = store.page("busy", page_size=2, page_token=pages["busy"][1])
+    assert [r.run_id for r in rest] == ["r1", "r0"]
 
 
 def test_a_run_stored_before_a_rule_was_added_still_reads(store):
