@@ -1,8 +1,9 @@
 """Durable storage of runs, scoped by tenant."""
 
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,6 +25,8 @@ MAX_PAGE_SIZE = 1000
 # Rows per INSERT of add_many (one transaction still): the rows of a whole 200k-run import at
 # once doubled its memory (1.15 GB).
 INSERT_CHUNK = 5000
+# Runs add_many looks up at once (one query: SQLite takes a limited number of parameters).
+LOOKUP_BATCH = 500
 _SPEC_COLUMNS = ("n_params", "n_active_params", "n_tokens", "seq_len", "architecture",
                  "optimizer", "weight_bits")
 _HPARAM_COLUMNS = ("lr", "batch_size_tokens", "weight_decay", "qat_fraction")
@@ -99,31 +102,44 @@ class RunStore:
                     results.append((seen[key], False))
         return results
 
-    def add_many(self, tenant: str, reports: Iterable[RunReport]) -> int:
+    def add_many(self, tenant: str, reports: Iterable[RunReport],
+                 on_stored: Callable[[RunReport, RunRecord], None] | None = None) -> int:
         """Stores runs in one transaction, skipping run_ids already stored; returns how many
         were added. A run another writer stores meanwhile (an import of an overlapping file at
-        the same time) is skipped too: the insert does nothing on a known run_id."""
+        the same time) is skipped too: the insert does nothing on a known run_id. reports are
+        taken as they come, LOOKUP_BATCH and INSERT_CHUNK at a time: a generator of a million
+        runs is never held at once. on_stored, if given, is called with each report (a repeat
+        included) whose run_id the tenant had stored before, and the stored run."""
         check_tenant(tenant)
-        reports = list(reports)
+        added, ours, rows = 0, set(), []  # ours: the run_ids this call inserts
         with self.engine.begin() as conn:
-            known = set()
-            ids = [r.run_id for r in reports]
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                known.update(conn.scalars(sa.select(runs.c.run_id).where(
-                    runs.c.tenant == tenant, runs.c.run_id.in_(chunk))))
-            rows, seen, added = [], set(), 0
-            for report in reports:
-                if report.run_id in known or report.run_id in seen:
-                    continue
-                seen.add(report.run_id)
-                rows.append(_to_row(tenant, report))
-                if len(rows) == INSERT_CHUNK:
-                    added += self._insert_new(conn, rows)
-                    rows = []
+            for batch in _batches(reports, LOOKUP_BATCH):
+                known = self._stored(conn, tenant, {r.run_id for r in batch} - ours,
+                                     records=on_stored is not None)
+                for report in batch:
+                    if report.run_id in known:
+                        if on_stored is not None:
+                            on_stored(report, known[report.run_id])
+                    elif report.run_id not in ours:
+                        ours.add(report.run_id)
+                        rows.append(_to_row(tenant, report))
+                        if len(rows) == INSERT_CHUNK:
+                            added += self._insert_new(conn, rows)
+                            rows = []
             if rows:
                 added += self._insert_new(conn, rows)
         return added
+
+    @staticmethod
+    def _stored(conn, tenant: str, run_ids: set[str], records: bool) -> dict:
+        """The stored runs among run_ids: run_id -> RunRecord if records, else -> None."""
+        if not run_ids:
+            return {}
+        query = sa.select(runs if records else runs.c.run_id).where(
+            runs.c.tenant == tenant, runs.c.run_id.in_(run_ids))
+        if records:
+            return {row["run_id"]: _from_row(row) for row in conn.execute(query).mappings()}
+        return dict.fromkeys(conn.scalars(query))
 
     def _insert_new(self, conn, rows: list[dict]) -> int:
         """Inserts the rows whose run_id the tenant has not stored; returns how many."""
@@ -186,17 +202,6 @@ class RunStore:
                 runs.c.tenant == tenant, runs.c.run_id == run_id)).mappings().first()
         return _from_row(row) if row else None
 
-    def find_many(self, tenant: str, run_ids: Iterable[str]) -> dict[str, RunRecord]:
-        """The stored runs among run_ids, by run_id."""
-        ids, found = list(dict.fromkeys(run_ids)), {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                for row in conn.execute(sa.select(runs).where(
-                        runs.c.tenant == tenant,
-                        runs.c.run_id.in_(ids[start:start + 500]))).mappings():
-                    found[row["run_id"]] = _from_row(row)
-        return found
-
 
 def _matching(spec: SpecFilter | None) -> list:
     """WHERE clauses: the runs of the filter's spec; the size ranges use the runs index on
@@ -206,6 +211,12 @@ def _matching(spec: SpecFilter | None) -> list:
     clauses = [runs.c[name].between(*SpecFilter.size_range(getattr(spec, name)))
                for name in ("n_params", "n_active_params", "n_tokens")]
     return clauses + [runs.c[name] == value for name, value in spec.exact().items()]
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    items = iter(items)
+    while batch := list(islice(items, size)):
+        yield batch
 
 
 def _to_row(tenant: str, report: RunReport) -> dict:

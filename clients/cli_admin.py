@@ -26,15 +26,15 @@ def import_runs(db, file_format, tenant, as_json, file) -> None:
     """Import runs from FILE straight into the database (an admin command: no server needed).
     A bad row stops the import before anything is stored; importing a file again adds nothing."""
     from benchmark_db.errors import InvalidArgument
-    from benchmark_db.importers import read_runs, store_runs
+    from benchmark_db.importers import read_file, store_runs
 
     # The flags and the whole file are checked before the database is opened: a bad row leaves
-    # no new database behind.
+    # no new database behind. The runs are kept packed meanwhile (importers/packed.py).
     check_db(db)
     _check_flags(tenant=tenant)
     counter = _stderr_row_counter()
     try:
-        reports = read_runs(file, file_format, progress=counter)
+        reports = read_file(file, file_format, progress=counter)
     except InvalidArgument as exc:
         raise CliError(f"{file}: {exc}") from None
     finally:

@@ -8,9 +8,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
+from benchmark_db.importers.packed import PackedRuns
 from benchmark_db.importers.rows import (DIVERGED_RATIO, HEADER_ROW, Progress, at_row, blew_up,
                                          boolean, content_id, counted, integer, number,
-                                         read_csv, text_file)
+                                         read_csv, structure_errors_first, text_file)
 from benchmark_db.importers.steplaw_csv import REQUIRED_COLUMNS as STEPLAW_COLUMNS
 from benchmark_db.records import RunReport, RunStatus, resolve_spec, validated
 
@@ -34,19 +35,20 @@ IMPORTED_TRIAL_KEY = "imported_trial_id"
 _PLACEHOLDER_ID = "pending"
 
 
-def read_csv_runs(path: Path, progress: Progress | None = None) -> list[RunReport]:
-    header, rows = read_csv(path)
-    unknown = [c for c in header if not _is_csv_column(c)]
-    if unknown:
-        if set(STEPLAW_COLUMNS) <= set(header):  # one error, not one per column
-            raise InvalidArgument.single(
-                f"row {HEADER_ROW}", "these are the Step Law sweep's columns: import it with "
-                "--format steplaw")
-        raise _unknown_columns(HEADER_ROW, unknown, _CSV_COLUMNS)
-    return _reports(((n, _csv_fields(cells)) for n, cells in rows), "import:csv", progress)
+def read_csv_runs(path: Path, progress: Progress | None = None) -> PackedRuns:
+    header, rows = read_csv(path)  # rows are read as they are checked
+    with structure_errors_first(rows):
+        unknown = [c for c in header if not _is_csv_column(c)]
+        if unknown:
+            if set(STEPLAW_COLUMNS) <= set(header):  # one error, not one per column
+                raise InvalidArgument.single(
+                    f"row {HEADER_ROW}", "these are the Step Law sweep's columns: import it with "
+                    "--format steplaw")
+            raise _unknown_columns(HEADER_ROW, unknown, _CSV_COLUMNS)
+        return _reports(((n, _csv_fields(cells)) for n, cells in rows), "import:csv", progress)
 
 
-def read_jsonl_runs(path: Path, progress: Progress | None = None) -> list[RunReport]:
+def read_jsonl_runs(path: Path, progress: Progress | None = None) -> PackedRuns:
     with text_file(path) as f:
         return _reports(_jsonl_fields(f), "import:jsonl", progress)
 
@@ -117,38 +119,41 @@ def _object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
 
 
 def _reports(rows: Iterable[tuple[int, dict]], source: str,
-             progress: Progress | None) -> list[RunReport]:
-    reports, status_given, first_seen = [], [], {}
+             progress: Progress | None) -> PackedRuns:
+    """The rows' runs, validated, kept packed (packed.py) with whether the row gave a status:
+    a run whose status the file leaves to its loss is diverged when the loss is far above its
+    group's best (_far_above_the_best_diverged), known once every row is read."""
+    best: dict[tuple, float] = {}
+    reports = PackedRuns(finish=lambda report, status_given: _far_above_the_best_diverged(
+        report, status_given, best))
+    first_seen: dict[str, int] = {}  # run_id -> index of its first run
     for row_number, fields in counted(rows, progress):
         with at_row(row_number):
             report = _report(fields, source)
-        earlier = first_seen.setdefault(report.run_id, (row_number, report))
-        if earlier[1] != report:  # the same row twice is harmless; one id for two runs is not
+        index = reports.add(row_number, report, "status" in fields or "diverged" in fields)
+        # The same row twice is harmless; one id for two runs is not.
+        earlier = first_seen.setdefault(report.run_id, index)
+        if not reports.same_run(earlier, index):
             raise InvalidArgument.single(
-                f"row {row_number}: run_id",
-                f"{report.run_id!r} is also the id of row {earlier[0]}, which has other values")
-        reports.append(report)
-        status_given.append("status" in fields or "diverged" in fields)
-    return _far_above_the_best_diverged(reports, status_given)
+                f"row {row_number}: run_id", f"{report.run_id!r} is also the id of row "
+                f"{reports.row_number(earlier)}, which has other values")
+        if report.outcome.status is RunStatus.COMPLETED:
+            key = _group(report)
+            best[key] = min(best.get(key, math.inf), report.outcome.final_loss)
+    return reports
 
 
-def _far_above_the_best_diverged(reports: list[RunReport], status_given: list[bool]) -> list[RunReport]:
-    """Runs whose status the file leaves to the loss, and whose loss is above DIVERGED_RATIO
-    times their group's best completed loss, as diverged: a run that blew up without reaching
-    NaN. Ids were made before (a hashed id stays the same when other rows move the best)."""
-    best: dict[tuple, float] = {}
-    for r in reports:
-        if r.outcome.status is RunStatus.COMPLETED:
-            key = _group(r)
-            best[key] = min(best.get(key, math.inf), r.outcome.final_loss)
-    out = []
-    for report, given in zip(reports, status_given):
-        if (not given and report.outcome.status is RunStatus.COMPLETED
-                and report.outcome.final_loss > DIVERGED_RATIO * best[_group(report)]):
-            report = report.model_copy(update={"outcome": report.outcome.model_copy(
-                update={"status": RunStatus.DIVERGED})})
-        out.append(report)
-    return out
+def _far_above_the_best_diverged(report: RunReport, status_given: bool,
+                                 best: dict[tuple, float]) -> RunReport:
+    """The run as diverged if the file leaves its status to the loss and the loss is above
+    DIVERGED_RATIO times its group's best completed loss (best, of the whole file): a run that
+    blew up without reaching NaN. Ids were made before (a hashed id stays the same when other
+    rows move the best)."""
+    if (not status_given and report.outcome.status is RunStatus.COMPLETED
+            and report.outcome.final_loss > DIVERGED_RATIO * best[_group(report)]):
+        report = report.model_copy(update={"outcome": report.outcome.model_copy(
+            update={"status": RunStatus.DIVERGED})})
+    return report
 
 
 def _group(report: RunReport) -> tuple[float, float, float]:

@@ -51,8 +51,17 @@ def text_file(path: Path):
             "file", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """The header and (row number, {column: cell}) of each non-blank row."""
+def read_csv(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    """The header and an iterator over (row number, {column: cell}) of each non-blank row,
+    which reads the file as it goes (a file of a million runs is never held at once). An error
+    in the header is raised here, one in a row when the iterator reaches it: check the rows
+    within structure_errors_first(rows)."""
+    rows = _csv_rows(path)
+    return next(rows), rows
+
+
+def _csv_rows(path: Path) -> Iterator:
+    """Yields the header, then (row number, {column: cell}) of each non-blank row."""
     with text_file(path) as f:
         reader = csv.reader(f)
         try:
@@ -61,18 +70,33 @@ def read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
                 raise InvalidArgument.single(f"row {HEADER_ROW}",
                                              "expected a header of column names")
             _check_unique_columns(header)
-            rows, start = [], reader.line_num + 1
+            yield header
+            start = reader.line_num + 1
             for cells in reader:
                 if any(cell.strip() for cell in cells):
                     if len(cells) != len(header):
                         raise InvalidArgument.single(
                             f"row {start}", f"has {len(cells)} cells, the header has {len(header)}")
-                    rows.append((start, dict(zip(header, cells))))
+                    yield start, dict(zip(header, cells))
                 start = reader.line_num + 1
         except csv.Error as exc:
             raise InvalidArgument.single(f"row {reader.line_num}",
                                          f"not valid CSV: {exc}") from None
-    return header, rows
+
+
+@contextmanager
+def structure_errors_first(rows: Iterator):
+    """For a block that checks the rows of read_csv: an error the block raises is raised once
+    the rest of the file has been read, unless the file turns out not to be UTF-8 text, not
+    CSV, or to have a row of another length than the header, which is raised instead: the
+    error a file gets is the one it got when the whole file was read before any row was
+    checked."""
+    try:
+        yield
+    except InvalidArgument:
+        for _ in rows:
+            pass
+        raise
 
 
 def _check_unique_columns(header: list[str]) -> None:

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark_db.errors import FieldViolation, InvalidArgument
+from benchmark_db.importers.packed import PackedRuns
 from benchmark_db.importers.rows import (DIVERGED_RATIO, HEADER_ROW, Progress, at_row, blew_up,
-                                         content_id, counted, number, read_csv, required_number)
+                                         content_id, counted, number, read_csv, required_number,
+                                         structure_errors_first)
 from benchmark_db.records import (DEFAULT_SEQ_LEN, NO_QUANTIZATION_BITS, RunReport, RunStatus,
                                   resolve_spec, validated)
 
@@ -55,26 +57,30 @@ class _Row:
             self.raw_loss is not None and not math.isfinite(self.raw_loss))
 
 
-def read(path: Path, progress: Progress | None = None) -> list[RunReport]:
+def read(path: Path, progress: Progress | None = None) -> PackedRuns:
+    """The file's runs. Its rows are all held (a run's status and id depend on the other rows
+    of its group and its name); the runs are kept packed."""
     header, cells_by_row = read_csv(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise InvalidArgument([FieldViolation(f"row {HEADER_ROW}: {c}", "missing column")
-                               for c in missing])
-    moe = "Na" in header
-    # Validation errors name the file's columns, not the record's fields.
-    columns = {"n_params": "N", "n_active_params": "Na" if moe else "N", "n_tokens": "D",
-               "batch_size_tokens": "bs", "final_loss": "smooth loss", "run_id": "exp_name"}
-    rows = []
-    for row_number, cells in cells_by_row:
-        with at_row(row_number):
-            rows.append(_parse(row_number, cells))
+    with structure_errors_first(cells_by_row):
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise InvalidArgument([FieldViolation(f"row {HEADER_ROW}: {c}", "missing column")
+                                   for c in missing])
+        moe = "Na" in header
+        # Validation errors name the file's columns, not the record's fields.
+        columns = {"n_params": "N", "n_active_params": "Na" if moe else "N", "n_tokens": "D",
+                   "batch_size_tokens": "bs", "final_loss": "smooth loss", "run_id": "exp_name"}
+        rows = []
+        for row_number, cells in cells_by_row:
+            with at_row(row_number):
+                rows.append(_parse(row_number, cells))
     best = _group_best_losses(rows)
     names = _distinct_rows_per_name(rows)
-    reports = []
+    reports = PackedRuns()
     for row in counted(rows, progress):
         with at_row(row.number, columns):
-            reports.append(_report(row, moe, best.get(row.group), names))
+            report = _report(row, moe, best.get(row.group), names)
+        reports.add(row.number, report)
     return reports
 
 
