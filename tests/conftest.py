@@ -1,10 +1,24 @@
 """Shared fixtures: real stores (SQLite file, PostgreSQL via pgserver) and a real server."""
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+
+# One OpenMP/BLAS thread per process, for this process (set before torch or numpy is imported:
+# pytest loads this file first) and every process the tests start (servers, their refit
+# children, CLI commands, the docs' examples, torchrun's ranks), which inherit it. The tests'
+# models are tiny, and the cores are often shared (a server's refit next to a training example,
+# or any other process on the machine): with a pool of one thread per core, a parallel region
+# then waits at its barrier for a thread whose core another process holds, and a pass of
+# milliseconds takes up to a hundred times longer. With one core busy elsewhere,
+# test_pfn_predictor.py + test_pfn_model.py took 280 s (its 0.5 s forward-pass bound failing at
+# 0.88 s) instead of 20 s, and the guide's Trainer example trained 40 steps in 15 s instead of
+# 0.3 s. On an idle machine the difference is a few seconds either way. Results differ at most
+# in float rounding, which no assertion depends on; an explicit setting is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
