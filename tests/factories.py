@@ -1,9 +1,19 @@
 """Builders of valid domain objects for tests."""
 
+import csv
 import datetime
 import ipaddress
+from pathlib import Path
 
 from benchmark_db.records import RunReport, resolve_spec, validated
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def make_report(run_id="run-1", *, n_params=1e9, n_tokens=2e10, lr=1e-3, batch=1 << 20,

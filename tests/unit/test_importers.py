@@ -1,6 +1,5 @@
 """Importers: Step Law sweeps and the generic CSV/JSONL format, on small files built here."""
 
-import csv
 import json
 import math
 import re
@@ -12,18 +11,11 @@ from benchmark_db.errors import InvalidArgument
 from benchmark_db.importers import FORMATS, read_runs
 from benchmark_db.importers.rows import PROGRESS_EVERY
 from clients.cli_admin import IMPORT_FORMATS
+from tests.factories import write_csv
 
 DOC = Path(__file__).parents[2] / "docs" / "import-format.md"
 STEPLAW_HEADER = ["h", "ffnh", "numh", "numl", "lr", "bs", "ti", "loss", "smooth loss",
                   "exp_name", "D", "N", "D/N"]
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def steplaw_row(lr, bs, smooth, *, name=None, n=2e8, d=4e9, loss=None):

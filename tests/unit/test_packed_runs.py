@@ -1,9 +1,7 @@
 """Imported runs kept packed between reading and storing (benchmark_db/importers/packed.py),
 and the reading that goes with it: rows read as they are checked, errors as before."""
 
-import csv
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,17 +9,10 @@ from benchmark_db.errors import InvalidArgument
 from benchmark_db.importers import read_file, read_runs
 from benchmark_db.importers.packed import PackedRuns
 from benchmark_db.records import RunReport, resolve_spec, validated
+from tests.factories import write_csv
 
 HEADER = ["run_id", "n_params", "n_tokens", "lr", "batch_size_tokens", "weight_decay",
           "final_loss"]
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def full_report(run_id: str = "a", **outcome) -> RunReport:
